@@ -1,0 +1,4 @@
+pub mod host;
+pub mod matcher;
+pub mod path;
+pub mod weighted;
