@@ -1,0 +1,127 @@
+//! Clusters (`outbound|PORT|SUBSET|FQDN`, one per service port and subset, as Envoy names
+//! them) and their endpoints. A cluster's endpoint list can change under it (DNS), so it sits
+//! behind an `ArcSwap`; everything else about a cluster is fixed when the table is compiled.
+
+pub mod dns;
+pub mod lb;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::istio::Labels;
+pub use lb::LbPolicy;
+pub use pool::{EndpointPool, PoolRegistry, Release, SendError};
+
+/// Istio's mesh default `connectTimeout` (Envoy's own default would be 5 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Envoy `load_balancing_weight` (≥ 1).
+    pub weight: u32,
+    pub labels: Labels,
+    /// WorkloadEntry name when the endpoint came from one.
+    pub workload_name: Option<String>,
+    /// Requests in flight to this endpoint (least-request balancing reads it).
+    pub active: AtomicU32,
+    pub pool: Arc<EndpointPool>,
+}
+
+impl Endpoint {
+    /// Counts the request as active until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+pub struct ActiveGuard(Arc<Endpoint>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a cluster learns its endpoints (ServiceEntry `resolution`).
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// Addresses listed in the config.
+    Static,
+    /// Names re-resolved in the background; the last good answer is kept on failure.
+    Dns(Vec<dns::DnsTarget>),
+    /// `resolution: NONE`: forward to the address the request's authority names.
+    OriginalDst,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    /// Envoy's name: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub name: String,
+    pub service_host: String,
+    pub service_namespace: String,
+    pub subset: String,
+    pub port: u16,
+    /// Upstream speaks HTTP/2 (ServiceEntry port protocol HTTP2 or GRPC).
+    pub h2: bool,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub discovery: Discovery,
+    /// Subset labels, kept for DNS refreshes and reporting.
+    pub subset_labels: Labels,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    lb_state: lb::LbState,
+}
+
+impl Cluster {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        service_host: String,
+        service_namespace: String,
+        subset: String,
+        port: u16,
+        h2: bool,
+        lb: LbPolicy,
+        discovery: Discovery,
+        subset_labels: Labels,
+        endpoints: Vec<Arc<Endpoint>>,
+    ) -> Cluster {
+        Cluster {
+            name,
+            service_host,
+            service_namespace,
+            subset,
+            port,
+            h2,
+            lb,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            discovery,
+            subset_labels,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            lb_state: lb::LbState::default(),
+        }
+    }
+
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>> {
+        self.endpoints.load()
+    }
+
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// Chooses an endpoint, avoiding `avoid` (hosts already tried for this request, Envoy's
+    /// `previous_hosts` retry predicate) when another one is available. `None`: no endpoint
+    /// at all, which the proxy answers with 503 `UH`.
+    pub fn pick(&self, random: u64, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.load();
+        lb::pick(self.lb, &self.lb_state, &eps, random, avoid).cloned()
+    }
+}
