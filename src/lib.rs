@@ -1,6 +1,17 @@
 //! switchyard: Istio VirtualService / DestinationRule canary routing in a standalone sidecar proxy.
+//!
+//! Data flows one way: YAML files → typed resources (`config`) → validated → compiled into an
+//! immutable `route::RouteTable` → published through one `ArcSwap` (`reload`) → read lock-free
+//! by every request (`proxy`), which forwards to `upstream` endpoints.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod upstream;
+
+pub use config::{Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, load};
+pub use reload::{ReloadContext, ReloadOutcome, Reloader};
+pub use route::{Decision, OutboundPolicy, RequestView, RouteTable};

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 pub type Labels = BTreeMap<String, String>;
 /// A value we accept but do not model (yet): kept so validation can report it by name.

@@ -53,10 +53,7 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
 }
 
 fn first_content_line(lines: &[&str]) -> usize {
-    lines
-        .iter()
-        .position(|l| is_content(l))
-        .unwrap_or_default()
+    lines.iter().position(|l| is_content(l)).unwrap_or_default()
 }
 
 fn is_content(line: &str) -> bool {
@@ -187,8 +184,14 @@ spec:
         assert_eq!(locate(DOC, 1, "metadata.name"), 4);
         assert_eq!(locate(DOC, 1, "spec.hosts[0]"), 7);
         assert_eq!(locate(DOC, 1, "spec.http[0].match[0].headers.end-user"), 11);
-        assert_eq!(locate(DOC, 1, "spec.http[0].route[0].destination.subset"), 16);
-        assert_eq!(locate(DOC, 1, "spec.http[1].route[0].destination.subset"), 20);
+        assert_eq!(
+            locate(DOC, 1, "spec.http[0].route[0].destination.subset"),
+            16
+        );
+        assert_eq!(
+            locate(DOC, 1, "spec.http[1].route[0].destination.subset"),
+            20
+        );
         assert_eq!(locate(DOC, 1, "spec.http[1].route[0].weight"), 21);
     }
 

@@ -20,6 +20,7 @@ pub use diagnostic::{Diagnostic, Severity, codes};
 use istio::{
     DestinationRuleSpec, ObjectMeta, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
+pub use scope::ProxyIdentity;
 
 /// Where a resource came from, kept so diagnostics can name `file:line`.
 #[derive(Debug, Clone)]
@@ -127,7 +128,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Resources {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => collect_dir(path, true, &mut files, &mut res.diagnostics),
         Ok(_) => files.push(path.to_path_buf()),
-        Err(e) => res.diagnostics.push(file_diag(path, 0, format!("cannot read: {e}"))),
+        Err(e) => res
+            .diagnostics
+            .push(file_diag(path, 0, format!("cannot read: {e}"))),
     }
     files.sort();
     let mut hasher = Sha256::new();
@@ -252,7 +255,10 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
         offset += line.len();
     }
     docs.push((start_line, &text[start_byte..]));
-    docs.retain(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
     docs
 }
 
@@ -262,9 +268,14 @@ fn load_file(file: &Path, text: &str, opts: &LoadOptions, res: &mut Resources) {
         let value: yaml_serde::Value = match yaml_serde::from_str(doc_text) {
             Ok(v) => v,
             Err(e) => {
-                let at = e.location().map_or(line, |l| line + l.line().saturating_sub(1));
-                res.diagnostics
-                    .push(file_diag(&file, at, format!("invalid YAML: {}", strip_location(&e))));
+                let at = e
+                    .location()
+                    .map_or(line, |l| line + l.line().saturating_sub(1));
+                res.diagnostics.push(file_diag(
+                    &file,
+                    at,
+                    format!("invalid YAML: {}", strip_location(&e)),
+                ));
                 continue;
             }
         };
@@ -287,11 +298,22 @@ fn strip_location(e: &yaml_serde::Error) -> String {
     }
 }
 
-fn load_document(value: yaml_serde::Value, source: Source, opts: &LoadOptions, res: &mut Resources) {
+fn load_document(
+    value: yaml_serde::Value,
+    source: Source,
+    opts: &LoadOptions,
+    res: &mut Resources,
+) {
     let (api_version, kind) = match &value {
         yaml_serde::Value::Mapping(m) => (
-            m.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-            m.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+            m.get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
+            m.get("kind")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
         ),
         yaml_serde::Value::Null => return,
         _ => {
@@ -310,7 +332,11 @@ fn load_document(value: yaml_serde::Value, source: Source, opts: &LoadOptions, r
         (true, "ServiceEntry") => "ServiceEntry",
         (true, "WorkloadEntry") => "WorkloadEntry",
         _ => {
-            let shown = if kind.is_empty() { "(no kind)" } else { kind.as_str() };
+            let shown = if kind.is_empty() {
+                "(no kind)"
+            } else {
+                kind.as_str()
+            };
             let name = value
                 .get("metadata")
                 .and_then(|m| m.get("name"))
@@ -325,7 +351,11 @@ fn load_document(value: yaml_serde::Value, source: Source, opts: &LoadOptions, r
                 field_path: String::new(),
                 message: format!(
                     "skipped: {shown} ({}) is not one of the resources switchyard reads",
-                    if api_version.is_empty() { "no apiVersion" } else { &api_version }
+                    if api_version.is_empty() {
+                        "no apiVersion"
+                    } else {
+                        &api_version
+                    }
                 ),
             });
             return;
@@ -335,7 +365,13 @@ fn load_document(value: yaml_serde::Value, source: Source, opts: &LoadOptions, r
         + res.destination_rules.len()
         + res.service_entries.len()
         + res.workload_entries.len();
-    let ctx = DocCtx { kind, api_version, source, opts, order };
+    let ctx = DocCtx {
+        kind,
+        api_version,
+        source,
+        opts,
+        order,
+    };
     match kind {
         "VirtualService" => {
             if let Some(r) = ctx.parse(value, &mut res.diagnostics) {
@@ -432,7 +468,10 @@ impl DocCtx<'_> {
         for path in unknown {
             // Istio's CRD schema would reject an unknown key; ignoring one could silently widen a
             // match (a misspelt `headers` matches everything), so it is an error, not a warning.
-            let msg = format!("unknown field \"{}\"", path.rsplit('.').next().unwrap_or(&path));
+            let msg = format!(
+                "unknown field \"{}\"",
+                path.rsplit('.').next().unwrap_or(&path)
+            );
             diags.push(resource.diag(Severity::Error, codes::SCHEMA_VALIDATION_ERROR, path, msg));
         }
         if resource.meta.name.is_empty() {
@@ -455,7 +494,11 @@ fn render_path(path: &serde_ignored::Path) -> String {
         P::Seq { parent, index } => format!("{}[{index}]", render_path(parent)),
         P::Map { parent, key } => {
             let p = render_path(parent);
-            if p.is_empty() { key.clone() } else { format!("{p}.{key}") }
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
         }
         P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
             render_path(parent)
@@ -494,7 +537,8 @@ mod tests {
 
     #[test]
     fn skips_other_kinds_with_a_notice_and_reports_bad_yaml() {
-        let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\nkey: [unclosed\n";
+        let yaml =
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\nkey: [unclosed\n";
         let res = load_str(Path::new("m.yaml"), yaml, &LoadOptions::default());
         assert_eq!(res.diagnostics.len(), 2, "{:?}", res.diagnostics);
         assert_eq!(res.diagnostics[0].severity, Severity::Info);

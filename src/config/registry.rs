@@ -212,7 +212,9 @@ fn endpoints_of(res: &Resources, se: &ServiceEntry) -> Vec<EndpointInfo> {
     };
     res.workload_entries
         .iter()
-        .filter(|we| we.namespace == se.namespace && labels_subset(&selector.labels, &we.spec.labels))
+        .filter(|we| {
+            we.namespace == se.namespace && labels_subset(&selector.labels, &we.spec.labels)
+        })
         .filter_map(|we| {
             Some(EndpointInfo {
                 address: we.spec.address.clone()?,

@@ -1,1 +1,1162 @@
-// placeholder: owned by a helper, being written
+//! Request matching with Envoy's semantics for what Istio's `HTTPMatchRequest` becomes.
+//!
+//! Sources: `envoy:source/common/http/header_utility.cc` (`matchHeaders`,
+//! `getAllOfHeaderAsString`), `envoy:source/common/router/config_utility.cc`
+//! (`QueryParameterMatcher`), `envoy:source/common/common/matchers.cc` (`PathMatcher`, which
+//! strips the query before exact, prefix and regex path matches) and Istio's `route.go`
+//! (`translateHeaderMatch`, `translateQueryParamMatch`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::{HeaderMap, HeaderName};
+use regex::bytes::{Regex, RegexBuilder};
+
+/// Istio's `validateStringRegexp` limit (Go `len`, so bytes).
+pub const MAX_REGEX_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid regex {pattern:?}: {message}")]
+pub struct RegexError {
+    pub pattern: String,
+    pub message: String,
+}
+
+impl RegexError {
+    fn new(pattern: &str, message: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid header name {name:?}: must be an RFC 7230 token")]
+pub struct InvalidHeaderName {
+    pub name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// RE2 dialect
+// ---------------------------------------------------------------------------------------------
+
+/// Compiles an RE2 pattern for a full match, as Envoy's `safe_regex` (RE2::FullMatch) does.
+pub fn compile_re2(pattern: &str) -> Result<Regex, RegexError> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(RegexError::new(
+            pattern,
+            format!(
+                "pattern is {} bytes; at most {MAX_REGEX_LEN} are allowed",
+                pattern.len()
+            ),
+        ));
+    }
+    let translated = translate_re2(pattern).map_err(|m| RegexError::new(pattern, m))?;
+    RegexBuilder::new(&format!("^(?:{translated})$"))
+        .build()
+        .map_err(|e| RegexError::new(pattern, e.to_string()))
+}
+
+const ASCII_DIGIT: &str = "0-9";
+const ASCII_WORD: &str = "0-9A-Za-z_";
+// RE2's \s is [\t\n\f\r ] — no \v, unlike the regex crate's ASCII \s.
+const ASCII_SPACE: &str = r"\t\n\x0C\r ";
+
+/// Rewrites the places where RE2 and the regex crate disagree on the same text:
+/// - `\d \w \s \b` (and negations) are ASCII-only in RE2 but Unicode in the regex crate,
+///   which is kept in Unicode mode so `.` still matches one UTF-8 character like RE2;
+/// - `\Q...\E` literal quoting and octal escapes (`\0`, `\012`) exist only in RE2;
+/// - inside `[...]`, the regex crate reads `[`, `&&`, `--` and `~~` as nested classes and set
+///   operations, where RE2 sees plain characters;
+/// - a `{` that does not start a valid repetition is a literal in RE2 and an error here.
+///
+/// Syntax RE2 rejects but the regex crate would accept (`\<`, `\>`, `\u`, the `x`, `u` and
+/// `R` flags) is rejected, so config that Istio refuses is refused here too.
+fn translate_re2(pattern: &str) -> Result<String, String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len() + 16);
+    // RE2 (like Perl) rejects stacked repetition such as `a**` or `a{2}*`; the regex crate
+    // would quietly accept it.
+    let mut after_repeat = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let repeat_len = match c {
+            '*' | '+' | '?' => Some(1),
+            '{' => repetition_len(&chars, i),
+            _ => None,
+        };
+        if let Some(len) = repeat_len {
+            if after_repeat {
+                let op: String = chars[i..i + len].iter().collect();
+                return Err(format!(
+                    "invalid nested repetition operator: {op} after a repetition"
+                ));
+            }
+            out.extend(&chars[i..i + len]);
+            i += len;
+            // A trailing `?` makes the repetition non-greedy; it is part of the same operator.
+            if chars.get(i) == Some(&'?') {
+                out.push('?');
+                i += 1;
+            }
+            after_repeat = true;
+            continue;
+        }
+        after_repeat = false;
+        match c {
+            '\\' => i = translate_escape(&chars, i, false, &mut out)?,
+            '[' => i = translate_class(&chars, i, &mut out)?,
+            '{' => {
+                out.push_str(r"\{");
+                i += 1;
+            }
+            '}' => {
+                out.push_str(r"\}");
+                i += 1;
+            }
+            '(' if chars.get(i + 1) == Some(&'?') => {
+                i = translate_group_flags(&chars, i, &mut out)?;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `(?flags)` / `(?flags:` with Go's flags only; named groups pass through.
+fn translate_group_flags(chars: &[char], start: usize, out: &mut String) -> Result<usize, String> {
+    let mut i = start + 2;
+    match chars.get(i) {
+        // (?P<name> and (?<name> are both RE2/Go syntax; lookbehind (?<= (?<! is left for the
+        // regex crate to reject.
+        Some('P' | '<') => {
+            out.push_str("(?");
+            return Ok(i);
+        }
+        Some('=' | '!') => return Err("lookaround is not supported by RE2".to_string()),
+        _ => {}
+    }
+    while let Some(&c) = chars.get(i) {
+        match c {
+            ')' | ':' => {
+                out.extend(&chars[start..=i]);
+                return Ok(i + 1);
+            }
+            'i' | 'm' | 's' | 'U' | '-' => i += 1,
+            other => {
+                return Err(format!(
+                    "invalid or unsupported Perl syntax: flag '{other}'"
+                ));
+            }
+        }
+    }
+    Err("missing closing )".to_string())
+}
+
+/// Length of a valid RE2 repetition `{n}`, `{n,}` or `{n,m}` starting at `start`.
+fn repetition_len(chars: &[char], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    let digits = |i: &mut usize| {
+        let from = *i;
+        while chars.get(*i).is_some_and(char::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > from
+    };
+    if !digits(&mut i) {
+        return None;
+    }
+    if chars.get(i) == Some(&',') {
+        i += 1;
+        digits(&mut i);
+    }
+    (chars.get(i) == Some(&'}')).then(|| i + 1 - start)
+}
+
+/// Handles the escape at `chars[start] == '\\'`; returns the index after it.
+fn translate_escape(
+    chars: &[char],
+    start: usize,
+    in_class: bool,
+    out: &mut String,
+) -> Result<usize, String> {
+    let Some(&c) = chars.get(start + 1) else {
+        return Err("trailing backslash at end of expression".to_string());
+    };
+    let next = start + 2;
+    let perl = |negated: bool, set: &str, out: &mut String| {
+        // Inside a class a negated set needs the regex crate's nested-class syntax.
+        match (in_class, negated) {
+            (true, false) => out.push_str(set),
+            (_, true) => {
+                out.push_str("[^");
+                out.push_str(set);
+                out.push(']');
+            }
+            (false, false) => {
+                out.push('[');
+                out.push_str(set);
+                out.push(']');
+            }
+        }
+    };
+    match c {
+        'd' => perl(false, ASCII_DIGIT, out),
+        'D' => perl(true, ASCII_DIGIT, out),
+        'w' => perl(false, ASCII_WORD, out),
+        'W' => perl(true, ASCII_WORD, out),
+        's' => perl(false, ASCII_SPACE, out),
+        'S' => perl(true, ASCII_SPACE, out),
+        'b' | 'B' if !in_class => {
+            out.push_str("(?-u:\\");
+            out.push(c);
+            out.push(')');
+        }
+        'Q' if !in_class => {
+            let rest: String = chars[next..].iter().collect();
+            let (literal, consumed) = match rest.find("\\E") {
+                Some(end) => (&rest[..end], rest[..end].chars().count() + 2),
+                None => (rest.as_str(), rest.chars().count()),
+            };
+            out.push_str(&regex::escape(literal));
+            return Ok(next + consumed);
+        }
+        '<' | '>' | 'u' | 'U' => return Err(format!("invalid escape sequence: \\{c}")),
+        '0'..='7' => return translate_octal(chars, start, out),
+        'p' | 'P' | 'x' if chars.get(next) == Some(&'{') => {
+            // Copy \p{Greek} / \x{263a} whole so the braces are not taken for a repetition.
+            let close = chars[next..]
+                .iter()
+                .position(|&ch| ch == '}')
+                .ok_or_else(|| format!("missing closing }} in \\{c}{{"))?;
+            out.extend(&chars[start..=next + close]);
+            return Ok(next + close + 1);
+        }
+        _ => {
+            out.push('\\');
+            out.push(c);
+        }
+    }
+    Ok(next)
+}
+
+/// Go's octal escapes: `\0` plus up to two more octal digits, or `\1`-`\7` followed by at least
+/// one more octal digit. A lone `\1`-`\7` is a backreference, which RE2 does not support.
+fn translate_octal(chars: &[char], start: usize, out: &mut String) -> Result<usize, String> {
+    let is_octal = |i: usize| chars.get(i).is_some_and(|c| ('0'..='7').contains(c));
+    let first = start + 1;
+    if chars[first] != '0' && !is_octal(first + 1) {
+        return Err(format!("backreference \\{} is not supported", chars[first]));
+    }
+    let mut end = first + 1;
+    while end < first + 3 && is_octal(end) {
+        end += 1;
+    }
+    let value = chars[first..end]
+        .iter()
+        .fold(0u32, |acc, c| acc * 8 + c.to_digit(8).unwrap_or(0));
+    out.push_str(&format!("\\x{{{value:X}}}"));
+    Ok(end)
+}
+
+/// Handles a class starting at `chars[start] == '['`; returns the index after its `]`.
+fn translate_class(chars: &[char], start: usize, out: &mut String) -> Result<usize, String> {
+    out.push('[');
+    let mut i = start + 1;
+    if chars.get(i) == Some(&'^') {
+        out.push('^');
+        i += 1;
+    }
+    // A `]` right after `[` or `[^` is a literal in both dialects.
+    if chars.get(i) == Some(&']') {
+        out.push_str(r"\]");
+        i += 1;
+    }
+    let mut prev_dash = false;
+    while let Some(&c) = chars.get(i) {
+        let dash = c == '-';
+        match c {
+            ']' => {
+                out.push(']');
+                return Ok(i + 1);
+            }
+            '\\' => i = translate_escape(chars, i, true, out)?,
+            '[' => {
+                if let Some(len) = posix_class_len(chars, i) {
+                    out.extend(&chars[i..i + len]);
+                    i += len;
+                } else {
+                    out.push_str(r"\[");
+                    i += 1;
+                }
+            }
+            '&' | '~' => {
+                out.push('\\');
+                out.push(c);
+                i += 1;
+            }
+            '-' if prev_dash => {
+                out.push_str(r"\-");
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+        prev_dash = dash && !prev_dash;
+    }
+    Err("missing closing ]".to_string())
+}
+
+/// `[:alpha:]` / `[:^alpha:]` inside a class.
+fn posix_class_len(chars: &[char], start: usize) -> Option<usize> {
+    if chars.get(start + 1) != Some(&':') {
+        return None;
+    }
+    let mut i = start + 2;
+    if chars.get(i) == Some(&'^') {
+        i += 1;
+    }
+    let name_start = i;
+    while chars.get(i).is_some_and(char::is_ascii_lowercase) {
+        i += 1;
+    }
+    (i > name_start && chars.get(i) == Some(&':') && chars.get(i + 1) == Some(&']'))
+        .then(|| i + 2 - start)
+}
+
+// ---------------------------------------------------------------------------------------------
+// String matchers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub enum StringMatcher {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    /// Already anchored for a full match; see [`compile_re2`].
+    Regex(Regex),
+    Present,
+}
+
+impl StringMatcher {
+    pub fn exact(s: impl AsRef<[u8]>) -> Self {
+        Self::Exact(s.as_ref().into())
+    }
+
+    pub fn prefix(s: impl AsRef<[u8]>) -> Self {
+        Self::Prefix(s.as_ref().into())
+    }
+
+    pub fn regex(pattern: &str) -> Result<Self, RegexError> {
+        compile_re2(pattern).map(Self::Regex)
+    }
+
+    /// Istio's `StringMatch` for headers, queryParams, method, scheme and authority: no match
+    /// type, or `regex: "*"`, is a presence check (`IsCatchAllStringMatch`).
+    pub fn from_istio(
+        exact: Option<&str>,
+        prefix: Option<&str>,
+        regex: Option<&str>,
+    ) -> Result<StringMatcher, RegexError> {
+        if let Some(e) = exact {
+            return Ok(Self::exact(e));
+        }
+        if let Some(p) = prefix {
+            return Ok(Self::prefix(p));
+        }
+        match regex {
+            None | Some("*") => Ok(Self::Present),
+            Some("") => Err(RegexError::new("", "an empty regex is not allowed")),
+            Some(r) => Self::regex(r),
+        }
+    }
+
+    pub fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Exact(e) => value == &**e,
+            Self::Prefix(p) => value.starts_with(p),
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+        }
+    }
+}
+
+/// The RE2 pattern as compiled (after dialect translation), without the full-match anchors.
+fn regex_source(r: &Regex) -> &str {
+    let s = r.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+}
+
+fn lossy(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+impl fmt::Display for StringMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(e) => write!(f, "exact {:?}", lossy(e)),
+            Self::Prefix(p) => write!(f, "prefix {:?}", lossy(p)),
+            Self::Regex(r) => write!(f, "regex {:?}", regex_source(r)),
+            Self::Present => f.write_str("present"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// URI
+// ---------------------------------------------------------------------------------------------
+
+/// `match.uri`, compared with the normalised path without its query (Envoy's `PathMatcher`
+/// strips the query for all three kinds, so `prefix: /foo` matches `/foo?x` and `/foobar`).
+#[derive(Debug, Clone)]
+pub enum UriMatcher {
+    Exact {
+        value: Box<str>,
+        ignore_case: bool,
+    },
+    Prefix {
+        value: Box<str>,
+        ignore_case: bool,
+    },
+    /// `ignoreUriCase` has no effect on a regex (Istio); users write `(?i)`.
+    Regex(Regex),
+}
+
+impl UriMatcher {
+    pub fn exact(value: &str, ignore_case: bool) -> Self {
+        Self::Exact {
+            value: value.into(),
+            ignore_case,
+        }
+    }
+
+    pub fn prefix(value: &str, ignore_case: bool) -> Self {
+        Self::Prefix {
+            value: value.into(),
+            ignore_case,
+        }
+    }
+
+    pub fn regex(pattern: &str) -> Result<Self, RegexError> {
+        compile_re2(pattern).map(Self::Regex)
+    }
+
+    /// Istio's translation of `match.uri`: with no match type set (`uri: {}`) Istio keeps the
+    /// route's default path specifier, prefix `/` (`route.go` `TranslateRouteMatch`).
+    pub fn from_istio(
+        exact: Option<&str>,
+        prefix: Option<&str>,
+        regex: Option<&str>,
+        ignore_case: bool,
+    ) -> Result<Self, RegexError> {
+        Ok(match (exact, prefix, regex) {
+            (Some(e), _, _) => Self::exact(e, ignore_case),
+            (None, Some(p), _) => Self::prefix(p, ignore_case),
+            (None, None, Some("")) => {
+                return Err(RegexError::new("", "an empty regex is not allowed"));
+            }
+            (None, None, Some(r)) => Self::regex(r)?,
+            (None, None, None) => Self::prefix("/", ignore_case),
+        })
+    }
+
+    /// ASCII case folding, as Envoy (`absl::EqualsIgnoreCase`); no allocation.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = path.as_bytes();
+        match self {
+            Self::Exact {
+                value,
+                ignore_case: false,
+            } => path == value.as_bytes(),
+            Self::Exact {
+                value,
+                ignore_case: true,
+            } => path.eq_ignore_ascii_case(value.as_bytes()),
+            Self::Prefix {
+                value,
+                ignore_case: false,
+            } => path.starts_with(value.as_bytes()),
+            Self::Prefix {
+                value,
+                ignore_case: true,
+            } => path
+                .get(..value.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(value.as_bytes())),
+            Self::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+impl fmt::Display for UriMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, value, ignore_case) = match self {
+            Self::Exact { value, ignore_case } => ("exact", value, *ignore_case),
+            Self::Prefix { value, ignore_case } => ("prefix", value, *ignore_case),
+            Self::Regex(r) => return write!(f, "regex {:?}", regex_source(r)),
+        };
+        write!(f, "{kind} {value:?}")?;
+        if ignore_case {
+            f.write_str(" (ignoring case)")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers
+// ---------------------------------------------------------------------------------------------
+
+/// `headers.<name>` (`invert == false`) or `withoutHeaders.<name>` (`invert == true`).
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    pub name: HeaderName,
+    pub matcher: StringMatcher,
+    pub invert: bool,
+}
+
+impl HeaderMatcher {
+    /// Lower-cases `name` (Istio accepts `Foo:` and matches it case-insensitively).
+    pub fn new(
+        name: &str,
+        matcher: StringMatcher,
+        invert: bool,
+    ) -> Result<Self, InvalidHeaderName> {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| InvalidHeaderName {
+            name: name.to_string(),
+        })?;
+        Ok(Self {
+            name,
+            matcher,
+            invert,
+        })
+    }
+
+    /// Envoy's `getAllOfHeaderAsString`: repeated headers are joined with ",". Only that case
+    /// allocates.
+    fn with_value<R>(&self, headers: &HeaderMap, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let mut values = headers.get_all(&self.name).iter();
+        let Some(first) = values.next() else {
+            return f(None);
+        };
+        let Some(second) = values.next() else {
+            return f(Some(first.as_bytes()));
+        };
+        let mut joined = Vec::with_capacity(first.len() + second.len() + 16);
+        joined.extend_from_slice(first.as_bytes());
+        for v in std::iter::once(second).chain(values) {
+            joined.push(b',');
+            joined.extend_from_slice(v.as_bytes());
+        }
+        f(Some(&joined))
+    }
+
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        self.with_value(headers, |value| self.decide(value))
+    }
+
+    /// Envoy `matchHeaders` with Istio's settings: plain header matches never match a missing
+    /// header; `withoutHeaders` is inverted with `treat_missing_header_as_empty`, except the
+    /// presence form (`{}` / `regex: "*"`), which Istio emits as an inverted `present_match`
+    /// without that flag and which therefore matches exactly when the header is absent.
+    fn decide(&self, value: Option<&[u8]>) -> bool {
+        match (value, self.invert) {
+            (None, false) => false,
+            (None, true) => match self.matcher {
+                StringMatcher::Present => true,
+                ref m => !m.matches(b""),
+            },
+            (Some(v), invert) => self.matcher.matches(v) != invert,
+        }
+    }
+
+    fn describe_mismatch(&self, headers: &HeaderMap) -> Option<String> {
+        self.with_value(headers, |value| {
+            if self.decide(value) {
+                return None;
+            }
+            let name = self.name.as_str();
+            Some(match (value, self.invert) {
+                (None, _) => format!("header {name:?} absent"),
+                (Some(_), true) if matches!(self.matcher, StringMatcher::Present) => {
+                    format!("withoutHeaders {name:?}: header is present")
+                }
+                (Some(v), true) => format!(
+                    "withoutHeaders {name:?}: value {:?} matches {}",
+                    lossy(v),
+                    self.matcher
+                ),
+                (Some(v), false) => format!(
+                    "header {name:?}: value {:?} does not match {}",
+                    lossy(v),
+                    self.matcher
+                ),
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query parameters
+// ---------------------------------------------------------------------------------------------
+
+/// `queryParams.<name>`. Envoy parses the query with `QueryParamsMulti::parseQueryString`,
+/// which does NOT percent-decode keys or values (`decode_params = false`), and matches only
+/// the first value of a key (`getFirstValue`). Keys compare case-sensitively.
+#[derive(Debug, Clone)]
+pub struct QueryMatcher {
+    pub name: Box<str>,
+    pub matcher: StringMatcher,
+}
+
+impl QueryMatcher {
+    pub fn new(name: &str, matcher: StringMatcher) -> Self {
+        Self {
+            name: name.into(),
+            matcher,
+        }
+    }
+
+    /// First value of the key in a raw query string: `k` alone gives `""`, and only the first
+    /// `=` separates key from value.
+    pub fn first_value<'q>(&self, query: Option<&'q str>) -> Option<&'q str> {
+        query?
+            .split('&')
+            .find_map(|param| match param.split_once('=') {
+                Some((k, v)) => (k == &*self.name).then_some(v),
+                None => (param == &*self.name).then_some(""),
+            })
+    }
+
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        self.first_value(query)
+            .is_some_and(|v| self.matcher.matches(v.as_bytes()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole match block
+// ---------------------------------------------------------------------------------------------
+
+/// What a match block looks at, borrowed from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    /// Raw Host / `:authority`, including any port.
+    pub authority: &'a str,
+    /// The port the request was addressed to; 80 if none.
+    pub port: u16,
+    /// Normalised, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// One Istio `HTTPMatchRequest`: every condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMatch {
+    pub uri: Option<UriMatcher>,
+    pub scheme: Option<StringMatcher>,
+    pub method: Option<StringMatcher>,
+    pub authority: Option<StringMatcher>,
+    pub headers: Vec<HeaderMatcher>,
+    pub without_headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryMatcher>,
+    pub port: Option<u16>,
+}
+
+impl RequestMatch {
+    /// Cheap comparisons first; allocates only for repeated headers.
+    pub fn matches(&self, req: &RequestView) -> bool {
+        self.port.is_none_or(|p| p == req.port)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.matches(req.method.as_bytes()))
+            && self.uri.as_ref().is_none_or(|u| u.matches(req.path))
+            && self
+                .scheme
+                .as_ref()
+                .is_none_or(|m| m.matches(req.scheme.as_bytes()))
+            && self
+                .authority
+                .as_ref()
+                .is_none_or(|m| m.matches(req.authority.as_bytes()))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.without_headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+
+    /// The first condition that fails, in the order `matches` checks them, for `explain`.
+    pub fn first_mismatch(&self, req: &RequestView) -> Option<String> {
+        if let Some(p) = self.port
+            && p != req.port
+        {
+            return Some(format!("port {} does not match {p}", req.port));
+        }
+        let pseudo = |what: &str, matcher: &Option<StringMatcher>, value: &str| {
+            matcher
+                .as_ref()
+                .filter(|m| !m.matches(value.as_bytes()))
+                .map(|m| format!("{what} {value:?} does not match {m}"))
+        };
+        if let Some(why) = pseudo("method", &self.method, req.method) {
+            return Some(why);
+        }
+        if let Some(u) = &self.uri
+            && !u.matches(req.path)
+        {
+            return Some(format!("uri {:?} does not match {u}", req.path));
+        }
+        if let Some(why) = pseudo("scheme", &self.scheme, req.scheme)
+            .or_else(|| pseudo("authority", &self.authority, req.authority))
+        {
+            return Some(why);
+        }
+        for h in self.headers.iter().chain(&self.without_headers) {
+            if let Some(why) = h.describe_mismatch(req.headers) {
+                return Some(why);
+            }
+        }
+        for q in &self.query {
+            match q.first_value(req.query) {
+                None => return Some(format!("query parameter {:?} absent", q.name)),
+                Some(v) if !q.matcher.matches(v.as_bytes()) => {
+                    return Some(format!(
+                        "query parameter {:?}: value {v:?} does not match {}",
+                        q.name, q.matcher
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn re(p: &str) -> StringMatcher {
+        match StringMatcher::regex(p) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn view<'a>(path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            scheme: "http",
+            authority: "reviews:9080",
+            port: 9080,
+            path,
+            query,
+            headers,
+        }
+    }
+
+    // --- RE2 dialect ---------------------------------------------------------------------
+
+    #[test]
+    fn regex_is_a_full_match() {
+        let m = re(r"\d+$");
+        assert!(m.matches(b"123"));
+        assert!(!m.matches(b"a123"));
+        assert!(!m.matches(b"123a"));
+        assert!(!m.matches(b""));
+        // Alternation stays inside the anchors.
+        let alt = re("a|b");
+        assert!(alt.matches(b"a") && alt.matches(b"b"));
+        assert!(!alt.matches(b"ab"));
+        assert!(re(".*").matches(b""));
+    }
+
+    #[test]
+    fn perl_classes_are_ascii_like_re2() {
+        let d = re(r"\d");
+        assert!(d.matches(b"7"));
+        assert!(!d.matches("٣".as_bytes()), "Arabic-Indic digit");
+        assert!(re(r"\D").matches("٣".as_bytes()));
+        assert!(!re(r"\w").matches("é".as_bytes()));
+        assert!(re(r"\W").matches("é".as_bytes()));
+        assert!(re(r"\w+").matches(b"abc_XYZ_09"));
+        assert!(!re(r"\s").matches("\u{a0}".as_bytes()));
+        assert!(!re(r"\s").matches(b"\x0b"), "RE2's \\s has no \\v");
+        assert!(re(r"\s").matches(b"\x0c"));
+        assert!(re(r"\S").matches("\u{a0}".as_bytes()));
+        // \b is an ASCII word boundary: é is not a word character in RE2.
+        assert!(re(r".*\bx\b.*").matches("éxé".as_bytes()));
+        assert!(!re(r".*\Bx.*").matches("éx".as_bytes()));
+    }
+
+    #[test]
+    fn perl_classes_inside_brackets() {
+        let m = re(r"[\d\s]+");
+        assert!(m.matches(b"1 2\t3"));
+        assert!(!m.matches("٣".as_bytes()));
+        let neg = re(r"[^\d]+");
+        assert!(neg.matches(b"ab") && !neg.matches(b"a1"));
+        let nested = re(r"[a\D]");
+        assert!(nested.matches(b"x") && nested.matches(b"a") && !nested.matches(b"5"));
+        assert!(re(r"[\w-]+").matches(b"a-b_c"));
+    }
+
+    #[test]
+    fn dot_matches_one_utf8_character() {
+        assert!(re("caf.").matches("café".as_bytes()));
+        assert!(re("^.$").matches("é".as_bytes()));
+        assert!(!re("..").matches("é".as_bytes()));
+        assert!(!re(".").matches(b"\n"));
+    }
+
+    #[test]
+    fn flags_and_case_folding() {
+        let m = re("(?i)beta");
+        assert!(m.matches(b"BeTa"));
+        assert!(re("(?i:ab)c").matches(b"ABc"));
+        assert!(!re("(?i:ab)c").matches(b"ABC"));
+        assert!(re("(?s).").matches(b"\n"));
+        for bad in ["(?x)a b", "(?u)a", "(?R)a", "(?=a)", "(?!a)"] {
+            assert!(StringMatcher::regex(bad).is_err(), "{bad}");
+        }
+        assert!(re("(?P<n>a)(?<m>b)").matches(b"ab"));
+    }
+
+    #[test]
+    fn escaping_is_respected() {
+        let m = re(r"\\d");
+        assert!(m.matches(br"\d"));
+        assert!(!m.matches(b"5"));
+        assert!(re(r"\\\d").matches(br"\5"));
+        assert!(re(r"a\.b").matches(b"a.b") && !re(r"a\.b").matches(b"axb"));
+        assert!(re(r"[\]a]+").matches(b"]a]"));
+        assert!(re(r"\x41\x{42}\p{Greek}").matches("ABλ".as_bytes()));
+    }
+
+    #[test]
+    fn re2_only_syntax_is_translated() {
+        assert!(re(r"\Qa.b*\Ec").matches(b"a.b*c"));
+        assert!(!re(r"\Qa.b\E").matches(b"axb"));
+        assert!(re(r"x\Q[unterminated").matches(b"x[unterminated"));
+        assert!(re(r"\0").matches(b"\0"));
+        assert!(re(r"\101\12").matches(b"A\n"));
+        assert!(StringMatcher::regex(r"(a)\1").is_err());
+        // In a class, RE2 reads these as plain characters, not set operations or nesting.
+        let set = re(r"[a&&b]+");
+        assert!(set.matches(b"a&b"));
+        assert!(re(r"[~~x]").matches(b"~"));
+        assert!(re(r"[+--]").matches(b",")); // range '+'..'-'
+        assert!(re(r"[[]").matches(b"["));
+        assert!(re(r"[[:alpha:]]+").matches(b"abC") && !re(r"[[:alpha:]]").matches(b"1"));
+        // A brace that is not a repetition is a literal.
+        assert!(re(r"a{").matches(b"a{"));
+        assert!(re(r"{x}").matches(b"{x}"));
+        assert!(re(r"a{,2}").matches(b"a{,2}"));
+        assert!(re(r"a{2}").matches(b"aa") && !re(r"a{2}").matches(b"a{2}"));
+        assert!(re(r"a{1,}b{0,1}").matches(b"aaab"));
+    }
+
+    #[test]
+    fn rejects_non_re2_and_bad_patterns_with_context() {
+        for bad in [
+            r"\<a", r"a\>", r"\u0041", r"(", r"[a", r"a\", "a**", "a*??", "a{2}*", "a+{2}",
+        ] {
+            let err = StringMatcher::regex(bad).unwrap_err();
+            assert_eq!(err.pattern, bad);
+            assert!(err.to_string().starts_with("invalid regex"), "{err}");
+        }
+        let long = "a".repeat(MAX_REGEX_LEN + 1);
+        let err = StringMatcher::regex(&long).unwrap_err();
+        assert!(err.message.contains("1025 bytes"), "{}", err.message);
+        assert!(StringMatcher::regex(&"a".repeat(MAX_REGEX_LEN)).is_ok());
+    }
+
+    #[test]
+    fn istio_string_match_forms() {
+        assert!(matches!(
+            StringMatcher::from_istio(None, None, None),
+            Ok(StringMatcher::Present)
+        ));
+        assert!(matches!(
+            StringMatcher::from_istio(None, None, Some("*")),
+            Ok(StringMatcher::Present)
+        ));
+        assert!(StringMatcher::from_istio(None, None, Some("")).is_err());
+        let e = StringMatcher::from_istio(Some("v1"), None, None).unwrap();
+        assert!(e.matches(b"v1") && !e.matches(b"v10") && !e.matches(b"V1"));
+        let p = StringMatcher::from_istio(None, Some("v1"), None).unwrap();
+        assert!(p.matches(b"v10") && !p.matches(b"v"));
+        assert_eq!(re(r"\d+").to_string(), "regex \"[0-9]+\"");
+        assert_eq!(e.to_string(), "exact \"v1\"");
+    }
+
+    // --- URI ------------------------------------------------------------------------------
+
+    #[test]
+    fn uri_prefix_is_a_plain_string_prefix() {
+        let m = UriMatcher::prefix("/foo", false);
+        assert!(m.matches("/foo"));
+        assert!(m.matches("/foobar"));
+        assert!(m.matches("/foo/x"));
+        assert!(!m.matches("/fo"));
+        assert!(!m.matches("/FOO"));
+        assert!(UriMatcher::prefix("", false).matches("/anything"));
+    }
+
+    #[test]
+    fn ignore_uri_case_applies_to_exact_and_prefix_only() {
+        assert!(UriMatcher::exact("/Foo", true).matches("/fOO"));
+        assert!(!UriMatcher::exact("/Foo", false).matches("/fOO"));
+        assert!(!UriMatcher::exact("/Foo", true).matches("/fOO/"));
+        assert!(UriMatcher::prefix("/API", true).matches("/api/v1"));
+        assert!(!UriMatcher::prefix("/API/", true).matches("/api"));
+        let r = UriMatcher::from_istio(None, None, Some("/api/.*"), true).unwrap();
+
+        assert!(r.matches("/api/x"));
+        assert!(!r.matches("/API/x"), "ignoreUriCase must not affect regex");
+        // Non-ASCII is compared byte for byte even when ignoring case.
+        assert!(!UriMatcher::exact("/É", true).matches("/é"));
+        let any = UriMatcher::from_istio(None, None, None, true).unwrap();
+        assert!(any.matches("/") && any.matches("/x/y"));
+        assert!(UriMatcher::from_istio(None, None, Some(""), false).is_err());
+        assert_eq!(
+            UriMatcher::prefix("/api", true).to_string(),
+            "prefix \"/api\" (ignoring case)"
+        );
+    }
+
+    // --- headers ----------------------------------------------------------------------------
+
+    #[test]
+    fn header_names_are_case_insensitive_tokens() {
+        let h = HeaderMatcher::new("X-User-Group", StringMatcher::exact("beta"), false).unwrap();
+        assert_eq!(h.name.as_str(), "x-user-group");
+        assert!(h.matches(&hm(&[("x-user-group", "beta")])));
+        assert!(HeaderMatcher::new("bad header", StringMatcher::Present, false).is_err());
+        assert!(HeaderMatcher::new("", StringMatcher::Present, false).is_err());
+        assert!(HeaderMatcher::new("x:y", StringMatcher::Present, false).is_err());
+        assert!(HeaderMatcher::new("!#$%&'*+-.^_`|~0aZ", StringMatcher::Present, false).is_ok());
+    }
+
+    #[test]
+    fn repeated_header_values_are_joined_with_commas() {
+        let h = hm(&[("x-tag", "a"), ("x-tag", "b"), ("x-tag", "c")]);
+        let m = HeaderMatcher::new("x-tag", re("a,b,c"), false).unwrap();
+        assert!(m.matches(&h));
+        let two = hm(&[("x-tag", "a"), ("x-tag", "b")]);
+        assert!(
+            HeaderMatcher::new("x-tag", re("a,b"), false)
+                .unwrap()
+                .matches(&two)
+        );
+        assert!(
+            !HeaderMatcher::new("x-tag", StringMatcher::exact("a"), false)
+                .unwrap()
+                .matches(&two)
+        );
+        assert!(
+            HeaderMatcher::new("x-tag", StringMatcher::prefix("a,"), false)
+                .unwrap()
+                .matches(&two)
+        );
+    }
+
+    #[test]
+    fn missing_header_never_matches_plain_matchers() {
+        let empty = HeaderMap::new();
+        for m in [
+            StringMatcher::exact(""),
+            StringMatcher::Present,
+            re(".*"),
+            StringMatcher::prefix(""),
+        ] {
+            assert!(!HeaderMatcher::new("x", m, false).unwrap().matches(&empty));
+        }
+        // Present matches an empty value.
+        let h = hm(&[("x", "")]);
+        assert!(
+            HeaderMatcher::new("x", StringMatcher::Present, false)
+                .unwrap()
+                .matches(&h)
+        );
+        assert!(
+            HeaderMatcher::new("x", StringMatcher::exact(""), false)
+                .unwrap()
+                .matches(&h)
+        );
+    }
+
+    #[test]
+    fn without_headers_semantics() {
+        let absent = HeaderMap::new();
+        let a = hm(&[("x", "a")]);
+        let b = hm(&[("x", "b")]);
+        let without = |m| HeaderMatcher::new("x", m, true).unwrap();
+
+        let exact_a = without(StringMatcher::exact("a"));
+        assert!(
+            exact_a.matches(&absent),
+            "absent is treated as \"\", which is not \"a\""
+        );
+        assert!(!exact_a.matches(&a));
+        assert!(exact_a.matches(&b));
+
+        // Missing is "" and "" matches exact "", so the inverted match fails.
+        assert!(!without(StringMatcher::exact("")).matches(&absent));
+        assert!(!without(re(".*")).matches(&absent));
+        assert!(without(re("a+")).matches(&absent));
+
+        let present = without(StringMatcher::Present);
+        assert!(present.matches(&absent));
+        assert!(!present.matches(&a));
+        assert!(!present.matches(&hm(&[("x", "")])));
+    }
+
+    // --- query ------------------------------------------------------------------------------
+
+    #[test]
+    fn query_uses_the_first_raw_value() {
+        let m = QueryMatcher::new("id", StringMatcher::exact("1"));
+        assert!(m.matches(Some("id=1&id=2")));
+        assert!(!m.matches(Some("id=2&id=1")));
+        assert!(!m.matches(Some("x=1")));
+        assert!(!m.matches(None));
+        assert!(m.matches(Some("a=b&id=1")));
+        // Not percent-decoded, and keys are case-sensitive.
+        let sp = QueryMatcher::new("q", StringMatcher::exact("a b"));
+        assert!(!sp.matches(Some("q=a%20b")));
+        assert!(QueryMatcher::new("q", StringMatcher::exact("a%20b")).matches(Some("q=a%20b")));
+        assert!(!m.matches(Some("ID=1")));
+        assert!(!m.matches(Some("i%64=1")));
+        // Only the first '=' splits.
+        assert_eq!(
+            QueryMatcher::new("k", StringMatcher::Present).first_value(Some("k=a=b")),
+            Some("a=b")
+        );
+    }
+
+    #[test]
+    fn query_key_without_value_is_empty() {
+        let m = QueryMatcher::new("debug", StringMatcher::exact(""));
+        assert!(m.matches(Some("debug")));
+        assert!(m.matches(Some("x=1&debug&y")));
+        assert!(m.matches(Some("debug=")));
+        assert!(QueryMatcher::new("debug", StringMatcher::Present).matches(Some("debug")));
+        assert!(!QueryMatcher::new("debug", StringMatcher::Present).matches(Some("debugger=1")));
+        let digits = QueryMatcher::new("n", re(r"\d+$"));
+        assert!(digits.matches(Some("n=123")) && !digits.matches(Some("n=a123")));
+    }
+
+    // --- whole block ------------------------------------------------------------------------
+
+    #[test]
+    fn all_conditions_must_hold_and_mismatch_is_explained() {
+        let headers = hm(&[("x-user-group", "alpha")]);
+        let mut m = RequestMatch {
+            uri: Some(UriMatcher::prefix("/api", false)),
+            headers: vec![
+                HeaderMatcher::new("x-user-group", StringMatcher::exact("beta"), false).unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert!(RequestMatch::default().matches(&view("/x", None, &headers)));
+        assert_eq!(
+            RequestMatch::default().first_mismatch(&view("/x", None, &headers)),
+            None
+        );
+
+        let req = view("/api/v1", None, &headers);
+        assert!(!m.matches(&req));
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some(r#"header "x-user-group": value "alpha" does not match exact "beta""#)
+        );
+        assert_eq!(
+            m.first_mismatch(&view("/foo", None, &headers)).as_deref(),
+            Some(r#"uri "/foo" does not match prefix "/api""#)
+        );
+        let none = HeaderMap::new();
+        assert_eq!(
+            m.first_mismatch(&view("/api", None, &none)).as_deref(),
+            Some(r#"header "x-user-group" absent"#)
+        );
+
+        m.headers =
+            vec![HeaderMatcher::new("x-user-group", StringMatcher::exact("alpha"), false).unwrap()];
+        assert!(m.matches(&req));
+        assert_eq!(m.first_mismatch(&req), None);
+
+        m.port = Some(8080);
+        assert!(!m.matches(&req));
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some("port 9080 does not match 8080")
+        );
+        m.port = Some(9080);
+
+        m.method = Some(StringMatcher::exact("POST"));
+        assert!(!m.matches(&req));
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some(r#"method "GET" does not match exact "POST""#)
+        );
+        m.method = Some(StringMatcher::exact("GET"));
+
+        m.authority = Some(StringMatcher::exact("reviews"));
+        assert!(!m.matches(&req), "authority includes the port");
+        m.authority = Some(StringMatcher::prefix("reviews:"));
+        m.scheme = Some(StringMatcher::exact("http"));
+        assert!(m.matches(&req));
+
+        m.without_headers =
+            vec![HeaderMatcher::new("x-user-group", StringMatcher::Present, true).unwrap()];
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some(r#"withoutHeaders "x-user-group": header is present"#)
+        );
+        m.without_headers =
+            vec![HeaderMatcher::new("x-user-group", StringMatcher::exact("alpha"), true).unwrap()];
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some(r#"withoutHeaders "x-user-group": value "alpha" matches exact "alpha""#)
+        );
+        m.without_headers.clear();
+
+        m.query = vec![QueryMatcher::new("v", StringMatcher::exact("2"))];
+        assert_eq!(
+            m.first_mismatch(&req).as_deref(),
+            Some(r#"query parameter "v" absent"#)
+        );
+        let q = view("/api/v1", Some("v=1"), &headers);
+        assert!(!m.matches(&q));
+        assert_eq!(
+            m.first_mismatch(&q).as_deref(),
+            Some(r#"query parameter "v": value "1" does not match exact "2""#)
+        );
+        let q2 = view("/api/v1", Some("v=2"), &headers);
+        assert!(m.matches(&q2));
+        assert_eq!(m.first_mismatch(&q2), None);
+    }
+}

@@ -158,7 +158,11 @@ mod tests {
         assert!(hits < 100, "avoided host chosen {hits} times in 1000");
         let single = vec![ep(3, 1)];
         let e = pick(LbPolicy::Random, &st, &single, 7, &[single[0].addr]).expect("endpoint");
-        assert_eq!(e.addr.port(), 3, "the only endpoint is used even if tried before");
+        assert_eq!(
+            e.addr.port(),
+            3,
+            "the only endpoint is used even if tried before"
+        );
         assert!(pick(LbPolicy::Random, &st, &[], 7, &[]).is_none());
     }
 }

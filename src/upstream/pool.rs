@@ -32,7 +32,10 @@ pub enum SendError {
     },
     /// The request (or part of it) went out and the exchange failed.
     #[error("upstream {addr}: {source}")]
-    Exchange { addr: SocketAddr, source: hyper::Error },
+    Exchange {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// Counters an operator reads (surfaced by the admin and metrics issues).
@@ -245,21 +248,23 @@ impl EndpointPool {
     }
 
     async fn connect(&self, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, String> {
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(e.to_string());
-            }
-            Err(_) => {
-                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(format!("timed out after {connect_timeout:?}"));
-            }
-        };
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.to_string());
+                }
+                Err(_) => {
+                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("timed out after {connect_timeout:?}"));
+                }
+            };
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         Ok(TokioIo::new(stream))
     }
 }

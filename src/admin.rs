@@ -1,0 +1,220 @@
+//! The admin listener, following Envoy's conventions: `/ready`, `/server_info`,
+//! `/config_dump`, and POST-only mutations. It binds 127.0.0.1 by default: it can reload and
+//! stop the proxy, so it must not face the network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::proxy::DrainState;
+use crate::reload::{ReloadOutcome, Reloader};
+use crate::route::{Action, RouteTable};
+
+pub struct Admin {
+    pub reloader: Arc<Reloader>,
+    pub state: Arc<DrainState>,
+    /// Notified by POST /quitquitquit: the binary runs its drain sequence.
+    pub quit: Arc<Notify>,
+    pub started: Instant,
+}
+
+impl Admin {
+    pub fn spawn(self: Arc<Self>, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let admin = self.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        let post_only = matches!(
+            path,
+            "/reload"
+                | "/quitquitquit"
+                | "/healthcheck/fail"
+                | "/healthcheck/ok"
+                | "/drain_listeners"
+        );
+        if post_only && req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use POST\n",
+            );
+        }
+        match path {
+            "/ready" | "/healthz/ready" => {
+                if self.state.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+                } else {
+                    text(StatusCode::OK, "LIVE\n")
+                }
+            }
+            "/server_info" => json_response(
+                StatusCode::OK,
+                json!({
+                    "version": concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+                    "state": if self.state.is_draining() { "DRAINING" } else { "LIVE" },
+                    "uptime_current_epoch": format!("{}s", self.started.elapsed().as_secs()),
+                    "config_version": self.reloader.version(),
+                }),
+            ),
+            "/config_dump" => json_response(StatusCode::OK, self.config_dump()),
+            "/reload" => match self.reloader.reload().await {
+                Ok(ReloadOutcome::Applied { version, warnings }) => json_response(
+                    StatusCode::OK,
+                    json!({"result": "accepted", "version": version,
+                           "diagnostics": warnings.iter().map(|d| d.to_string()).collect::<Vec<_>>()}),
+                ),
+                Ok(ReloadOutcome::Unchanged) => json_response(
+                    StatusCode::OK,
+                    json!({"result": "unchanged", "version": self.reloader.version()}),
+                ),
+                Err(diags) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"result": "refused", "version": self.reloader.version(),
+                           "diagnostics": diags.iter().map(|d| d.to_string()).collect::<Vec<_>>()}),
+                ),
+            },
+            "/quitquitquit" => {
+                self.quit.notify_one();
+                text(StatusCode::OK, "OK\n")
+            }
+            "/healthcheck/fail" | "/drain_listeners" => {
+                self.state
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                text(StatusCode::OK, "OK\n")
+            }
+            "/healthcheck/ok" => {
+                self.state
+                    .draining
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                text(StatusCode::OK, "OK\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn config_dump(&self) -> Value {
+        let table = self.reloader.table.load_full();
+        let mut dump = table_json(&table);
+        if let Some(r) = self.reloader.last_report() {
+            dump["last_reload"] = json!({
+                "time": epoch_secs(r.at),
+                "result": if r.accepted { "accepted" } else { "refused" },
+                "version": r.version,
+                "diagnostics": r.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            });
+        }
+        dump
+    }
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The active table as JSON: hosts, routes with their destinations and shares, clusters with
+/// their endpoints.
+pub fn table_json(table: &RouteTable) -> Value {
+    let vhosts: Vec<Value> = table
+        .virtual_hosts()
+        .iter()
+        .map(|vh| {
+            let routes: Vec<Value> = vh
+                .routes
+                .iter()
+                .map(|r| {
+                    let action = match &r.action {
+                        Action::Forward(pick) => {
+                            json!({"route": pick.iter().enumerate().map(|(i, (w, t))| json!({
+                            "cluster": table.clusters[t.cluster].name,
+                            "weight": w,
+                            "share": pick.share(i),
+                        })).collect::<Vec<_>>()})
+                        }
+                        Action::Redirect(rd) => json!({"redirect": {"code": rd.code.as_u16()}}),
+                        Action::Direct(d) => {
+                            json!({"direct_response": {"status": d.status.as_u16()}})
+                        }
+                    };
+                    json!({
+                        "name": r.name,
+                        "rule_index": r.rule_index,
+                        "match_index": r.match_index,
+                        "action": action,
+                    })
+                })
+                .collect();
+            json!({"name": vh.name, "domains": vh.domains, "routes": routes})
+        })
+        .collect();
+    let clusters: Vec<Value> = table
+        .clusters
+        .iter()
+        .map(|c| {
+            let eps: Vec<Value> = c
+                .endpoints()
+                .iter()
+                .map(|e| json!({"address": e.addr.to_string(), "weight": e.weight, "labels": e.labels}))
+                .collect();
+            json!({"name": c.name, "lb_policy": c.lb.as_str(), "http2": c.h2, "endpoints": eps})
+        })
+        .collect();
+    json!({
+        "version": table.version,
+        "source_hash": table.source_hash,
+        "loaded_at": epoch_secs(table.loaded_at),
+        "virtual_hosts": vhosts,
+        "clusters": clusters,
+    })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,501 @@
+//! The request path: read the authority and path, route through the current table, forward to
+//! an endpoint with Istio's default retry policy, stream the answer back. Local failures are
+//! answered the way Envoy answers them (see `error`).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod server;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use rand::RngExt;
+use tokio::sync::Notify;
+
+use crate::route::action::{FormatContext, HeaderOps};
+use crate::route::host::split_authority;
+use crate::route::path::{normalize_path, split_path_query};
+use crate::route::{Decision, OutboundPolicy, RequestView, RouteTable};
+use crate::upstream::{Cluster, Discovery, PoolRegistry, SendError};
+use body::ProxyBody;
+use error::LocalReply;
+
+/// Istio's mesh-default retry policy when a route has no `retries`: 2 retries on
+/// connect-failure / refused-stream, preferring other hosts (reference §4.7).
+const DEFAULT_RETRIES: usize = 2;
+/// Envoy's default retry back-off base; each wait is a uniform draw up to base × 2^n.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Shared state the drain sequence and readiness read.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    pub draining: AtomicBool,
+    pub in_flight: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub idle: Notify,
+}
+
+impl DrainState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request as in flight until dropped (with its response body).
+pub struct InFlight(Arc<DrainState>);
+
+impl InFlight {
+    fn new(state: &Arc<DrainState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub pools: Arc<PoolRegistry>,
+    pub state: Arc<DrainState>,
+    /// Our own listening sockets: ALLOW_ANY passthrough never forwards to them.
+    pub own_addrs: Vec<SocketAddr>,
+    pub hostname: String,
+}
+
+/// Per-connection facts the request path reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl Proxy {
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, pools: Arc<PoolRegistry>) -> Proxy {
+        Proxy {
+            table,
+            pools,
+            state: Arc::new(DrainState::default()),
+            own_addrs: Vec::new(),
+            hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "switchyard".to_string()),
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        let in_flight = InFlight::new(&self.state);
+        let grpc = headers::is_grpc(req.headers());
+        match self.forward(req, conn, in_flight).await {
+            Ok(resp) => resp,
+            Err(local) => local.into_response(grpc),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        in_flight: InFlight,
+    ) -> Result<Response<ProxyBody>, LocalReply> {
+        let authority =
+            request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
+        let (raw_host, addressed_port) = split_authority(authority.as_str());
+        let host: Cow<str> = lowercase(raw_host.trim_end_matches('.'));
+        let port = addressed_port.unwrap_or(80);
+        let (mut parts, body) = req.into_parts();
+        let (raw_path, query) = match parts.uri.path_and_query() {
+            Some(pq) => split_path_query(pq.as_str()),
+            None => ("/", None),
+        };
+        let path = normalize_path(raw_path).map_err(|_| LocalReply::bad_request("invalid path"))?;
+        let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+        let fmt = FormatContext {
+            downstream_remote: conn.remote,
+            downstream_local: conn.local,
+            protocol: if parts.version == Version::HTTP_2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            hostname: &self.hostname,
+        };
+
+        // Decide under the table guard; keep only what the rest of the request needs.
+        let plan = {
+            let table = self.table.load();
+            let view = RequestView {
+                method: parts.method.as_str(),
+                scheme: "http",
+                authority: authority.as_str(),
+                port,
+                path: &path,
+                query,
+                headers: &parts.headers,
+            };
+            let random: u64 = rand::rng().random();
+            match table.route(&host, &view, random) {
+                Decision::UnknownHost => match table.outbound_policy {
+                    OutboundPolicy::RegistryOnly => return Err(LocalReply::blocked_host()),
+                    OutboundPolicy::AllowAny => Plan::passthrough(),
+                },
+                Decision::NoRoute { .. } => return Err(LocalReply::no_route()),
+                Decision::Redirect {
+                    route, redirect, ..
+                } => {
+                    let location = redirect.location("http", authority.as_str(), &path, query);
+                    let mut resp = Response::new(ProxyBody::empty());
+                    *resp.status_mut() = redirect.code;
+                    if let Ok(v) = HeaderValue::from_str(&location) {
+                        resp.headers_mut().insert(header::LOCATION, v);
+                    }
+                    if let Some(ops) = &route.response_headers {
+                        ops.apply(resp.headers_mut(), &fmt);
+                    }
+                    return Ok(resp);
+                }
+                Decision::Direct {
+                    route, response, ..
+                } => {
+                    let mut resp = Response::new(match &response.body {
+                        Some(b) => ProxyBody::full(b.clone()),
+                        None => ProxyBody::empty(),
+                    });
+                    *resp.status_mut() = response.status;
+                    if response.body.is_some() {
+                        resp.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
+                    if let Some(ops) = &route.response_headers {
+                        ops.apply(resp.headers_mut(), &fmt);
+                    }
+                    return Ok(resp);
+                }
+                Decision::Forward {
+                    route,
+                    target,
+                    cluster,
+                    ..
+                } => {
+                    let several =
+                        matches!(&route.action, crate::route::Action::Forward(p) if p.len() > 1);
+                    let h = &mut parts.headers;
+                    // Envoy applies weighted-cluster ops before route ops, and a lone
+                    // destination's after them (reference §4.5).
+                    if several {
+                        target.request_headers.apply(h, &fmt);
+                        route.request_headers.apply(h, &fmt);
+                    } else {
+                        route.request_headers.apply(h, &fmt);
+                        target.request_headers.apply(h, &fmt);
+                    }
+                    let mut new_path = None;
+                    let mut new_authority = None;
+                    if let Some(rw) = &route.rewrite {
+                        new_path = rw.rewrite_path(&path);
+                        new_authority = rw.authority.clone();
+                    }
+                    let response_ops = match (&target.response_headers, &route.response_headers) {
+                        (None, None) => None,
+                        (t, r) => Some((t.clone(), r.clone(), several)),
+                    };
+                    Plan {
+                        cluster: Some(cluster.clone()),
+                        new_path,
+                        new_authority,
+                        response_ops,
+                    }
+                }
+            }
+        };
+
+        // Build the upstream request.
+        let down_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let original_pq = parts.uri.path_and_query().cloned();
+        {
+            let h = &mut parts.headers;
+            headers::strip_hop_by_hop(h, upgrade);
+            headers::ensure_request_id(h);
+            headers::ensure_forwarded_proto(h, "http");
+        }
+        let path_changed = plan.new_path.is_some() || matches!(path, Cow::Owned(_));
+        let pq: PathAndQuery = if path_changed {
+            if plan.new_path.is_some()
+                && let Some(orig) = &original_pq
+                && let Ok(v) = HeaderValue::from_str(orig.as_str())
+            {
+                parts
+                    .headers
+                    .insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
+            }
+            let p = plan.new_path.as_deref().unwrap_or(&path);
+            let text = match query {
+                Some(q) => format!("{p}?{q}"),
+                None => p.to_string(),
+            };
+            PathAndQuery::try_from(text).map_err(|_| LocalReply::bad_request("invalid path"))?
+        } else {
+            original_pq.unwrap_or_else(|| PathAndQuery::from_static("/"))
+        };
+        let up_authority: Authority = match &plan.new_authority {
+            Some(a) => Authority::try_from(a.as_bytes())
+                .map_err(|_| LocalReply::bad_request("invalid authority"))?,
+            None => authority,
+        };
+
+        let (cluster, endpoint_override) = match plan.cluster {
+            Some(c) => {
+                let over = if matches!(c.discovery, Discovery::OriginalDst) {
+                    Some(
+                        self.original_destination(up_authority.as_str(), c.port)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                (Some(c), over)
+            }
+            None => (
+                None,
+                Some(self.original_destination(up_authority.as_str(), 80).await?),
+            ),
+        };
+        let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
+        let mut req = Request::from_parts(parts, body);
+        if h2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(up_authority.clone());
+            parts.path_and_query = Some(pq);
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|_| LocalReply::bad_request("invalid uri"))?;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        } else {
+            *req.uri_mut() = Uri::from(pq);
+            *req.version_mut() = Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+
+        let (mut resp, release, active, started) = self
+            .send_with_retries(req, cluster.as_deref(), endpoint_override)
+            .await?;
+        let service_time = started.elapsed();
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(down) = down_upgrade
+        {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                    let mut down = hyper_util::rt::TokioIo::new(down);
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+                drop(active);
+                drop(in_flight);
+            });
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+
+        let (mut parts, incoming) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts.headers.insert(
+            headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(service_time.as_millis() as u64),
+        );
+        parts
+            .headers
+            .insert(header::SERVER, HeaderValue::from_static("envoy"));
+        if let Some((target_ops, route_ops, several)) = plan.response_ops {
+            let apply = |ops: &Option<Arc<HeaderOps>>, h: &mut http::HeaderMap| {
+                if let Some(o) = ops {
+                    o.apply(h, &fmt);
+                }
+            };
+            if several {
+                apply(&target_ops, &mut parts.headers);
+                apply(&route_ops, &mut parts.headers);
+            } else {
+                apply(&route_ops, &mut parts.headers);
+                apply(&target_ops, &mut parts.headers);
+            }
+        }
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(incoming, release, active, Some(in_flight)),
+        ))
+    }
+
+    /// Sends to an endpoint of `cluster` (or to `fixed`), retrying connect failures on other
+    /// endpoints with Envoy's jittered back-off, as Istio's default retry policy does.
+    async fn send_with_retries(
+        &self,
+        mut req: Request<Incoming>,
+        cluster: Option<&Cluster>,
+        fixed: Option<Arc<crate::upstream::Endpoint>>,
+    ) -> Result<
+        (
+            Response<Incoming>,
+            Option<crate::upstream::Release>,
+            Option<crate::upstream::ActiveGuard>,
+            Instant,
+        ),
+        LocalReply,
+    > {
+        let connect_timeout = cluster.map_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT, |c| {
+            c.connect_timeout
+        });
+        let mut tried: [Option<SocketAddr>; DEFAULT_RETRIES + 1] = [None; DEFAULT_RETRIES + 1];
+        let mut last_reason = String::new();
+        for attempt in 0..=DEFAULT_RETRIES {
+            let endpoint = match (&fixed, cluster) {
+                (Some(e), _) => e.clone(),
+                (None, Some(c)) => {
+                    let avoid: Vec<SocketAddr> = tried.iter().flatten().copied().collect();
+                    match c.pick(rand::rng().random(), &avoid) {
+                        Some(e) => e,
+                        None => return Err(LocalReply::no_healthy_upstream()),
+                    }
+                }
+                (None, None) => return Err(LocalReply::no_healthy_upstream()),
+            };
+            tried[attempt] = Some(endpoint.addr);
+            req.headers_mut().insert(
+                headers::X_ENVOY_ATTEMPT_COUNT.clone(),
+                HeaderValue::from(attempt as u64 + 1),
+            );
+            let active = endpoint.begin();
+            let started = Instant::now();
+            match endpoint.pool.send(req, connect_timeout).await {
+                Ok((resp, release)) => return Ok((resp, release, Some(active), started)),
+                Err(SendError::Connect {
+                    request,
+                    reason,
+                    addr,
+                }) => {
+                    tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
+                    req = *request;
+                    last_reason = reason;
+                    if attempt < DEFAULT_RETRIES {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                }
+                Err(SendError::Exchange { source, addr }) => {
+                    tracing::debug!(%addr, error = %source, "upstream exchange failed");
+                    let terminated = source.is_incomplete_message() || source.is_closed();
+                    return Err(LocalReply::upstream_reset(String::new(), terminated));
+                }
+            }
+        }
+        Err(LocalReply::connect_failure(true, last_reason))
+    }
+
+    /// ALLOW_ANY passthrough and `resolution: NONE`: the address the request names, but never
+    /// one of our own listeners (that would loop forever).
+    async fn original_destination(
+        &self,
+        authority: &str,
+        default_port: u16,
+    ) -> Result<Arc<crate::upstream::Endpoint>, LocalReply> {
+        let (host, port) = split_authority(authority);
+        let port = port.unwrap_or(default_port);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = match tokio::net::lookup_host((host, port)).await {
+            Ok(mut it) => it.next(),
+            Err(_) => None,
+        };
+        let Some(addr) = addr else {
+            return Err(LocalReply::no_healthy_upstream());
+        };
+        let is_self = self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || addr.ip().is_loopback()
+                    || addr.ip().is_unspecified()
+                    || own.ip().is_unspecified())
+        });
+        if is_self {
+            tracing::warn!(%addr, "refused to forward a request to our own listener");
+            return Err(LocalReply::blocked_host());
+        }
+        Ok(Arc::new(crate::upstream::Endpoint {
+            addr,
+            weight: 1,
+            labels: Default::default(),
+            workload_name: None,
+            active: Default::default(),
+            pool: self.pools.get(addr, false),
+        }))
+    }
+}
+
+/// What routing decided, owned, so the table guard can be released before any await.
+struct Plan {
+    cluster: Option<Arc<Cluster>>,
+    new_path: Option<String>,
+    new_authority: Option<HeaderValue>,
+    response_ops: Option<(Option<Arc<HeaderOps>>, Option<Arc<HeaderOps>>, bool)>,
+}
+
+impl Plan {
+    fn passthrough() -> Plan {
+        Plan {
+            cluster: None,
+            new_path: None,
+            new_authority: None,
+            response_ops: None,
+        }
+    }
+}
+
+fn backoff(attempt: usize) -> Duration {
+    let cap = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(8))
+        .min(RETRY_BACKOFF_MAX);
+    let ms = rand::rng().random_range(0..=cap.as_millis() as u64);
+    Duration::from_millis(ms)
+}
+
+/// The authority from an absolute-form URI or HTTP/2 `:authority`, else the Host header.
+fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    let host = req.headers().get(header::HOST)?;
+    Authority::try_from(host.as_bytes()).ok()
+}
+
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
