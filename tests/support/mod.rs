@@ -8,9 +8,11 @@
 mod body;
 mod client;
 mod process;
+mod proxy;
 mod upstream;
 
 pub use body::{BodySender, TestBody, body_channel, body_from_chunks, empty_body, full_body};
 pub use client::{Client, Proto, Reply, error_chain, tally};
 pub use process::{ProxyProcess, SIGHUP, SIGINT, SIGKILL, SIGTERM, parse_log_addr, strip_ansi};
+pub use proxy::{ProxyOptions, TestProxy, service_yaml};
 pub use upstream::{Upstream, closed_port, raw_exchange};
