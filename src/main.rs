@@ -391,15 +391,16 @@ pub async fn run(
         });
     }
 
-    wait_for_stop(&quit, &reloader).await;
+    let mut signals = StopSignals::new();
+    wait_for_stop(&mut signals, &quit, &reloader).await;
     tracing::info!(
         drain_delay = ?args.drain_delay,
         drain_timeout = ?args.drain_timeout,
         "draining: readiness now fails"
     );
     // A second signal during the drain exits at once.
-    tokio::spawn(async {
-        wait_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("switchyard: second signal, exiting now");
         std::process::exit(1);
     });
@@ -419,14 +420,14 @@ pub async fn run(
 }
 
 /// Waits for SIGTERM, SIGINT or /quitquitquit; SIGHUP reloads the config meanwhile.
-async fn wait_for_stop(quit: &Notify, reloader: &Reloader) {
+async fn wait_for_stop(signals: &mut StopSignals, quit: &Notify, reloader: &Reloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup()).ok();
         loop {
             tokio::select! {
-                _ = wait_signal() => return,
+                _ = signals.recv() => return,
                 _ = quit.notified() => return,
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     match reloader.reload().await {
@@ -447,32 +448,57 @@ async fn wait_for_stop(quit: &Notify, reloader: &Reloader) {
     #[cfg(not(unix))]
     {
         tokio::select! {
-            _ = wait_signal() => {},
+            _ = signals.recv() => {},
             _ = quit.notified() => {},
         }
     }
 }
 
-async fn wait_signal() {
+/// SIGTERM and SIGINT, registered once so no signal between two waits is lost.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut t), Ok(mut i)) => {
-                tokio::select! {
-                    _ = t.recv() => {},
-                    _ = i.recv() => {},
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {},
+                _ = next(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

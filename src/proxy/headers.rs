@@ -32,10 +32,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .split(',')
             .map(str::trim)
             .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-                    && !(upgrade && t.eq_ignore_ascii_case("upgrade"))
+                let keep_for_upgrade = upgrade && t.eq_ignore_ascii_case("upgrade");
+                let is_option =
+                    t.eq_ignore_ascii_case("close") || t.eq_ignore_ascii_case("keep-alive");
+                !(t.is_empty() || is_option || keep_for_upgrade)
             })
             .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
             .collect();

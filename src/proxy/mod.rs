@@ -215,7 +215,11 @@ impl Proxy {
                     }
                     let response_ops = match (&target.response_headers, &route.response_headers) {
                         (None, None) => None,
-                        (t, r) => Some((t.clone(), r.clone(), several)),
+                        (t, r) => Some(ResponseOps {
+                            target: t.clone(),
+                            route: r.clone(),
+                            weighted: several,
+                        }),
                     };
                     Plan {
                         cluster: Some(cluster.clone()),
@@ -332,7 +336,12 @@ impl Proxy {
         parts
             .headers
             .insert(header::SERVER, HeaderValue::from_static("envoy"));
-        if let Some((target_ops, route_ops, several)) = plan.response_ops {
+        if let Some(ResponseOps {
+            target: target_ops,
+            route: route_ops,
+            weighted: several,
+        }) = plan.response_ops
+        {
             let apply = |ops: &Option<Arc<HeaderOps>>, h: &mut http::HeaderMap| {
                 if let Some(o) = ops {
                     o.apply(h, &fmt);
@@ -461,7 +470,16 @@ struct Plan {
     cluster: Option<Arc<Cluster>>,
     new_path: Option<String>,
     new_authority: Option<HeaderValue>,
-    response_ops: Option<(Option<Arc<HeaderOps>>, Option<Arc<HeaderOps>>, bool)>,
+    response_ops: Option<ResponseOps>,
+}
+
+/// Response header operations of the matched route and destination, applied once the
+/// upstream answers.
+struct ResponseOps {
+    target: Option<Arc<HeaderOps>>,
+    route: Option<Arc<HeaderOps>>,
+    /// Several weighted destinations: Envoy applies the destination's ops first.
+    weighted: bool,
 }
 
 impl Plan {
