@@ -79,9 +79,14 @@ impl Body for ProxyBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
-                if let Poll::Ready(None) = polled
-                    && let Some(r) = up.release.take()
-                {
+                // The server stops polling once `is_end_stream` says so, so the end is noticed
+                // after the last frame, not only at `None`.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => up.inner.is_end_stream(),
+                    _ => false,
+                };
+                if ended && let Some(r) = up.release.take() {
                     r.release();
                 }
                 polled

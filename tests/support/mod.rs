@@ -7,6 +7,7 @@
 
 mod body;
 mod client;
+pub mod e2e_helpers;
 mod process;
 mod proxy;
 mod upstream;
