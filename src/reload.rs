@@ -74,17 +74,26 @@ pub async fn build_table(
     if !dns_clusters.is_empty() {
         let pools = ctx.pools.clone();
         let first = async {
+            let mut earliest: Option<std::time::Instant> = None;
             for c in &dns_clusters {
-                let failed = dns::refresh(c, &pools).await;
-                if !failed.is_empty() {
-                    tracing::warn!(cluster = %c.name, names = ?failed, "DNS lookup failed; the cluster has no endpoints until it resolves");
+                let r = dns::refresh(c, &pools).await;
+                if let Some(v) = r.valid_until {
+                    earliest = Some(earliest.map_or(v, |e| e.min(v)));
+                }
+                if !r.failed.is_empty() {
+                    tracing::warn!(cluster = %c.name, names = ?r.failed, "DNS lookup failed; the cluster has no endpoints until it resolves");
                 }
             }
+            earliest
         };
-        let _ = tokio::time::timeout(INITIAL_DNS_BUDGET, first).await;
+        let earliest = tokio::time::timeout(INITIAL_DNS_BUDGET, first)
+            .await
+            .ok()
+            .flatten();
         table.dns_task = Some(AbortOnDrop(dns::spawn_refresher(
             dns_clusters,
             ctx.pools.clone(),
+            earliest,
         )));
     }
     Ok((table, diags))

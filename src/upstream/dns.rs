@@ -1,16 +1,20 @@
-//! `resolution: DNS` endpoints: names resolved in the background every few seconds. A failed
-//! lookup keeps the last good addresses, as Envoy's STRICT_DNS clusters do, so a DNS blip does
-//! not empty a cluster.
+//! `resolution: DNS` endpoints: names resolved in the background every 5 s, or sooner when a
+//! record's TTL runs out first. A failed lookup keeps the last good addresses, as Envoy's
+//! STRICT_DNS clusters do, so a DNS blip does not empty a cluster.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
 
 use super::{Cluster, Endpoint, PoolRegistry};
 use crate::config::istio::Labels;
 
 /// How often names are re-resolved (Envoy's `dns_refresh_rate` default).
 pub const REFRESH: Duration = Duration::from_secs(5);
+/// A TTL of 0 must not turn the refresher into a busy loop.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// A lookup that takes longer than this counts as failed.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,18 +30,30 @@ pub struct DnsTarget {
     pub first_only: bool,
 }
 
+/// What one refresh of a cluster found.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// Names whose lookup failed (their last good addresses were kept).
+    pub failed: Vec<String>,
+    /// The earliest moment a record it used expires.
+    pub valid_until: Option<Instant>,
+}
+
 /// Resolves every target of `cluster` once and installs the result; a target whose lookup
-/// fails keeps the endpoints it had. Returns the names that failed.
-pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Vec<String> {
+/// fails keeps the endpoints it had.
+pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Refreshed {
+    let mut out = Refreshed::default();
     let super::Discovery::Dns(targets) = &cluster.discovery else {
-        return Vec::new();
+        return out;
     };
     let previous = cluster.endpoints();
     let mut next: Vec<Arc<Endpoint>> = Vec::new();
-    let mut failed = Vec::new();
     for t in targets {
         match lookup(&t.hostname, t.port).await {
-            Ok(addrs) if !addrs.is_empty() => {
+            Ok((addrs, valid_until)) if !addrs.is_empty() => {
+                if let Some(v) = valid_until {
+                    out.valid_until = Some(out.valid_until.map_or(v, |o| o.min(v)));
+                }
                 let take = if t.first_only { 1 } else { addrs.len() };
                 for addr in addrs.into_iter().take(take) {
                     let existing = previous.iter().find(|e| e.addr == addr);
@@ -55,7 +71,7 @@ pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Vec<String> {
                 }
             }
             _ => {
-                failed.push(t.hostname.clone());
+                out.failed.push(t.hostname.clone());
                 // Keep what this name resolved to last time.
                 next.extend(
                     previous
@@ -68,36 +84,90 @@ pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Vec<String> {
     }
     next.dedup_by(|a, b| a.addr == b.addr);
     cluster.set_endpoints(next);
-    failed
+    out
 }
 
-async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Ok(r) => r.map(|it| it.collect()),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "DNS lookup timed out",
-        )),
+/// The system's resolver configuration (`/etc/resolv.conf`, `/etc/hosts`), without a cache so
+/// every refresh asks again, as Envoy's resolver does. `None` when the system config cannot be
+/// read: lookups then go through the OS (`getaddrinfo`), which reports no TTL.
+fn resolver() -> Option<&'static TokioResolver> {
+    static RESOLVER: OnceLock<Option<TokioResolver>> = OnceLock::new();
+    RESOLVER
+        .get_or_init(|| {
+            let mut builder = TokioResolver::builder_tokio().ok()?;
+            builder.options_mut().cache_size = 0;
+            builder.build().ok()
+        })
+        .as_ref()
+}
+
+type Lookup = (Vec<SocketAddr>, Option<Instant>);
+
+async fn lookup(host: &str, port: u16) -> std::io::Result<Lookup> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out");
+    if let Some(r) = resolver() {
+        return match tokio::time::timeout(LOOKUP_TIMEOUT, r.lookup_ip(host)).await {
+            Ok(Ok(ips)) => Ok((
+                ips.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+                Some(ips.valid_until()),
+            )),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Err(_) => Err(timed_out()),
+        };
     }
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(r) => r.map(|it| (it.collect(), None)),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// When to resolve again: after `REFRESH`, or when the earliest record expires if sooner.
+pub fn next_refresh(valid_until: Option<Instant>, now: Instant) -> Duration {
+    let ttl = valid_until.map_or(REFRESH, |v| v.saturating_duration_since(now));
+    ttl.clamp(MIN_REFRESH, REFRESH)
 }
 
 /// Refreshes the DNS clusters of one table until aborted (the table aborts it when dropped).
 pub fn spawn_refresher(
     clusters: Vec<Arc<Cluster>>,
     pools: Arc<PoolRegistry>,
+    first_valid_until: Option<Instant>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFRESH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut wait = next_refresh(first_valid_until, Instant::now());
         loop {
-            tick.tick().await;
+            tokio::time::sleep(wait).await;
+            let mut earliest: Option<Instant> = None;
             for c in &clusters {
-                let failed = refresh(c, &pools).await;
-                if !failed.is_empty() {
-                    tracing::warn!(cluster = %c.name, names = ?failed, "DNS refresh failed; keeping the last good addresses");
+                let r = refresh(c, &pools).await;
+                if let Some(v) = r.valid_until {
+                    earliest = Some(earliest.map_or(v, |e| e.min(v)));
+                }
+                if !r.failed.is_empty() {
+                    tracing::warn!(cluster = %c.name, names = ?r.failed, "DNS refresh failed; keeping the last good addresses");
                 }
             }
+            wait = next_refresh(earliest, Instant::now());
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_interval_follows_ttl_within_bounds() {
+        let now = Instant::now();
+        assert_eq!(next_refresh(None, now), REFRESH);
+        assert_eq!(
+            next_refresh(Some(now + Duration::from_secs(300)), now),
+            REFRESH
+        );
+        assert_eq!(
+            next_refresh(Some(now + Duration::from_secs(2)), now),
+            Duration::from_secs(2)
+        );
+        assert_eq!(next_refresh(Some(now), now), MIN_REFRESH);
+    }
 }

@@ -31,8 +31,8 @@ pub struct LbState {
     next: AtomicUsize,
 }
 
-/// Envoy's `host_selection_retry_max_attempts` for the previous-hosts predicate.
-const AVOID_ATTEMPTS: u64 = 5;
+/// One draw plus Envoy's `host_selection_retry_max_attempts` (5) for the previous-hosts predicate.
+const AVOID_ATTEMPTS: u64 = 6;
 
 pub fn pick<'e>(
     policy: LbPolicy,
