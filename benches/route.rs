@@ -62,6 +62,7 @@ fn table() -> RouteTable {
             identity: &identity,
             outbound_policy: OutboundPolicy::RegistryOnly,
             pools: &Arc::new(PoolRegistry::default()),
+            metrics: &Arc::new(switchyard::metrics::Registry::default()),
             version: 1,
         },
     )

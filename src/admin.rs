@@ -27,7 +27,13 @@ pub struct Admin {
     /// Notified by POST /quitquitquit: the binary runs its drain sequence.
     pub quit: Arc<Notify>,
     pub started: Instant,
+    pub metrics: Arc<crate::metrics::Registry>,
+    /// Changes the log filter (`POST /logging?level=debug`); `None` when logging is not ours.
+    pub set_log_level: Option<LogControl>,
 }
+
+/// Applies a `tracing` filter directive such as `debug` or `switchyard=trace`.
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 impl Admin {
     pub fn spawn(self: Arc<Self>, listener: TcpListener) -> std::io::Result<SocketAddr> {
@@ -54,6 +60,18 @@ impl Admin {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
+        if let Some(r) =
+            crate::metrics::server::read_only(path, req.method(), &self.metrics, &self.state)
+        {
+            return r;
+        }
+        if path == "/clusters" && req.method() == Method::GET {
+            let json = req.uri().query().is_some_and(|q| q.contains("format=json"));
+            return self.clusters(json);
+        }
+        if path == "/logging" {
+            return self.logging(&req);
+        }
         let post_only = matches!(
             path,
             "/reload"
@@ -119,6 +137,89 @@ impl Admin {
                 text(StatusCode::OK, "OK\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// Envoy's `/clusters`: per endpoint, active requests, health, weight.
+    fn clusters(&self, json: bool) -> Response<Full<Bytes>> {
+        let table = self.reloader.table.load_full();
+        if json {
+            let statuses: Vec<Value> = table
+                .clusters
+                .iter()
+                .map(|c| {
+                    let hosts: Vec<Value> = c
+                        .endpoints()
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "address": {"socket_address": {"address": e.addr.ip().to_string(), "port_value": e.addr.port()}},
+                                "stats": [
+                                    {"name": "rq_active", "value": e.active.load(std::sync::atomic::Ordering::Relaxed)},
+                                    {"name": "cx_idle", "value": e.pool.idle_connections()},
+                                ],
+                                "health_status": {"eds_health_status": "HEALTHY", "failed_outlier_check": false},
+                                "weight": e.weight,
+                                "labels": e.labels,
+                            })
+                        })
+                        .collect();
+                    json!({"name": c.name, "added_via_api": true, "host_statuses": hosts})
+                })
+                .collect();
+            return json_response(StatusCode::OK, json!({ "cluster_statuses": statuses }));
+        }
+        let mut out = String::new();
+        for c in &table.clusters {
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "{}::added_via_api::true", c.name);
+            let _ = writeln!(
+                out,
+                "{}::default_priority::max_connections::4294967295",
+                c.name
+            );
+            for e in c.endpoints().iter() {
+                let p = format!("{}::{}", c.name, e.addr);
+                let _ = writeln!(out, "{p}::cx_active::{}", c.stats.upstream_cx_active.get());
+                let _ = writeln!(out, "{p}::cx_idle::{}", e.pool.idle_connections());
+                let _ = writeln!(
+                    out,
+                    "{p}::rq_active::{}",
+                    e.active.load(std::sync::atomic::Ordering::Relaxed)
+                );
+                let _ = writeln!(out, "{p}::health_flags::healthy");
+                let _ = writeln!(out, "{p}::weight::{}", e.weight);
+            }
+        }
+        crate::metrics::server::respond(StatusCode::OK, "text/plain", out.into_bytes())
+    }
+
+    /// `POST /logging?level=debug` (Envoy's admin convention); `GET` lists how to use it.
+    fn logging(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use POST /logging?level=LEVEL\n",
+            );
+        }
+        let level = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")))
+            .unwrap_or("");
+        let Some(set) = &self.set_log_level else {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "log level control is not available\n",
+            );
+        };
+        match set(level) {
+            Ok(()) => text(StatusCode::OK, "OK\n"),
+            Err(e) => crate::metrics::server::respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("invalid level {level:?}: {e}\n").into_bytes(),
+            ),
         }
     }
 

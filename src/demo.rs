@@ -62,6 +62,23 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.exit {
         ready.quit.notify_one();
     } else {
+        // Istio's default profile logs nothing; the demo shows each request from here on.
+        if args.serve_access_log_is_default() {
+            match switchyard::access_log::AccessLog::start(
+                switchyard::access_log::Sink::Stdout,
+                switchyard::access_log::Format::Envoy,
+                ready.server.metrics.clone(),
+            ) {
+                Ok(log) => {
+                    ready
+                        .server
+                        .access_log
+                        .store(Some(std::sync::Arc::new(log)));
+                    println!("Access log on (stdout, Istio's format).");
+                }
+                Err(e) => eprintln!("access log unavailable: {e}"),
+            }
+        }
         println!(
             "\nStill serving. Try:\n  curl -H 'Host: {DEMO_HOST}' http://localhost:{port}/\n  curl -H 'Host: {DEMO_HOST}' -H 'X-User-Group: beta' http://localhost:{port}/\nCtrl-C stops it.",
             port = ready.proxy.port()

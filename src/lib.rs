@@ -5,12 +5,15 @@
 //! by every request (`proxy`), which forwards to `upstream` endpoints.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod upstream;
+pub mod watch;
 
 pub use config::{Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, load};
 pub use reload::{ReloadContext, ReloadOutcome, Reloader};

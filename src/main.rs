@@ -116,8 +116,44 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Read-only metrics listener (`/stats/prometheus`, `/stats/subsets`, `/healthz/ready`),
+    /// or `off`.
+    #[arg(long, env = "SWITCHYARD_METRICS", default_value = "0.0.0.0:15090")]
+    metrics: String,
+    /// Istio `reporter` label: `source` (client-side sidecar) or `destination` (server-side,
+    /// what Flagger queries).
+    #[arg(
+        long,
+        env = "SWITCHYARD_REPORTER",
+        value_enum,
+        default_value = "source"
+    )]
+    reporter: ReporterArg,
+    /// Access log: `off`, `stdout`, `stderr` or a file path (appended).
+    #[arg(long, env = "SWITCHYARD_ACCESS_LOG", default_value = "off")]
+    access_log: String,
+    /// Access-log line format: Istio's default text (`envoy`) or the same fields as JSON.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ACCESS_LOG_FORMAT",
+        value_enum,
+        default_value = "envoy"
+    )]
+    access_log_format: AccessLogFormatArg,
     #[command(flatten)]
     identity: IdentityArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReporterArg {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccessLogFormatArg {
+    Envoy,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,6 +203,10 @@ pub struct DemoArgs {
 impl DemoArgs {
     fn serve_identity(&self) -> Result<ProxyIdentity> {
         self.serve.identity.identity()
+    }
+
+    fn serve_access_log_is_default(&self) -> bool {
+        self.serve.access_log == "off"
     }
 }
 
@@ -224,9 +264,33 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    fn control<H>(reload: H) -> switchyard::admin::LogControl
+    where
+        H: Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+    {
+        Arc::new(move |level: &str| {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            reload(filter)
+        })
+    }
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = LOG_CONTROL.set(control(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.init();
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = LOG_CONTROL.set(control(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            builder.init();
+        }
     }
 }
 
@@ -274,6 +338,29 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
     })
 }
 
+/// `POST /logging?level=` on the admin listener changes the filter through this.
+static LOG_CONTROL: std::sync::OnceLock<switchyard::admin::LogControl> = std::sync::OnceLock::new();
+
+fn access_log(
+    args: &ServeArgs,
+    metrics: &Arc<switchyard::metrics::Registry>,
+) -> Result<Option<switchyard::access_log::AccessLog>> {
+    use switchyard::access_log::{AccessLog, Format, Sink};
+    let sink = match args.access_log.as_str() {
+        "off" | "" => return Ok(None),
+        "stdout" => Sink::Stdout,
+        "stderr" => Sink::Stderr,
+        path => Sink::File(PathBuf::from(path)),
+    };
+    let format = match args.access_log_format {
+        AccessLogFormatArg::Envoy => Format::Envoy,
+        AccessLogFormatArg::Json => Format::Json,
+    };
+    AccessLog::start(sink, format, metrics.clone())
+        .map(Some)
+        .with_context(|| format!("--access-log {}: cannot open", args.access_log))
+}
+
 fn log_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
         match d.severity {
@@ -287,6 +374,7 @@ fn log_diagnostics(diags: &[Diagnostic]) {
 /// What `run` tells an embedding caller (the demo) once it listens.
 pub struct Ready {
     pub proxy: SocketAddr,
+    pub server: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
     pub quit: Arc<Notify>,
 }
@@ -301,6 +389,17 @@ pub async fn run(
     let started = Instant::now();
     let identity = args.identity.identity()?;
     let pools = Arc::new(PoolRegistry::default());
+    let metrics = Arc::new(switchyard::metrics::Registry::new(
+        switchyard::metrics::SourceLabels::new(
+            &identity.workload,
+            &identity.namespace,
+            &identity.labels,
+        ),
+        match args.reporter {
+            ReporterArg::Source => switchyard::metrics::Reporter::Source,
+            ReporterArg::Destination => switchyard::metrics::Reporter::Destination,
+        },
+    ));
     let ctx = ReloadContext {
         path: config.clone(),
         identity,
@@ -310,6 +409,7 @@ pub async fn run(
         },
         istio_mutual_as_plaintext: args.istio_mutual_as_plaintext,
         pools: pools.clone(),
+        metrics: metrics.clone(),
     };
     let (reloader, warnings) = match Reloader::start(ctx).await {
         Ok(r) => r,
@@ -354,7 +454,26 @@ pub async fn run(
             )
         }
     };
-    let mut proxy = Proxy::new(reloader.table.clone(), pools);
+    let mut proxy = Proxy::new(reloader.table.clone(), pools, metrics.clone());
+    if let Some(log) = access_log(&args, &metrics)? {
+        proxy.access_log.store(Some(Arc::new(log)));
+    }
+    let metrics_listener = match args.metrics.as_str() {
+        "off" | "" => None,
+        a => {
+            let addr: SocketAddr = a
+                .parse()
+                .with_context(|| format!("--metrics: {a:?} is not an address (or `off`)"))?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--metrics)"))?,
+            )
+        }
+    };
+    if let Some(l) = &metrics_listener {
+        proxy.own_addrs.push(l.local_addr()?);
+    }
     proxy.own_addrs.push(proxy_addr);
     if let Some(l) = &admin_listener {
         proxy.own_addrs.push(l.local_addr()?);
@@ -368,6 +487,8 @@ pub async fn run(
                 state: proxy.state.clone(),
                 quit: quit.clone(),
                 started,
+                metrics: metrics.clone(),
+                set_log_level: LOG_CONTROL.get().cloned(),
             })
             .spawn(l)?,
         ),
@@ -378,14 +499,25 @@ pub async fn run(
         max_headers: args.max_headers,
         ..Limits::default()
     };
+    let metrics_addr = match metrics_listener {
+        Some(l) => Some(switchyard::metrics::server::spawn(
+            l,
+            metrics.clone(),
+            proxy.state.clone(),
+        )?),
+        None => None,
+    };
     let server = ProxyListener::spawn(listener, proxy.clone(), limits)?;
+    let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     tracing::info!(
-        "switchyard listening proxy={proxy_addr} admin={}",
-        admin_addr.map_or("off".to_string(), |a| a.to_string())
+        "switchyard listening proxy={proxy_addr} admin={} metrics={}",
+        shown(admin_addr),
+        shown(metrics_addr)
     );
     if let Some(tx) = ready {
         let _ = tx.send(Ready {
             proxy: proxy_addr,
+            server: proxy.clone(),
             reloader: reloader.clone(),
             quit: quit.clone(),
         });

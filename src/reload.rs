@@ -2,6 +2,10 @@
 //! everything is read, validated and compiled off the request path, and only a table with no
 //! error is swapped in, in one `store`. Requests already routed keep the table they started
 //! with; a refused config leaves the last good table serving untouched.
+//!
+//! Reloads are started by the file watcher (`crate::watch`), by SIGHUP and by `POST /reload`.
+//! Whatever starts one, the outcome is logged here, once, in `validate`'s format, so the three
+//! triggers cannot drift apart.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::config::validate::{Mode, ValidateOptions, validate};
-use crate::config::{Diagnostic, LoadOptions, ProxyIdentity, Severity, codes, load};
+use crate::config::{Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, codes, load};
 use crate::route::compile::{CompileOptions, OutboundPolicy, compile};
 use crate::route::{AbortOnDrop, RouteTable};
 use crate::upstream::{Discovery, PoolRegistry, dns};
@@ -27,6 +31,35 @@ pub struct ReloadContext {
     pub outbound_policy: OutboundPolicy,
     pub istio_mutual_as_plaintext: bool,
     pub pools: Arc<PoolRegistry>,
+    /// Metric series, shared by every table so counts survive reloads.
+    pub metrics: Arc<crate::metrics::Registry>,
+}
+
+/// What asked for a reload; logged and shown in `/config_dump`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first load, before serving.
+    Startup,
+    /// A file-system event on the config path, after the settle window.
+    Watch,
+    /// The periodic content-hash poll (events were missed).
+    Poll,
+    /// SIGHUP.
+    Signal,
+    /// An explicit request: `POST /reload`, or a caller of [`Reloader::reload`].
+    Forced,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Watch => "watch",
+            Trigger::Poll => "poll",
+            Trigger::Signal => "sighup",
+            Trigger::Forced => "forced",
+        }
+    }
 }
 
 /// The outcome of the latest load attempt, for `/config_dump` and logs.
@@ -34,7 +67,15 @@ pub struct ReloadContext {
 pub struct ReloadReport {
     pub at: SystemTime,
     pub accepted: bool,
+    /// False when the files hashed the same as the serving table (nothing was swapped).
+    pub changed: bool,
+    /// The serving version after this attempt.
     pub version: u64,
+    pub trigger: Trigger,
+    /// Content hash of the files this attempt read (accepted or not). The watcher compares
+    /// against it so that one broken edit is refused, and logged, once rather than on every
+    /// event or poll until it is fixed.
+    pub source_hash: String,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -55,8 +96,31 @@ pub async fn build_table(
     ctx: &ReloadContext,
     version: u64,
 ) -> Result<(RouteTable, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let res = read_config(ctx).await.map_err(|e| vec![e])?;
+    build_table_from(ctx, res, version).await
+}
+
+/// Reads the config path into resources on the blocking pool (file I/O must not stall the
+/// request workers).
+pub async fn read_config(ctx: &ReloadContext) -> Result<Resources, Diagnostic> {
+    let path = ctx.path.clone();
+    let opts = LoadOptions {
+        default_namespace: ctx.identity.namespace.clone(),
+    };
+    tokio::task::spawn_blocking(move || load(&path, &opts))
+        .await
+        .map_err(|e| internal(&ctx.path, format!("config read task failed: {e}")))
+}
+
+/// Validates and compiles resources already read (the watcher reads them itself, to check
+/// that the bytes are stable, and then builds exactly the bytes it checked).
+pub async fn build_table_from(
+    ctx: &ReloadContext,
+    res: Resources,
+    version: u64,
+) -> Result<(RouteTable, Vec<Diagnostic>), Vec<Diagnostic>> {
     let c = ctx.clone();
-    let built = tokio::task::spawn_blocking(move || build_sync(&c, version))
+    let built = tokio::task::spawn_blocking(move || build_sync(&c, &res, version))
         .await
         .map_err(|e| {
             vec![internal(
@@ -101,17 +165,12 @@ pub async fn build_table(
 
 fn build_sync(
     ctx: &ReloadContext,
+    res: &Resources,
     version: u64,
 ) -> Result<(RouteTable, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let res = load(
-        &ctx.path,
-        &LoadOptions {
-            default_namespace: ctx.identity.namespace.clone(),
-        },
-    );
     let mut diags = res.diagnostics.clone();
     diags.extend(validate(
-        &res,
+        res,
         &ValidateOptions {
             identity: &ctx.identity,
             mode: Mode::Serve,
@@ -122,11 +181,12 @@ fn build_sync(
         return Err(diags);
     }
     let table = compile(
-        &res,
+        res,
         &CompileOptions {
             identity: &ctx.identity,
             outbound_policy: ctx.outbound_policy,
             pools: &ctx.pools,
+            metrics: &ctx.metrics,
             version,
         },
     )
@@ -150,12 +210,33 @@ fn internal(path: &std::path::Path, message: String) -> Diagnostic {
     }
 }
 
+/// Logs each diagnostic on its own line, exactly as `switchyard validate` prints it.
+pub fn log_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        match d.severity {
+            Severity::Error => tracing::error!("{d}"),
+            Severity::Warning => tracing::warn!("{d}"),
+            Severity::Info => tracing::info!("{d}"),
+        }
+    }
+}
+
+/// Running totals of reload attempts since start (the first load not counted), kept here so a
+/// metrics exporter can read them without owning the reload path.
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    unchanged: AtomicU64,
+}
+
 /// Owns the swap point and the reload history. One reload runs at a time.
 pub struct Reloader {
     pub ctx: ReloadContext,
     pub table: Arc<ArcSwap<RouteTable>>,
     version: AtomicU64,
     last: Mutex<Option<ReloadReport>>,
+    counters: Counters,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -165,14 +246,18 @@ impl Reloader {
         let (table, warnings) = build_table(&ctx, 1).await?;
         let reloader = Reloader {
             ctx,
-            table: Arc::new(ArcSwap::from_pointee(table)),
-            version: AtomicU64::new(1),
             last: Mutex::new(Some(ReloadReport {
                 at: SystemTime::now(),
                 accepted: true,
+                changed: true,
                 version: 1,
+                trigger: Trigger::Startup,
+                source_hash: table.source_hash.clone(),
                 diagnostics: warnings.clone(),
             })),
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            version: AtomicU64::new(1),
+            counters: Counters::default(),
             serial: tokio::sync::Mutex::new(()),
         };
         Ok((reloader, warnings))
@@ -186,39 +271,158 @@ impl Reloader {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the config and publishes it if it changed and has no error.
+    /// Content hash of the files the latest attempt read, accepted or refused.
+    pub fn last_attempted_hash(&self) -> Option<String> {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.source_hash.clone())
+    }
+
+    /// Reloads that swapped in a new table.
+    pub fn reloads_accepted(&self) -> u64 {
+        self.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Reloads refused because the config had an error (the last good table kept serving).
+    pub fn reloads_refused(&self) -> u64 {
+        self.counters.refused.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that found the files identical to the serving table.
+    pub fn reloads_unchanged(&self) -> u64 {
+        self.counters.unchanged.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the config and publishes it if it changed and has no error (`POST /reload`).
     pub async fn reload(&self) -> Result<ReloadOutcome, Vec<Diagnostic>> {
+        self.reload_with(Trigger::Forced).await
+    }
+
+    /// Like [`Reloader::reload`], naming what asked for it in the logs and the report. A forced
+    /// reload does not wait for the watcher's settle window: the operator says the files are
+    /// written.
+    pub async fn reload_with(&self, trigger: Trigger) -> Result<ReloadOutcome, Vec<Diagnostic>> {
         let _one_at_a_time = self.serial.lock().await;
-        let current_hash = self.table.load().source_hash.clone();
-        let next_version = self.version() + 1;
-        let result = build_table(&self.ctx, next_version).await;
-        let report = |accepted: bool, version: u64, diagnostics: Vec<Diagnostic>| {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadReport {
-                at: SystemTime::now(),
-                accepted,
-                version,
-                diagnostics,
-            });
-        };
-        match result {
-            Err(diags) => {
-                report(false, self.version(), diags.clone());
+        match read_config(&self.ctx).await {
+            Ok(res) => self.apply_locked(res, trigger).await,
+            Err(d) => {
+                let diags = vec![d];
+                self.refuse(String::new(), trigger, diags.clone());
                 Err(diags)
             }
-            Ok((table, _)) if table.source_hash == current_hash => Ok(ReloadOutcome::Unchanged),
+        }
+    }
+
+    /// Builds and publishes resources the caller already read (the watcher, which checked
+    /// that these exact bytes were stable).
+    pub async fn apply(
+        &self,
+        res: Resources,
+        trigger: Trigger,
+    ) -> Result<ReloadOutcome, Vec<Diagnostic>> {
+        let _one_at_a_time = self.serial.lock().await;
+        self.apply_locked(res, trigger).await
+    }
+
+    async fn apply_locked(
+        &self,
+        res: Resources,
+        trigger: Trigger,
+    ) -> Result<ReloadOutcome, Vec<Diagnostic>> {
+        let current_hash = self.table.load().source_hash.clone();
+        let source_hash = res.content_hash.clone();
+        let next_version = self.version() + 1;
+        match build_table_from(&self.ctx, res, next_version).await {
+            Err(diags) => {
+                self.refuse(source_hash, trigger, diags.clone());
+                Err(diags)
+            }
+            Ok((table, warnings)) if table.source_hash == current_hash => {
+                // Not swapped, but recorded: after a refused edit is reverted, the dump must
+                // stop showing the refusal as the latest word.
+                self.counters.unchanged.fetch_add(1, Ordering::Relaxed);
+                self.record(ReloadReport {
+                    at: SystemTime::now(),
+                    accepted: true,
+                    changed: false,
+                    version: self.version(),
+                    trigger,
+                    source_hash,
+                    diagnostics: warnings,
+                });
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    version = self.version(),
+                    "config unchanged"
+                );
+                Ok(ReloadOutcome::Unchanged)
+            }
             Ok((table, warnings)) => {
+                let summary = (
+                    table.virtual_hosts().len(),
+                    table.clusters.len(),
+                    table
+                        .clusters
+                        .iter()
+                        .map(|c| c.endpoints().len())
+                        .sum::<usize>(),
+                );
                 let old = self.table.swap(Arc::new(table));
                 self.version.store(next_version, Ordering::Release);
-                report(true, next_version, warnings.clone());
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.record(ReloadReport {
+                    at: SystemTime::now(),
+                    accepted: true,
+                    changed: true,
+                    version: next_version,
+                    trigger,
+                    source_hash,
+                    diagnostics: warnings.clone(),
+                });
                 // The old table is freed here, off the request path, once in-flight requests
                 // holding it finish.
                 drop(old);
                 self.ctx.pools.prune();
+                log_diagnostics(&warnings);
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    version = next_version,
+                    hosts = summary.0,
+                    clusters = summary.1,
+                    endpoints = summary.2,
+                    "config reloaded"
+                );
                 Ok(ReloadOutcome::Applied {
                     version: next_version,
                     warnings,
                 })
             }
         }
+    }
+
+    fn refuse(&self, source_hash: String, trigger: Trigger, diags: Vec<Diagnostic>) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        log_diagnostics(&diags);
+        tracing::error!(
+            trigger = trigger.as_str(),
+            errors = diags.iter().filter(|d| d.is_error()).count(),
+            version = self.version(),
+            "config refused; the last good config keeps serving"
+        );
+        self.record(ReloadReport {
+            at: SystemTime::now(),
+            accepted: false,
+            changed: false,
+            version: self.version(),
+            trigger,
+            source_hash,
+            diagnostics: diags,
+        });
+    }
+
+    fn record(&self, report: ReloadReport) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 }

@@ -51,6 +51,7 @@ fn table(yaml: &str) -> RouteTable {
             identity: &identity,
             outbound_policy: OutboundPolicy::RegistryOnly,
             pools: &Arc::new(PoolRegistry::default()),
+            metrics: &Arc::new(switchyard::metrics::Registry::default()),
             version: 1,
         },
     )

@@ -1,9 +1,13 @@
-//! The one response body type the proxy returns: an upstream body streamed through, or a
-//! local reply. Streaming an upstream body also carries what must live exactly as long as it:
-//! the endpoint's active-request count, the in-flight count that drain waits for, and the
-//! pooled connection, which goes back to its pool only after the body has been read to the end.
+//! The body types of the request path. `ProxyBody` is what the proxy answers with: an
+//! upstream body streamed through, or a local reply. `RequestBody` is the client's body on its
+//! way upstream. Both count bytes into the request's record, and an upstream body carries what
+//! must live exactly as long as it: the endpoint's active-request count, the request record
+//! (in-flight count, metrics), and the pooled connection, which goes back to its pool only
+//! once the body has been read to the end.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::upstream::{ActiveGuard, Release};
 
-use super::InFlight;
+use super::record::RequestRecord;
 
 pub struct ProxyBody {
     kind: Kind,
@@ -28,7 +32,7 @@ struct UpstreamBody {
     inner: Incoming,
     release: Option<Release>,
     _active: Option<ActiveGuard>,
-    _in_flight: Option<InFlight>,
+    record: Arc<RequestRecord>,
 }
 
 impl ProxyBody {
@@ -46,7 +50,7 @@ impl ProxyBody {
         inner: Incoming,
         release: Option<Release>,
         active: Option<ActiveGuard>,
-        in_flight: Option<InFlight>,
+        record: Arc<RequestRecord>,
     ) -> ProxyBody {
         let mut release = release;
         // An empty body may never be polled; its connection is reusable right away.
@@ -60,8 +64,16 @@ impl ProxyBody {
                 inner,
                 release,
                 _active: active,
-                _in_flight: in_flight,
+                record,
             })),
+        }
+    }
+
+    /// Bytes of a local reply's body.
+    pub fn local_len(&self) -> u64 {
+        match &self.kind {
+            Kind::Full(Some(b)) => b.len() as u64,
+            _ => 0,
         }
     }
 }
@@ -79,6 +91,17 @@ impl Body for ProxyBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        up.record
+                            .response_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    } else if let Some(trailers) = frame.trailers_ref()
+                        && let Some(s) = super::grpc_status_of(trailers)
+                    {
+                        up.record.set_grpc_status(s);
+                    }
+                }
                 // The server stops polling once `is_end_stream` says so, so the end is noticed
                 // after the last frame, not only at `None`.
                 let ended = match &polled {
@@ -108,5 +131,50 @@ impl Body for ProxyBody {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(up) => up.inner.size_hint(),
         }
+    }
+}
+
+/// The client's request body on its way upstream, counted as it streams.
+pub struct RequestBody {
+    inner: Incoming,
+    record: Option<Arc<RequestRecord>>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, record: Option<Arc<RequestRecord>>) -> RequestBody {
+        RequestBody { inner, record }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(rec)) = (&polled, &self.record)
+            && let Some(data) = frame.data_ref()
+        {
+            rec.request_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
     }
 }

@@ -121,6 +121,23 @@ impl LocalReply {
         }
     }
 
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this reply.
+    pub fn details(&self) -> &'static str {
+        match self.flag {
+            Flag::NoRoute => "route_not_found",
+            Flag::NoHealthyUpstream => "no_healthy_upstream",
+            Flag::UpstreamConnectFailure | Flag::UpstreamConnectFailureRetriesExhausted => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            Flag::UpstreamReset => "upstream_reset_before_response_started{remote_reset}",
+            Flag::UpstreamConnectionTermination => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            Flag::BlockedHost => "direct_response",
+            Flag::DownstreamProtocolError => "downstream_protocol_error",
+        }
+    }
+
     /// The response: plain text, or for a gRPC request the trailers-only form Envoy uses
     /// (HTTP 200 with `grpc-status` and `grpc-message`), because gRPC clients read the status
     /// from there and treat other HTTP codes as transport errors.

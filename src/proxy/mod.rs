@@ -5,6 +5,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod record;
 pub mod server;
 
 use std::borrow::Cow;
@@ -21,13 +22,17 @@ use hyper::body::Incoming;
 use rand::RngExt;
 use tokio::sync::Notify;
 
+use crate::access_log::AccessLog;
+use crate::metrics::Registry;
+use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::route::action::{FormatContext, HeaderOps};
 use crate::route::host::split_authority;
 use crate::route::path::{normalize_path, split_path_query};
 use crate::route::{Decision, OutboundPolicy, RequestView, RouteTable};
 use crate::upstream::{Cluster, Discovery, PoolRegistry, SendError};
-use body::ProxyBody;
+use body::{ProxyBody, RequestBody};
 use error::LocalReply;
+use record::RequestRecord;
 
 /// Istio's mesh-default retry policy when a route has no `retries`: 2 retries on
 /// connect-failure / refused-stream, preferring other hosts (reference §4.7).
@@ -77,6 +82,13 @@ pub struct Proxy {
     /// Our own listening sockets: ALLOW_ANY passthrough never forwards to them.
     pub own_addrs: Vec<SocketAddr>,
     pub hostname: String,
+    pub metrics: Arc<Registry>,
+    /// Empty when the access log is off (Istio's default); switchable while serving (the
+    /// demo turns it on after its measured batches).
+    pub access_log: arc_swap::ArcSwapOption<AccessLog>,
+    /// Series of REGISTRY_ONLY refusals and ALLOW_ANY passthrough, named as Istio names them.
+    blackhole: Arc<DestMetrics>,
+    passthrough: Arc<DestMetrics>,
 }
 
 /// Per-connection facts the request path reads.
@@ -87,8 +99,22 @@ pub struct ConnInfo {
 }
 
 impl Proxy {
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, pools: Arc<PoolRegistry>) -> Proxy {
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        pools: Arc<PoolRegistry>,
+        metrics: Arc<Registry>,
+    ) -> Proxy {
         Proxy {
+            blackhole: Arc::new(DestMetrics::new(
+                metrics.clone(),
+                DestLabels::service_only("BlackHoleCluster", None),
+            )),
+            passthrough: Arc::new(DestMetrics::new(
+                metrics.clone(),
+                DestLabels::service_only("PassthroughCluster", None),
+            )),
+            metrics,
+            access_log: arc_swap::ArcSwapOption::empty(),
             table,
             pools,
             state: Arc::new(DrainState::default()),
@@ -104,9 +130,30 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let in_flight = InFlight::new(&self.state);
         let grpc = headers::is_grpc(req.headers());
-        match self.forward(req, conn, in_flight).await {
+        let record = Arc::new(RequestRecord::new(
+            self.metrics.clone(),
+            self.access_log.load_full(),
+            grpc,
+            in_flight,
+        ));
+        record.access(|a| fill_access(a, &req, conn));
+        match self.forward(req, conn, &record).await {
             Ok(resp) => resp,
-            Err(local) => local.into_response(grpc),
+            Err(local) => {
+                let flag = local.flag;
+                let details = local.details();
+                let resp = local.into_response(grpc);
+                record.set_status(resp.status().as_u16(), Some(flag));
+                if let Some(s) = grpc_status_of(resp.headers()) {
+                    record.set_grpc_status(s);
+                }
+                record.response_bytes.store(
+                    resp.body().local_len(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                record.access(|a| a.details = details);
+                resp
+            }
         }
     }
 
@@ -114,7 +161,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
-        in_flight: InFlight,
+        record: &Arc<RequestRecord>,
     ) -> Result<Response<ProxyBody>, LocalReply> {
         let authority =
             request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
@@ -154,13 +201,33 @@ impl Proxy {
             let random: u64 = rand::rng().random();
             match table.route(&host, &view, random) {
                 Decision::UnknownHost => match table.outbound_policy {
-                    OutboundPolicy::RegistryOnly => return Err(LocalReply::blocked_host()),
-                    OutboundPolicy::AllowAny => Plan::passthrough(),
+                    OutboundPolicy::RegistryOnly => {
+                        record.set_dest(&self.blackhole);
+                        record.access(|a| a.upstream_cluster = "BlackHoleCluster".into());
+                        return Err(LocalReply::blocked_host());
+                    }
+                    OutboundPolicy::AllowAny => {
+                        record.set_dest(&self.passthrough);
+                        record.access(|a| a.upstream_cluster = "PassthroughCluster".into());
+                        Plan::passthrough()
+                    }
                 },
-                Decision::NoRoute { .. } => return Err(LocalReply::no_route()),
+                Decision::NoRoute { vhost } => {
+                    record.set_dest(&vhost.metrics);
+                    return Err(LocalReply::no_route());
+                }
                 Decision::Redirect {
-                    route, redirect, ..
+                    vhost,
+                    route,
+                    redirect,
                 } => {
+                    route.stats.decisions.inc();
+                    record.set_dest(&vhost.metrics);
+                    record.set_status(redirect.code.as_u16(), None);
+                    record.access(|a| {
+                        a.route_name = route.name.clone();
+                        a.details = "direct_response";
+                    });
                     let location = redirect.location("http", authority.as_str(), &path, query);
                     let mut resp = Response::new(ProxyBody::empty());
                     *resp.status_mut() = redirect.code;
@@ -173,8 +240,21 @@ impl Proxy {
                     return Ok(resp);
                 }
                 Decision::Direct {
-                    route, response, ..
+                    vhost,
+                    route,
+                    response,
                 } => {
+                    route.stats.decisions.inc();
+                    record.set_dest(&vhost.metrics);
+                    record.set_status(response.status.as_u16(), None);
+                    record.response_bytes.store(
+                        response.body.as_ref().map_or(0, |b| b.len() as u64),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    record.access(|a| {
+                        a.route_name = route.name.clone();
+                        a.details = "direct_response";
+                    });
                     let mut resp = Response::new(match &response.body {
                         Some(b) => ProxyBody::full(b.clone()),
                         None => ProxyBody::empty(),
@@ -195,6 +275,13 @@ impl Proxy {
                     cluster,
                     ..
                 } => {
+                    route.stats.decisions.inc();
+                    record.set_window(&target.window);
+                    record.set_cluster(&cluster.stats);
+                    record.access(|a| {
+                        a.route_name = route.name.clone();
+                        a.upstream_cluster = cluster.name.clone();
+                    });
                     let several =
                         matches!(&route.action, crate::route::Action::Forward(p) if p.len() > 1);
                     let h = &mut parts.headers;
@@ -244,6 +331,15 @@ impl Proxy {
             headers::ensure_request_id(h);
             headers::ensure_forwarded_proto(h, "http");
         }
+        record.access(|a| {
+            if let Some(id) = parts
+                .headers
+                .get(&headers::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+            {
+                a.request_id = id.to_string();
+            }
+        });
         let path_changed = plan.new_path.is_some() || matches!(path, Cow::Owned(_));
         let pq: PathAndQuery = if path_changed {
             if plan.new_path.is_some()
@@ -287,7 +383,7 @@ impl Proxy {
             ),
         };
         let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
-        let mut req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, RequestBody::new(body, Some(record.clone())));
         if h2 {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
@@ -306,14 +402,23 @@ impl Proxy {
         }
 
         let (mut resp, release, active, started) = self
-            .send_with_retries(req, cluster.as_deref(), endpoint_override)
+            .send_with_retries(req, cluster.as_deref(), endpoint_override, record)
             .await?;
         let service_time = started.elapsed();
+        record.set_status(resp.status().as_u16(), None);
+        if let Some(s) = grpc_status_of(resp.headers()) {
+            record.set_grpc_status(s);
+        }
+        record.access(|a| {
+            a.service_time_ms = Some(service_time.as_millis() as u64);
+            a.details = "via_upstream";
+        });
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(down) = down_upgrade
         {
             let up = hyper::upgrade::on(&mut resp);
+            let record = record.clone();
             tokio::spawn(async move {
                 if let (Ok(down), Ok(up)) = (down.await, up.await) {
                     let mut down = hyper_util::rt::TokioIo::new(down);
@@ -321,7 +426,7 @@ impl Proxy {
                     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                 }
                 drop(active);
-                drop(in_flight);
+                drop(record);
             });
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
@@ -358,7 +463,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(incoming, release, active, Some(in_flight)),
+            ProxyBody::upstream(incoming, release, active, record.clone()),
         ))
     }
 
@@ -366,9 +471,10 @@ impl Proxy {
     /// endpoints with Envoy's jittered back-off, as Istio's default retry policy does.
     async fn send_with_retries(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         cluster: Option<&Cluster>,
         fixed: Option<Arc<crate::upstream::Endpoint>>,
+        record: &RequestRecord,
     ) -> Result<
         (
             Response<Incoming>,
@@ -383,18 +489,32 @@ impl Proxy {
         });
         let mut tried: [Option<SocketAddr>; DEFAULT_RETRIES + 1] = [None; DEFAULT_RETRIES + 1];
         let mut last_reason = String::new();
+        let stats = cluster.map(|c| &c.stats);
+        let mut last_endpoint = None;
         for attempt in 0..=DEFAULT_RETRIES {
             let endpoint = match (&fixed, cluster) {
                 (Some(e), _) => e.clone(),
                 (None, Some(c)) => {
-                    let avoid: Vec<SocketAddr> = tried.iter().flatten().copied().collect();
+                    let avoid = &tried[..attempt];
+                    let avoid: Vec<SocketAddr> = avoid.iter().flatten().copied().collect();
                     match c.pick(rand::rng().random(), &avoid) {
                         Some(e) => e,
-                        None => return Err(LocalReply::no_healthy_upstream()),
+                        None => {
+                            record.set_dest(&c.no_endpoint);
+                            return Err(LocalReply::no_healthy_upstream());
+                        }
                     }
                 }
                 (None, None) => return Err(LocalReply::no_healthy_upstream()),
             };
+            if let Some(s) = stats {
+                s.upstream_rq_total.inc();
+                if attempt > 0 {
+                    s.upstream_rq_retry.inc();
+                }
+            }
+            record.access(|a| a.upstream_host = Some(endpoint.addr));
+            last_endpoint = Some(endpoint.clone());
             tried[attempt] = Some(endpoint.addr);
             req.headers_mut().insert(
                 headers::X_ENVOY_ATTEMPT_COUNT.clone(),
@@ -402,8 +522,11 @@ impl Proxy {
             );
             let active = endpoint.begin();
             let started = Instant::now();
-            match endpoint.pool.send(req, connect_timeout).await {
-                Ok((resp, release)) => return Ok((resp, release, Some(active), started)),
+            match endpoint.pool.send(req, connect_timeout, stats).await {
+                Ok((resp, release)) => {
+                    record.set_dest(&endpoint.metrics);
+                    return Ok((resp, release, Some(active), started));
+                }
                 Err(SendError::Connect {
                     request,
                     reason,
@@ -411,6 +534,9 @@ impl Proxy {
                 }) => {
                     tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
                     req = *request;
+                    if let Some(s) = stats {
+                        s.upstream_cx_connect_fail.inc();
+                    }
                     last_reason = reason;
                     if attempt < DEFAULT_RETRIES {
                         tokio::time::sleep(backoff(attempt)).await;
@@ -418,11 +544,16 @@ impl Proxy {
                 }
                 Err(SendError::Exchange { source, addr }) => {
                     tracing::debug!(%addr, error = %source, "upstream exchange failed");
+                    record.set_dest(&endpoint.metrics);
                     let terminated = source.is_incomplete_message() || source.is_closed();
                     return Err(LocalReply::upstream_reset(String::new(), terminated));
                 }
             }
         }
+        if let Some(e) = last_endpoint {
+            record.set_dest(&e.metrics);
+        }
+        record.access(|a| a.transport_failure = last_reason.clone());
         Err(LocalReply::connect_failure(true, last_reason))
     }
 
@@ -461,8 +592,44 @@ impl Proxy {
             workload_name: None,
             active: Default::default(),
             pool: self.pools.get(addr, false),
+            metrics: self.passthrough.clone(),
         }))
     }
+}
+
+/// The gRPC status a response carries in its headers (trailers-only) or trailers.
+pub(crate) fn grpc_status_of(h: &http::HeaderMap) -> Option<u8> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+fn fill_access(a: &mut record::AccessInfo, req: &Request<Incoming>, conn: ConnInfo) {
+    let h = req.headers();
+    let text = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    a.method = req.method().to_string();
+    a.path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    a.protocol = match req.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    a.authority = req
+        .uri()
+        .authority()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| text("host"));
+    a.forwarded_for = text("x-forwarded-for");
+    a.user_agent = text("user-agent");
+    a.request_id = text("x-request-id");
+    a.downstream_local = Some(conn.local);
+    a.downstream_remote = Some(conn.remote);
 }
 
 /// What routing decided, owned, so the table guard can be released before any await.

@@ -25,6 +25,9 @@ use crate::config::istio::{
 use crate::config::registry::{Registry, Service, destination_rules_for};
 use crate::config::scope::{ProxyIdentity, binds_mesh, labels_subset, visible_to};
 use crate::config::{Resources, VirtualService};
+use crate::metrics::Registry as Metrics;
+use crate::metrics::istio::{DestLabels, DestMetrics};
+use crate::metrics::render_labels;
 use crate::upstream::dns::DnsTarget;
 use crate::upstream::{Cluster, Discovery, Endpoint, LbPolicy, PoolRegistry};
 
@@ -43,6 +46,8 @@ pub struct CompileOptions<'a> {
     pub identity: &'a ProxyIdentity,
     pub outbound_policy: OutboundPolicy,
     pub pools: &'a Arc<PoolRegistry>,
+    /// Series are looked up here at compile time, so requests only touch atomics.
+    pub metrics: &'a Arc<Metrics>,
     pub version: u64,
 }
 
@@ -76,6 +81,7 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
         registry: &registry,
         clusters: Vec::new(),
         cluster_index: HashMap::new(),
+        vhost: String::new(),
     };
     let mut vhosts: Vec<VirtualHost> = Vec::new();
     let mut index: HostIndex<usize> = HostIndex::new();
@@ -88,6 +94,7 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
         if vs.spec.hosts.is_empty() || vs.spec.http.is_empty() {
             continue;
         }
+        b.vhost = vs.id();
         let routes = b.routes_of(vs)?;
         let mut domains = Vec::new();
         for host in &vs.spec.hosts {
@@ -96,7 +103,9 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
             domains.push(fqdn);
             domains.extend(aliases);
         }
-        add_vhost(&mut vhosts, &mut index, vs.id(), domains, routes);
+        let service = domains.first().cloned().unwrap_or_default();
+        let metrics = vhost_metrics(opts.metrics, &service, &registry);
+        add_vhost(&mut vhosts, &mut index, vs.id(), domains, routes, metrics);
     }
 
     // A ServiceEntry host with no VirtualService gets Istio's default route: everything to
@@ -105,10 +114,19 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
         if index.get(&svc.host).is_some() {
             continue;
         }
+        b.vhost = svc.entry.id();
         let routes = b.default_routes(svc)?;
         let mut domains = vec![svc.host.clone()];
         domains.extend(lookup_aliases(&svc.host, &opts.identity.namespace));
-        add_vhost(&mut vhosts, &mut index, svc.entry.id(), domains, routes);
+        let metrics = vhost_metrics(opts.metrics, &svc.host, &registry);
+        add_vhost(
+            &mut vhosts,
+            &mut index,
+            svc.entry.id(),
+            domains,
+            routes,
+            metrics,
+        );
     }
 
     // ServiceEntry VIPs answer for their service, as a sidecar's listener on the VIP does.
@@ -135,6 +153,19 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
     })
 }
 
+/// The series of a virtual host's own answers (NR, redirects, direct responses).
+fn vhost_metrics(
+    metrics: &Arc<Metrics>,
+    service: &str,
+    registry: &Registry<'_>,
+) -> Arc<DestMetrics> {
+    let ns = registry.service(service).map(|s| s.namespace.clone());
+    Arc::new(DestMetrics::new(
+        metrics.clone(),
+        DestLabels::service_only(service, ns.as_deref()),
+    ))
+}
+
 /// First VirtualService wins a domain (Istio sidecars do not merge; IST0109 reports it).
 fn add_vhost(
     vhosts: &mut Vec<VirtualHost>,
@@ -142,6 +173,7 @@ fn add_vhost(
     name: String,
     domains: Vec<String>,
     routes: Vec<Route>,
+    metrics: Arc<DestMetrics>,
 ) {
     let i = vhosts.len();
     let mut kept = Vec::new();
@@ -157,6 +189,7 @@ fn add_vhost(
         name,
         domains: kept,
         routes: routes.into_boxed_slice(),
+        metrics,
     });
 }
 
@@ -171,6 +204,8 @@ struct Builder<'a> {
     registry: &'a Registry<'a>,
     clusters: Vec<Arc<Cluster>>,
     cluster_index: HashMap<String, usize>,
+    /// Name of the virtual host being compiled (labels route metrics).
+    vhost: String,
 }
 
 /// A rule ready to compile: delegates are expanded into these, carrying the root's matches.
@@ -270,7 +305,13 @@ impl<'a> Builder<'a> {
                 Some(m) => request_match(m).map_err(|m| invalid(field("match"), m))?,
                 None => RequestMatch::default(),
             };
-            let action = self.action(rule, r).map_err(|e| match e {
+            let name = match (&rule.name, block.and_then(|b| b.name.as_ref())) {
+                (Some(a), Some(b)) => format!("{a}.{b}"),
+                (Some(a), None) => a.clone(),
+                (None, Some(b)) => b.clone(),
+                (None, None) => String::new(),
+            };
+            let action = self.action(rule, r, &name).map_err(|e| match e {
                 ActionError::Compile(c) => c,
                 ActionError::Msg(f, m) => invalid(field(&f), m),
             })?;
@@ -284,14 +325,10 @@ impl<'a> Builder<'a> {
                 }
                 a => a,
             };
-            let name = match (&rule.name, block.and_then(|b| b.name.as_ref())) {
-                (Some(a), Some(b)) => format!("{a}.{b}"),
-                (Some(a), None) => a.clone(),
-                (None, Some(b)) => b.clone(),
-                (None, None) => String::new(),
-            };
+            let stats = self.route_stats(&name);
             out.push(Route {
                 name,
+                stats,
                 rule_index: r.rule_index,
                 match_index,
                 matches,
@@ -304,7 +341,29 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn action(&mut self, rule: &HttpRoute, r: &Rule<'_>) -> Result<Action, ActionError> {
+    fn route_stats(&self, route: &str) -> Arc<crate::metrics::RouteStats> {
+        self.opts.metrics.route(render_labels(&[
+            ("virtual_host", &self.vhost),
+            ("route", route),
+        ]))
+    }
+
+    fn window(&self, route: &str, cluster: usize) -> Arc<crate::metrics::window::Window> {
+        let c = &self.clusters[cluster];
+        self.opts.metrics.window((
+            self.vhost.clone(),
+            route.to_string(),
+            c.subset.clone(),
+            c.name.clone(),
+        ))
+    }
+
+    fn action(
+        &mut self,
+        rule: &HttpRoute,
+        r: &Rule<'_>,
+        route_name: &str,
+    ) -> Result<Action, ActionError> {
         if let Some(red) = &rule.redirect {
             return Ok(Action::Redirect(
                 redirect_of(red).map_err(|m| ActionError::Msg("redirect".into(), m))?,
@@ -349,6 +408,7 @@ impl<'a> Builder<'a> {
                     cluster,
                     request_headers,
                     response_headers,
+                    window: self.window(route_name, cluster),
                 },
             ));
         }
@@ -465,26 +525,9 @@ impl<'a> Builder<'a> {
             istio::Resolution::None if svc.endpoints.is_empty() => {
                 (Discovery::OriginalDst, Vec::new())
             }
-            _ => {
-                let eps = selected
-                    .iter()
-                    .filter_map(|e| {
-                        let ip: IpAddr = e.address.parse().ok()?;
-                        let addr = SocketAddr::new(ip, endpoint_port(e));
-                        Some(Arc::new(Endpoint {
-                            addr,
-                            weight: e.weight,
-                            labels: e.labels.clone(),
-                            workload_name: e.workload_name.clone(),
-                            active: Default::default(),
-                            pool: pools.get(addr, h2),
-                        }))
-                    })
-                    .collect();
-                (Discovery::Static, eps)
-            }
+            _ => (Discovery::Static, selected),
         };
-        Cluster::new(
+        let cluster = Cluster::new(
             name,
             fqdn.to_string(),
             svc.namespace.clone(),
@@ -493,9 +536,26 @@ impl<'a> Builder<'a> {
             h2,
             lb,
             discovery,
-            labels,
-            endpoints,
-        )
+            labels.clone(),
+            Vec::new(),
+            self.opts.metrics.clone(),
+        );
+        let eps: Vec<Arc<Endpoint>> = endpoints
+            .iter()
+            .filter_map(|e| {
+                let ip: IpAddr = e.address.parse().ok()?;
+                let addr = SocketAddr::new(ip, endpoint_port(e));
+                Some(cluster.new_endpoint(
+                    addr,
+                    e.weight,
+                    e.labels.clone(),
+                    e.workload_name.clone(),
+                    pools.get(addr, h2),
+                ))
+            })
+            .collect();
+        cluster.set_endpoints(eps);
+        cluster
     }
 
     /// Istio's default route for a host without a VirtualService: prefix `/` to the whole
@@ -512,6 +572,7 @@ impl<'a> Builder<'a> {
                     cluster,
                     request_headers: HeaderOps::default(),
                     response_headers: None,
+                    window: b.window("default", cluster),
                 },
             )])
             .map_err(|e| CompileError::Invalid {
@@ -531,6 +592,7 @@ impl<'a> Builder<'a> {
                 request_headers: HeaderOps::default(),
                 response_headers: None,
                 rewrite: None,
+                stats: b.route_stats("default"),
             });
             Ok(())
         };

@@ -12,6 +12,9 @@ pub mod weighted;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::metrics::RouteStats;
+use crate::metrics::istio::DestMetrics;
+use crate::metrics::window::Window;
 use crate::upstream::Cluster;
 pub use action::{DirectResponse, HeaderOps, Redirect, Rewrite};
 pub use compile::{CompileError, CompileOptions, OutboundPolicy};
@@ -58,6 +61,8 @@ pub struct VirtualHost {
     /// Every name this virtual host answers to (FQDN first, then aliases).
     pub domains: Vec<String>,
     pub routes: Box<[Route]>,
+    /// Series for requests answered without an endpoint (404 NR, redirects, direct responses).
+    pub metrics: Arc<DestMetrics>,
 }
 
 /// One Envoy route: an Istio `http[]` rule contributes one per `match` block.
@@ -75,6 +80,8 @@ pub struct Route {
     /// Shared so a request can keep it past the table guard without copying.
     pub response_headers: Option<Arc<HeaderOps>>,
     pub rewrite: Option<Rewrite>,
+    /// `switchyard_route_decisions_total` for this route.
+    pub stats: Arc<RouteStats>,
 }
 
 pub enum Action {
@@ -89,6 +96,8 @@ pub struct Target {
     pub cluster: usize,
     pub request_headers: HeaderOps,
     pub response_headers: Option<Arc<HeaderOps>>,
+    /// Success and latency of this route's share to this subset (`/stats/subsets`).
+    pub window: Arc<Window>,
 }
 
 /// What to do with one request.

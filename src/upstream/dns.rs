@@ -59,14 +59,13 @@ pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Refreshed {
                     let existing = previous.iter().find(|e| e.addr == addr);
                     next.push(match existing {
                         Some(e) => e.clone(),
-                        None => Arc::new(Endpoint {
+                        None => cluster.new_endpoint(
                             addr,
-                            weight: t.weight,
-                            labels: t.labels.clone(),
-                            workload_name: t.workload_name.clone(),
-                            active: Default::default(),
-                            pool: pools.get(addr, cluster.h2),
-                        }),
+                            t.weight,
+                            t.labels.clone(),
+                            t.workload_name.clone(),
+                            pools.get(addr, cluster.h2),
+                        ),
                     });
                 }
             }
@@ -95,7 +94,11 @@ fn resolver() -> Option<&'static TokioResolver> {
     RESOLVER
         .get_or_init(|| {
             let mut builder = TokioResolver::builder_tokio().ok()?;
-            builder.options_mut().cache_size = 0;
+            let opts = builder.options_mut();
+            opts.cache_size = 0;
+            // Envoy's V4_PREFERRED, as Istio configures DNS clusters: IPv4 addresses when the
+            // name has any, IPv6 only otherwise (so `localhost` is 127.0.0.1, not also ::1).
+            opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
             builder.build().ok()
         })
         .as_ref()
@@ -169,5 +172,20 @@ mod tests {
             Duration::from_secs(2)
         );
         assert_eq!(next_refresh(Some(now), now), MIN_REFRESH);
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    #[tokio::test]
+    async fn localhost_prefers_ipv4_without_network() {
+        let (addrs, valid_until) = super::lookup("localhost", 8080)
+            .await
+            .expect("localhost resolves");
+        assert_eq!(
+            addrs,
+            vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))]
+        );
+        assert!(valid_until.is_some() || super::resolver().is_none());
     }
 }

@@ -117,6 +117,10 @@ mod tests {
             workload_name: None,
             active: Default::default(),
             pool: Arc::new(EndpointPool::new(addr, false)),
+            metrics: Arc::new(crate::metrics::istio::DestMetrics::new(
+                Arc::new(crate::metrics::Registry::default()),
+                crate::metrics::istio::DestLabels::service_only("t", None),
+            )),
         })
     }
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::istio::Labels;
+use crate::metrics::istio::{DestLabels, DestMetrics};
+use crate::metrics::{ClusterStats, Registry};
 pub use lb::LbPolicy;
 pub use pool::{EndpointPool, PoolRegistry, Release, SendError};
 
@@ -31,6 +33,8 @@ pub struct Endpoint {
     /// Requests in flight to this endpoint (least-request balancing reads it).
     pub active: AtomicU32,
     pub pool: Arc<EndpointPool>,
+    /// This endpoint's Istio series (label sets resolved when the table was compiled).
+    pub metrics: Arc<DestMetrics>,
 }
 
 impl Endpoint {
@@ -77,6 +81,11 @@ pub struct Cluster {
     pub subset_labels: Labels,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     lb_state: lb::LbState,
+    /// Envoy's per-cluster counters; shared with earlier tables of the same cluster name.
+    pub stats: Arc<ClusterStats>,
+    /// Series for requests that found no endpoint (503 UH).
+    pub no_endpoint: Arc<DestMetrics>,
+    registry: Arc<Registry>,
 }
 
 impl Cluster {
@@ -92,8 +101,17 @@ impl Cluster {
         discovery: Discovery,
         subset_labels: Labels,
         endpoints: Vec<Arc<Endpoint>>,
+        registry: Arc<Registry>,
     ) -> Cluster {
+        let stats = registry.cluster(&name);
+        let mut no_endpoint = DestLabels::service_only(&service_host, Some(&service_namespace));
+        no_endpoint.subset = subset.clone();
+        stats.membership_total.set(endpoints.len() as i64);
+        stats.membership_healthy.set(endpoints.len() as i64);
         Cluster {
+            stats,
+            no_endpoint: Arc::new(DestMetrics::new(registry.clone(), no_endpoint)),
+            registry,
             name,
             service_host,
             service_namespace,
@@ -114,7 +132,37 @@ impl Cluster {
     }
 
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.stats.membership_total.set(endpoints.len() as i64);
+        self.stats.membership_healthy.set(endpoints.len() as i64);
         self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// A new endpoint of this cluster, with its metrics resolved now rather than per request.
+    pub fn new_endpoint(
+        &self,
+        addr: SocketAddr,
+        weight: u32,
+        labels: Labels,
+        workload_name: Option<String>,
+        pool: Arc<EndpointPool>,
+    ) -> Arc<Endpoint> {
+        let dest = DestLabels::endpoint(
+            &self.service_host,
+            &self.service_namespace,
+            &self.subset,
+            &labels,
+            workload_name.as_deref(),
+            &self.service_namespace,
+        );
+        Arc::new(Endpoint {
+            addr,
+            weight,
+            labels,
+            workload_name,
+            active: Default::default(),
+            pool,
+            metrics: Arc::new(DestMetrics::new(self.registry.clone(), dest)),
+        })
     }
 
     /// Chooses an endpoint, avoiding `avoid` (hosts already tried for this request, Envoy's

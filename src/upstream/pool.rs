@@ -18,6 +18,9 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::metrics::ClusterStats;
+pub use crate::proxy::body::RequestBody as UpBody;
+
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when released.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
@@ -28,7 +31,7 @@ pub enum SendError {
     Connect {
         addr: SocketAddr,
         reason: String,
-        request: Box<Request<Incoming>>,
+        request: Box<Request<UpBody>>,
     },
     /// The request (or part of it) went out and the exchange failed.
     #[error("upstream {addr}: {source}")]
@@ -49,8 +52,8 @@ pub struct PoolStats {
 pub struct EndpointPool {
     pub addr: SocketAddr,
     pub h2: bool,
-    idle: ArrayQueue<http1::SendRequest<Incoming>>,
-    shared_h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    idle: ArrayQueue<http1::SendRequest<UpBody>>,
+    shared_h2: ArcSwapOption<http2::SendRequest<UpBody>>,
     pub stats: PoolStats,
 }
 
@@ -67,7 +70,7 @@ impl std::fmt::Debug for EndpointPool {
 /// Gives an HTTP/1.1 connection back to its pool once the response body has been read to the
 /// end; dropping it earlier closes the connection, because it may still carry unread bytes.
 pub struct Release {
-    sender: Option<http1::SendRequest<Incoming>>,
+    sender: Option<http1::SendRequest<UpBody>>,
     pool: Arc<EndpointPool>,
 }
 
@@ -100,13 +103,16 @@ impl EndpointPool {
     /// Sends `req` (already in origin-form with its Host / authority set) to this endpoint.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         connect_timeout: Duration,
+        stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
         if self.h2 {
-            self.send_h2(req, connect_timeout).await.map(|r| (r, None))
+            self.send_h2(req, connect_timeout, stats)
+                .await
+                .map(|r| (r, None))
         } else {
-            self.send_h1(req, connect_timeout)
+            self.send_h1(req, connect_timeout, stats)
                 .await
                 .map(|(r, rel)| (r, Some(rel)))
         }
@@ -114,8 +120,9 @@ impl EndpointPool {
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
         connect_timeout: Duration,
+        stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, Release), SendError> {
         while let Some(mut sender) = self.idle.pop() {
             if sender.is_closed() || sender.ready().await.is_err() {
@@ -159,9 +166,11 @@ impl EndpointPool {
                 });
             }
         };
+        let gauge = ConnGauge::open(stats);
         tokio::spawn(async move {
             // Errors end the connection; the request that saw them reports them.
             let _ = conn.with_upgrades().await;
+            drop(gauge);
         });
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, self.release_handle(sender))),
@@ -179,7 +188,7 @@ impl EndpointPool {
         }
     }
 
-    fn release_handle(self: &Arc<Self>, sender: http1::SendRequest<Incoming>) -> Release {
+    fn release_handle(self: &Arc<Self>, sender: http1::SendRequest<UpBody>) -> Release {
         Release {
             sender: Some(sender),
             pool: self.clone(),
@@ -188,14 +197,15 @@ impl EndpointPool {
 
     async fn send_h2(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
         connect_timeout: Duration,
+        stats: Option<&Arc<ClusterStats>>,
     ) -> Result<Response<Incoming>, SendError> {
         // One replay on a fresh connection if the shared one turned out to be gone.
         for _ in 0..2 {
             let mut sender = match self.shared_h2.load_full() {
                 Some(s) if !s.is_closed() => (*s).clone(),
-                _ => match self.connect_h2(connect_timeout).await {
+                _ => match self.connect_h2(connect_timeout, stats).await {
                     Ok(s) => s,
                     Err(reason) => {
                         return Err(SendError::Connect {
@@ -233,15 +243,18 @@ impl EndpointPool {
     async fn connect_h2(
         &self,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, String> {
+        stats: Option<&Arc<ClusterStats>>,
+    ) -> Result<http2::SendRequest<UpBody>, String> {
         let io = self.connect(connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
             .await
             .map_err(|e| e.to_string())?;
+        let gauge = ConnGauge::open(stats);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(gauge);
         });
         self.shared_h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
@@ -266,6 +279,27 @@ impl EndpointPool {
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
         Ok(TokioIo::new(stream))
+    }
+}
+
+/// Counts an open upstream connection for the cluster that opened it, until it closes.
+struct ConnGauge(Option<Arc<ClusterStats>>);
+
+impl ConnGauge {
+    fn open(stats: Option<&Arc<ClusterStats>>) -> ConnGauge {
+        if let Some(s) = stats {
+            s.upstream_cx_total.inc();
+            s.upstream_cx_active.inc();
+        }
+        ConnGauge(stats.cloned())
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.upstream_cx_active.dec();
+        }
     }
 }
 

@@ -118,6 +118,8 @@ impl ProxyProcess {
             .stderr(Stdio::piped());
         // Plain logs by default; the caller's env may still override.
         cmd.env("NO_COLOR", "1");
+        // The metrics listener defaults to the fixed port 15090; parallel tests need their own.
+        cmd.env("SWITCHYARD_METRICS", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -16,6 +16,9 @@ use switchyard::{Diagnostic, ReloadContext, Reloader};
 
 pub struct ProxyOptions {
     pub identity: ProxyIdentity,
+    pub reporter: switchyard::metrics::Reporter,
+    /// Access-log lines go to this file when set.
+    pub access_log: Option<(PathBuf, switchyard::access_log::Format)>,
     pub outbound_policy: OutboundPolicy,
     pub limits: Limits,
     pub admin: bool,
@@ -25,6 +28,8 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
             identity: ProxyIdentity::default(),
+            reporter: switchyard::metrics::Reporter::Source,
+            access_log: None,
             outbound_policy: OutboundPolicy::RegistryOnly,
             limits: Limits::default(),
             admin: true,
@@ -33,6 +38,7 @@ impl Default for ProxyOptions {
 }
 
 pub struct TestProxy {
+    pub metrics: Arc<switchyard::metrics::Registry>,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub reloader: Arc<Reloader>,
@@ -69,12 +75,21 @@ impl TestProxy {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
         let pools = Arc::new(PoolRegistry::default());
+        let metrics = Arc::new(switchyard::metrics::Registry::new(
+            switchyard::metrics::SourceLabels::new(
+                &opts.identity.workload,
+                &opts.identity.namespace,
+                &opts.identity.labels,
+            ),
+            opts.reporter,
+        ));
         let ctx = ReloadContext {
             path: dir.path().to_path_buf(),
             identity: opts.identity,
             outbound_policy: opts.outbound_policy,
             istio_mutual_as_plaintext: false,
             pools: pools.clone(),
+            metrics: metrics.clone(),
         };
         let (reloader, _warnings) = Reloader::start(ctx).await?;
         let reloader = Arc::new(reloader);
@@ -82,7 +97,17 @@ impl TestProxy {
             .await
             .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let mut proxy = Proxy::new(reloader.table.clone(), pools);
+        let mut proxy = Proxy::new(reloader.table.clone(), pools, metrics.clone());
+        if let Some((path, format)) = &opts.access_log {
+            proxy.access_log.store(Some(std::sync::Arc::new(
+                switchyard::access_log::AccessLog::start(
+                    switchyard::access_log::Sink::File(path.clone()),
+                    *format,
+                    metrics.clone(),
+                )
+                .expect("access log"),
+            )));
+        }
         proxy.own_addrs.push(addr);
         let admin_listener = if opts.admin {
             Some(
@@ -103,6 +128,8 @@ impl TestProxy {
                 state: proxy.state.clone(),
                 quit: Arc::new(tokio::sync::Notify::new()),
                 started: Instant::now(),
+                metrics: metrics.clone(),
+                set_log_level: None,
             })
             .spawn(l)
             .expect("admin spawn")
@@ -110,6 +137,7 @@ impl TestProxy {
         let listener =
             ProxyListener::spawn(listener, proxy.clone(), opts.limits).expect("listener");
         Ok(TestProxy {
+            metrics,
             addr,
             admin,
             reloader,

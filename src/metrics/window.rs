@@ -1,0 +1,195 @@
+//! Success rate and latency percentiles per route and subset, over the last minute and since
+//! start, for `/stats/subsets`: what a rollout gate reads without running Prometheus. Six
+//! ten-second slots rotate; each holds a fine log-scale latency histogram, so percentiles are
+//! within about 9% of the true value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Bucket i covers latencies up to 2^(i/8) microseconds: ~9% wide, 1 µs to over an hour.
+const BUCKETS: usize = 264;
+const SLOT_SECS: u64 = 10;
+const SLOTS: usize = 6;
+
+#[derive(Debug)]
+struct Slot {
+    epoch: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: Box<[AtomicU64]>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            epoch: AtomicU64::new(u64::MAX),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn reset(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
+        for b in self.latency.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record(&self, bucket: usize, error: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Latency and success for one (route, subset).
+#[derive(Debug)]
+pub struct Window {
+    slots: [Slot; SLOTS],
+    total: Slot,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            slots: std::array::from_fn(|_| Slot::new()),
+            total: Slot::new(),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn bucket_of(micros: u64) -> usize {
+    if micros <= 1 {
+        return 0;
+    }
+    let log2 = (micros as f64).log2();
+    ((log2 * 8.0).ceil() as usize).min(BUCKETS - 1)
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    2f64.powf(i as f64 / 8.0) / 1000.0
+}
+
+/// A summary of one period.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    /// Share of requests not answered 5xx (Flagger's definition: 4xx counts as success).
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Window {
+    /// `error`: the response was 5xx (or no response).
+    pub fn record(&self, started: Instant, error: bool) {
+        let micros = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = bucket_of(micros);
+        let epoch = now_secs() / SLOT_SECS;
+        let slot = &self.slots[(epoch % SLOTS as u64) as usize];
+        let seen = slot.epoch.load(Ordering::Acquire);
+        // The first writer of a new period clears what the slot held six periods ago.
+        if seen != epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.reset();
+        }
+        slot.record(bucket, error);
+        self.total.record(bucket, error);
+    }
+
+    pub fn last_minute(&self) -> Summary {
+        let epoch = now_secs() / SLOT_SECS;
+        let live: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| {
+                let e = s.epoch.load(Ordering::Acquire);
+                e != u64::MAX && epoch.saturating_sub(e) < SLOTS as u64
+            })
+            .collect();
+        summarize(&live)
+    }
+
+    pub fn since_start(&self) -> Summary {
+        summarize(&[&self.total])
+    }
+}
+
+fn summarize(slots: &[&Slot]) -> Summary {
+    let requests: u64 = slots
+        .iter()
+        .map(|s| s.requests.load(Ordering::Relaxed))
+        .sum();
+    let errors: u64 = slots.iter().map(|s| s.errors.load(Ordering::Relaxed)).sum();
+    let mut hist = vec![0u64; BUCKETS];
+    for s in slots {
+        for (h, b) in hist.iter_mut().zip(s.latency.iter()) {
+            *h += b.load(Ordering::Relaxed);
+        }
+    }
+    let total: u64 = hist.iter().sum();
+    let quantile = |q: f64| -> Option<f64> {
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in hist.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some((bucket_upper_ms(i) * 1000.0).round() / 1000.0);
+            }
+        }
+        None
+    };
+    Summary {
+        requests,
+        success_rate: (requests > 0).then(|| (requests - errors) as f64 / requests as f64),
+        p50_ms: quantile(0.5),
+        p90_ms: quantile(0.9),
+        p99_ms: quantile(0.99),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bounds_are_within_nine_percent() {
+        for micros in [2u64, 10, 999, 1000, 25_000, 3_600_000_000] {
+            let upper = bucket_upper_ms(bucket_of(micros)) * 1000.0;
+            assert!(upper >= micros as f64 * 0.999, "{micros}: {upper}");
+            assert!(upper <= micros as f64 * 1.091, "{micros}: {upper}");
+        }
+    }
+
+    #[test]
+    fn summary_counts_errors_and_quantiles() {
+        let w = Window::default();
+        let now = Instant::now();
+        for i in 0..100 {
+            w.record(now, i % 10 == 0);
+        }
+        let s = w.since_start();
+        assert_eq!(s.requests, 100);
+        assert_eq!(s.success_rate, Some(0.9));
+        assert!(s.p99_ms.is_some());
+        assert_eq!(w.last_minute().requests, 100);
+    }
+}

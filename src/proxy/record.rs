@@ -1,0 +1,178 @@
+//! One request's telemetry, shared by the request body, the response body and the request
+//! path. When the last of them lets go — the exchange is over in both directions — it records
+//! the Istio metrics and writes the access-log line. One allocation per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use crate::metrics::istio::{DestMetrics, FLAG_TEXTS, ResponseKey};
+use crate::metrics::window::Window;
+use crate::metrics::{ClusterStats, Registry};
+
+use super::InFlight;
+use super::error::Flag;
+
+/// Fields only the access log needs, captured only when it is on.
+#[derive(Debug, Default)]
+pub struct AccessInfo {
+    pub method: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub authority: String,
+    pub forwarded_for: String,
+    pub user_agent: String,
+    pub request_id: String,
+    pub downstream_local: Option<SocketAddr>,
+    pub downstream_remote: Option<SocketAddr>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: String,
+    pub route_name: String,
+    pub service_time_ms: Option<u64>,
+    pub details: &'static str,
+    pub transport_failure: String,
+}
+
+pub struct RequestRecord {
+    pub start: Instant,
+    pub start_time: SystemTime,
+    pub grpc: bool,
+    pub request_bytes: AtomicU64,
+    pub response_bytes: AtomicU64,
+    status: AtomicU32,
+    flags: AtomicU8,
+    /// gRPC status + 1; 0 when none was seen.
+    grpc_status: AtomicU16,
+    dest: OnceLock<Arc<DestMetrics>>,
+    cluster: OnceLock<Arc<ClusterStats>>,
+    window: OnceLock<Arc<Window>>,
+    pub access: Option<Mutex<AccessInfo>>,
+    registry: Arc<Registry>,
+    sink: Option<Arc<crate::access_log::AccessLog>>,
+    _in_flight: InFlight,
+}
+
+impl RequestRecord {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        sink: Option<Arc<crate::access_log::AccessLog>>,
+        grpc: bool,
+        in_flight: InFlight,
+    ) -> RequestRecord {
+        registry.proxy.requests_in_flight.inc();
+        RequestRecord {
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+            grpc,
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            status: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            grpc_status: AtomicU16::new(0),
+            dest: OnceLock::new(),
+            cluster: OnceLock::new(),
+            window: OnceLock::new(),
+            access: sink.is_some().then(|| Mutex::new(AccessInfo::default())),
+            registry,
+            sink,
+            _in_flight: in_flight,
+        }
+    }
+
+    pub fn set_dest(&self, dest: &Arc<DestMetrics>) {
+        let _ = self.dest.set(dest.clone());
+    }
+
+    pub fn set_cluster(&self, stats: &Arc<ClusterStats>) {
+        let _ = self.cluster.set(stats.clone());
+    }
+
+    pub fn set_window(&self, window: &Arc<Window>) {
+        let _ = self.window.set(window.clone());
+    }
+
+    pub fn set_status(&self, status: u16, flag: Option<Flag>) {
+        self.status.store(u32::from(status), Ordering::Relaxed);
+        if let Some(f) = flag {
+            self.flags.store(flag_index(f), Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_grpc_status(&self, status: u8) {
+        self.grpc_status
+            .store(u16::from(status) + 1, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the access-log fields when the access log is on.
+    pub fn access(&self, f: impl FnOnce(&mut AccessInfo)) {
+        if let Some(a) = &self.access {
+            f(&mut a.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    fn flags_text(&self) -> &'static str {
+        FLAG_TEXTS[usize::from(self.flags.load(Ordering::Relaxed)).min(FLAG_TEXTS.len() - 1)]
+    }
+}
+
+fn flag_index(f: Flag) -> u8 {
+    match f {
+        Flag::BlockedHost => 0,
+        Flag::NoRoute => 1,
+        Flag::NoHealthyUpstream => 2,
+        Flag::UpstreamConnectFailure => 3,
+        Flag::UpstreamConnectFailureRetriesExhausted => 4,
+        Flag::UpstreamReset => 5,
+        Flag::UpstreamConnectionTermination => 6,
+        Flag::DownstreamProtocolError => 7,
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.registry.proxy.requests_in_flight.dec();
+        let status = self.status.load(Ordering::Relaxed) as u16;
+        let elapsed = self.start.elapsed();
+        let grpc_status = match self.grpc_status.load(Ordering::Relaxed) {
+            0 => None,
+            s => u8::try_from(s - 1).ok(),
+        };
+        if let Some(dest) = self.dest.get() {
+            let key = ResponseKey {
+                grpc: self.grpc,
+                code: status,
+                flags: self.flags.load(Ordering::Relaxed),
+                grpc_status,
+            };
+            let series = dest.series(key);
+            series.requests.inc();
+            series
+                .duration
+                .observe(elapsed.as_micros().min(u128::from(u64::MAX)) as u64);
+            series
+                .request_bytes
+                .observe(self.request_bytes.load(Ordering::Relaxed));
+            series
+                .response_bytes
+                .observe(self.response_bytes.load(Ordering::Relaxed));
+        }
+        if let Some(c) = self.cluster.get() {
+            c.record_status(status);
+        }
+        if let Some(w) = self.window.get() {
+            w.record(self.start, status >= 500 || status == 0);
+        }
+        if let (Some(sink), Some(access)) = (&self.sink, &self.access) {
+            let info = access.lock().unwrap_or_else(|p| p.into_inner());
+            sink.write(
+                &info,
+                self,
+                status,
+                self.flags_text(),
+                elapsed.as_millis() as u64,
+                grpc_status,
+            );
+        }
+    }
+}
