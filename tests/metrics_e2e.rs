@@ -699,3 +699,28 @@ async fn metrics_listener_is_read_only() {
     assert_eq!(r.status, 405, "mutations are not served here");
     assert_eq!(m.get("127.0.0.1", "/config_dump").await.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_headers_pass_through_untouched() {
+    let up = Upstream::start("v1").await;
+    let p = TestProxy::start(&service_yaml("web", &[("v1", up.addr)])).await;
+    let sent = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+        ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ("x-b3-sampled", "1"),
+        ("x-request-id", "keep-me"),
+    ];
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = Client::connect(p.addr, proto).await;
+        let r = c.request("GET", "web", "/echo", &sent).await;
+        let echo = r.json();
+        for (k, v) in sent {
+            assert_eq!(echo["headers"][k], serde_json::json!([v]), "{proto:?} {k}");
+        }
+    }
+}
