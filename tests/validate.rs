@@ -437,7 +437,6 @@ fn zero_timeout() {
         Mode::Serve,
         &[
             "zero-timeout.yaml:28: Error IST0106 VirtualService/default/web: spec.http[0].timeout: invalid duration \"0s\": duration must be at least 1ms; leave the field out for no timeout",
-            "zero-timeout.yaml:28: Warning SY0002 VirtualService/default/web: spec.http[0].timeout: timeout is not implemented yet; ignored",
         ],
     );
 }
@@ -499,8 +498,6 @@ fn not_implemented_fields_are_named() {
     let rest = [
         "not-implemented.yaml:64: Warning SY0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection: outlierDetection is not implemented yet; ignored",
         "not-implemented.yaml:65: Warning IST0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors: Deprecated: \"outlierDetection.consecutiveErrors\" is deprecated; use \"outlierDetection.consecutive5xxErrors\" or \"outlierDetection.consecutiveGatewayErrors\"",
-        "not-implemented.yaml:79: Warning SY0002 VirtualService/default/orders: spec.http[0].timeout: timeout is not implemented yet; ignored",
-        "not-implemented.yaml:80: Warning SY0002 VirtualService/default/orders: spec.http[0].retries: retries is not implemented yet; ignored",
         "not-implemented.yaml:83: Warning SY0002 VirtualService/default/orders: spec.http[0].mirror: mirror is not implemented yet; ignored",
         "not-implemented.yaml:85: Warning IST0002 VirtualService/default/orders: spec.http[0].mirrorPercent: Deprecated: \"mirrorPercent\" is deprecated; use \"mirrorPercentage\"",
         "not-implemented.yaml:85: Warning SY0002 VirtualService/default/orders: spec.http[0].mirrorPercent: mirrorPercent is not implemented yet; ignored",
@@ -584,9 +581,7 @@ fn webhook_rejections() {
             "webhook.yaml:103: Error IST0106 VirtualService/default/shop: spec.http[2].directResponse.status: HTTP status 700 is not in range 200-599",
             "webhook.yaml:110: Error IST0106 VirtualService/default/shop: spec.http[3].headers.request.set.x-load: header value \"50%\": single % not allowed. Escape by doubling to %% or encase Envoy variable name in pair of %",
             "webhook.yaml:115: Error IST0106 VirtualService/default/shop: spec.http[3].route[0].destination.port.number: port number 70000 must be in the range 1..65535",
-            "webhook.yaml:116: Warning SY0002 VirtualService/default/shop: spec.http[3].retries: retries is not implemented yet; ignored",
             "webhook.yaml:118: Error IST0106 VirtualService/default/shop: spec.http[3].retries.retryOn: \" reset\" is not a valid retryOn policy",
-            "webhook.yaml:119: Warning SY0002 VirtualService/default/shop: spec.http[3].fault: fault is not implemented yet; ignored",
             "webhook.yaml:121: Error IST0106 VirtualService/default/shop: spec.http[3].fault.abort.httpStatus: HTTP status 600 is not in range 200-599",
             "webhook.yaml:122: Error IST0106 VirtualService/default/shop: spec.http[3].fault.abort.percentage: percentage 150 is neither 0.0, nor in range [0.0001, 100.0]",
             "webhook.yaml:126: Error IST0112 VirtualService/default/shop: spec.http[4].route[0].destination.host: This VirtualService routes to a service \"shop.default.svc.cluster.local\" that exposes multiple ports [80 80]. Specifying a port in the destination is required to disambiguate.",

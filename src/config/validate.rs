@@ -83,10 +83,16 @@ const PLAINTEXT: &str =
 /// the user did not ask for is an Error, so such a config is refused. When a feature lands,
 /// delete its row: the checks look fields up here by key and stay quiet for keys that are gone.
 const NOT_IMPLEMENTED: &[Gap] = &[
-    // VirtualService http[]
-    ignored("timeout"),
-    ignored("retries"),
-    ignored("fault"),
+    // VirtualService http[] (timeout, retries and fault are served)
+    ignored("retries.retryRemoteLocalities"),
+    Gap {
+        message: "fault.delay.exponentialDelay is not supported by Istio's translation; ignored",
+        ..ignored("fault.delay.exponentialDelay")
+    },
+    Gap {
+        message: "fault.abort.http2Error is not supported by Istio's translation; ignored",
+        ..ignored("fault.abort.http2Error")
+    },
     ignored("mirror"),
     ignored("mirrors"),
     ignored("mirrorPercentage"),
@@ -1639,10 +1645,23 @@ impl Out {
         }
         for (i, rule) in vs.spec.http.iter().enumerate() {
             let p = format!("spec.http[{i}]");
+            let delay = rule.fault.as_ref().and_then(|f| f.delay.as_ref());
+            let abort = rule.fault.as_ref().and_then(|f| f.abort.as_ref());
             let fields = [
-                ("timeout", rule.timeout.is_some()),
-                ("retries", rule.retries.is_some()),
-                ("fault", rule.fault.is_some()),
+                (
+                    "retries.retryRemoteLocalities",
+                    rule.retries
+                        .as_ref()
+                        .is_some_and(|r| r.retry_remote_localities.is_some_and(|b| b.0)),
+                ),
+                (
+                    "fault.delay.exponentialDelay",
+                    delay.is_some_and(|d| d.exponential_delay.is_some()),
+                ),
+                (
+                    "fault.abort.http2Error",
+                    abort.is_some_and(|a| a.http2_error.is_some()),
+                ),
                 ("mirror", rule.mirror.is_some()),
                 ("mirrors", !rule.mirrors.is_empty()),
                 ("mirrorPercentage", rule.mirror_percentage.is_some()),

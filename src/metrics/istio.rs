@@ -215,7 +215,9 @@ pub struct ResponseKey {
 }
 
 /// Response-flag texts by index (`ResponseKey::flags`).
-pub const FLAG_TEXTS: [&str; 9] = ["-", "NR", "UH", "UF", "UF,URX", "UR", "UC", "DPE", "DC"];
+pub const FLAG_TEXTS: [&str; 14] = [
+    "-", "NR", "UH", "UF", "UF,URX", "UR", "UC", "DPE", "DC", "UT", "FI", "DI", "URX", "DI,UT",
+];
 
 impl ResponseKey {
     fn pack(self) -> u64 {

@@ -134,15 +134,42 @@ impl Body for ProxyBody {
     }
 }
 
-/// The client's request body on its way upstream, counted as it streams.
+/// The client's request body on its way upstream, counted as it streams. A body that a
+/// retry may need again is buffered (bounded by the caller) and can be replayed.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ReqInner,
     record: Option<Arc<RequestRecord>>,
+}
+
+enum ReqInner {
+    Stream(Incoming),
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, record: Option<Arc<RequestRecord>>) -> RequestBody {
-        RequestBody { inner, record }
+        RequestBody {
+            inner: ReqInner::Stream(inner),
+            record,
+        }
+    }
+
+    /// A replayable copy of a buffered body.
+    pub fn buffered(
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+        record: Option<Arc<RequestRecord>>,
+    ) -> RequestBody {
+        RequestBody {
+            inner: ReqInner::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+            record,
+        }
     }
 }
 
@@ -154,8 +181,15 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(rec)) = (&polled, &self.record)
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            ReqInner::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            ReqInner::Buffered { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(rec)) = (&polled, &this.record)
             && let Some(data) = frame.data_ref()
         {
             rec.request_bytes
@@ -165,11 +199,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            ReqInner::Stream(inner) => inner.is_end_stream(),
+            ReqInner::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            ReqInner::Stream(inner) => inner.size_hint(),
+            ReqInner::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 

@@ -27,6 +27,14 @@ pub enum Flag {
     BlockedHost,
     /// The request was malformed in a way we detected after parsing (400).
     DownstreamProtocolError,
+    /// The route timeout (or a per-try timeout with no retry left) expired (504).
+    UpstreamRequestTimeout,
+    /// A fault-injection abort (configured status).
+    FaultInjected,
+    /// An upstream response returned after the route's retries ran out.
+    RetriesExhausted,
+    /// Upstream connection failure with no retry policy left to try another host.
+    UpstreamConnectFailureOnly,
 }
 
 impl Flag {
@@ -41,6 +49,10 @@ impl Flag {
             Flag::UpstreamConnectionTermination => "UC",
             Flag::BlockedHost => "-",
             Flag::DownstreamProtocolError => "DPE",
+            Flag::UpstreamRequestTimeout => "UT",
+            Flag::FaultInjected => "FI",
+            Flag::RetriesExhausted => "URX",
+            Flag::UpstreamConnectFailureOnly => "UF",
         }
     }
 }
@@ -88,7 +100,7 @@ impl LocalReply {
             flag: if retries_exhausted {
                 Flag::UpstreamConnectFailureRetriesExhausted
             } else {
-                Flag::UpstreamConnectFailure
+                Flag::UpstreamConnectFailureOnly
             },
             body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: ",
             detail: Some(reason),
@@ -109,6 +121,26 @@ impl LocalReply {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
             },
             detail: (!reason.is_empty()).then_some(reason),
+        }
+    }
+
+    /// Envoy's route timeout reply.
+    pub fn timeout() -> LocalReply {
+        LocalReply {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            flag: Flag::UpstreamRequestTimeout,
+            body: "upstream request timeout",
+            detail: None,
+        }
+    }
+
+    /// A fault-injection abort with an HTTP status.
+    pub fn fault_abort(status: StatusCode) -> LocalReply {
+        LocalReply {
+            status,
+            flag: Flag::FaultInjected,
+            body: "fault filter abort",
+            detail: None,
         }
     }
 
@@ -135,6 +167,12 @@ impl LocalReply {
             }
             Flag::BlockedHost => "direct_response",
             Flag::DownstreamProtocolError => "downstream_protocol_error",
+            Flag::UpstreamRequestTimeout => "response_timeout",
+            Flag::FaultInjected => "fault_filter_abort",
+            Flag::RetriesExhausted => "via_upstream",
+            Flag::UpstreamConnectFailureOnly => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
         }
     }
 

@@ -28,18 +28,12 @@ use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::route::action::{FormatContext, HeaderOps};
 use crate::route::host::split_authority;
 use crate::route::path::{normalize_path, split_path_query};
+use crate::route::policy::{Abort, RetryPolicy, RoutePolicy};
 use crate::route::{Decision, OutboundPolicy, RequestView, RouteTable};
 use crate::upstream::{Cluster, Discovery, PoolRegistry, SendError};
 use body::{ProxyBody, RequestBody};
 use error::LocalReply;
 use record::RequestRecord;
-
-/// Istio's mesh-default retry policy when a route has no `retries`: 2 retries on
-/// connect-failure / refused-stream, preferring other hosts (reference §4.7).
-const DEFAULT_RETRIES: usize = 2;
-/// Envoy's default retry back-off base; each wait is a uniform draw up to base × 2^n.
-const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Shared state the drain sequence and readiness read.
 #[derive(Debug, Default)]
@@ -278,6 +272,7 @@ impl Proxy {
                     route.stats.decisions.inc();
                     record.set_window(&target.window);
                     record.set_cluster(&cluster.stats);
+                    record.set_fallback_dest(&cluster.no_endpoint);
                     record.access(|a| {
                         a.route_name = route.name.clone();
                         a.upstream_cluster = cluster.name.clone();
@@ -313,10 +308,58 @@ impl Proxy {
                         new_path,
                         new_authority,
                         response_ops,
+                        policy: Some(route.policy.clone()),
                     }
                 }
             }
         };
+
+        let default_policy;
+        let policy: &RoutePolicy = match &plan.policy {
+            Some(p) => p,
+            None => {
+                default_policy = RoutePolicy::default();
+                &default_policy
+            }
+        };
+        // The fault filter runs before the router: delay, then abort, each its own draw.
+        if let Some(fault) = &policy.fault {
+            if let Some((delay, share)) = fault.delay
+                && draw_per_million() < share
+            {
+                tokio::time::sleep(delay).await;
+                record.set_delay_injected();
+            }
+            if let Some((abort, share)) = fault.abort
+                && draw_per_million() < share
+            {
+                return match abort {
+                    Abort::Http(status) => Err(LocalReply::fault_abort(status)),
+                    Abort::Grpc(code) => Ok(grpc_fault_abort(code, record)),
+                };
+            }
+        }
+        // A client may shorten or lengthen the route timeout, as Envoy allows.
+        let timeout = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => policy.timeout,
+        };
+        let per_try = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => policy.retry.per_try_timeout,
+        };
+        parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
+        parts
+            .headers
+            .remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+        if let Some(t) = timeout {
+            parts.headers.insert(
+                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
 
         // Build the upstream request.
         let down_upgrade = if upgrade {
@@ -383,7 +426,31 @@ impl Proxy {
             ),
         };
         let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
-        let mut req = Request::from_parts(parts, RequestBody::new(body, Some(record.clone())));
+        // A body a retry might have to send again is read first, up to Envoy's buffer limit;
+        // a bigger or unsized one streams and is never sent twice.
+        let grpc = record.grpc;
+        let needs_replay = !upgrade && policy.retry.may_resend(grpc);
+        let body = if needs_replay && replayable_size(&parts.headers, &body) {
+            match collect_bounded(body).await {
+                Ok((data, trailers)) => {
+                    record
+                        .request_bytes
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Replay::Buffered(data, trailers)
+                }
+                Err(_) => return Err(LocalReply::bad_request("request body read failed")),
+            }
+        } else {
+            Replay::Stream(RequestBody::new(body, Some(record.clone())))
+        };
+        let (body, replay) = match body {
+            Replay::Stream(b) => (b, None),
+            Replay::Buffered(data, trailers) => (
+                RequestBody::buffered(data.clone(), trailers.clone(), None),
+                Some((data, trailers)),
+            ),
+        };
+        let mut req = Request::from_parts(parts, body);
         if h2 {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
@@ -401,9 +468,35 @@ impl Proxy {
             }
         }
 
-        let (mut resp, release, active, started) = self
-            .send_with_retries(req, cluster.as_deref(), endpoint_override, record)
-            .await?;
+        let template = replay.map(|(data, trailers)| Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: data,
+            trailers,
+        });
+        let attempt = Attempt {
+            cluster: cluster.as_deref(),
+            fixed: endpoint_override,
+            policy: &policy.retry,
+            per_try,
+            template,
+            record,
+        };
+        let sent = match timeout {
+            Some(t) => match tokio::time::timeout(t, self.send_with_retries(req, attempt)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if let Some(c) = &cluster {
+                        c.stats.upstream_rq_timeout.inc();
+                    }
+                    Err(LocalReply::timeout())
+                }
+            },
+            None => self.send_with_retries(req, attempt).await,
+        };
+        let (mut resp, release, active, started) = sent?;
         let service_time = started.elapsed();
         record.set_status(resp.status().as_u16(), None);
         if let Some(s) = grpc_status_of(resp.headers()) {
@@ -467,44 +560,44 @@ impl Proxy {
         ))
     }
 
-    /// Sends to an endpoint of `cluster` (or to `fixed`), retrying connect failures on other
-    /// endpoints with Envoy's jittered back-off, as Istio's default retry policy does.
+    /// Sends to an endpoint of the cluster (or to the fixed one), retrying as the route's
+    /// policy says: on connect failures always when allowed (nothing was sent), on resets,
+    /// per-try timeouts and retriable responses only when the body can be sent again. Other
+    /// hosts are preferred for each retry, with Envoy's jittered back-off in between.
     async fn send_with_retries(
         &self,
-        mut req: Request<RequestBody>,
-        cluster: Option<&Cluster>,
-        fixed: Option<Arc<crate::upstream::Endpoint>>,
-        record: &RequestRecord,
-    ) -> Result<
-        (
-            Response<Incoming>,
-            Option<crate::upstream::Release>,
-            Option<crate::upstream::ActiveGuard>,
-            Instant,
-        ),
-        LocalReply,
-    > {
-        let connect_timeout = cluster.map_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT, |c| {
-            c.connect_timeout
-        });
-        let mut tried: [Option<SocketAddr>; DEFAULT_RETRIES + 1] = [None; DEFAULT_RETRIES + 1];
+        first: Request<RequestBody>,
+        a: Attempt<'_>,
+    ) -> Result<Sent, LocalReply> {
+        let connect_timeout = a
+            .cluster
+            .map_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT, |c| {
+                c.connect_timeout
+            });
+        let stats = a.cluster.map(|c| &c.stats);
+        let max_attempts = a.policy.retries as usize + 1;
+        let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_reason = String::new();
-        let stats = cluster.map(|c| &c.stats);
         let mut last_endpoint = None;
-        for attempt in 0..=DEFAULT_RETRIES {
-            let endpoint = match (&fixed, cluster) {
+        let mut next = Some(first);
+        for attempt in 0..max_attempts {
+            let mut req = match next.take() {
+                Some(r) => r,
+                None => match &a.template {
+                    Some(t) => t.build(),
+                    // Unreachable: a retry after sending only happens with a template.
+                    None => break,
+                },
+            };
+            let endpoint = match (&a.fixed, a.cluster) {
                 (Some(e), _) => e.clone(),
-                (None, Some(c)) => {
-                    let avoid = &tried[..attempt];
-                    let avoid: Vec<SocketAddr> = avoid.iter().flatten().copied().collect();
-                    match c.pick(rand::rng().random(), &avoid) {
-                        Some(e) => e,
-                        None => {
-                            record.set_dest(&c.no_endpoint);
-                            return Err(LocalReply::no_healthy_upstream());
-                        }
+                (None, Some(c)) => match c.pick(rand::rng().random(), &tried) {
+                    Some(e) => e,
+                    None => {
+                        a.record.set_dest(&c.no_endpoint);
+                        return Err(LocalReply::no_healthy_upstream());
                     }
-                }
+                },
                 (None, None) => return Err(LocalReply::no_healthy_upstream()),
             };
             if let Some(s) = stats {
@@ -513,18 +606,50 @@ impl Proxy {
                     s.upstream_rq_retry.inc();
                 }
             }
-            record.access(|a| a.upstream_host = Some(endpoint.addr));
+            tried.push(endpoint.addr);
+            a.record.access(|x| x.upstream_host = Some(endpoint.addr));
             last_endpoint = Some(endpoint.clone());
-            tried[attempt] = Some(endpoint.addr);
             req.headers_mut().insert(
                 headers::X_ENVOY_ATTEMPT_COUNT.clone(),
                 HeaderValue::from(attempt as u64 + 1),
             );
+            let last = attempt + 1 == max_attempts;
             let active = endpoint.begin();
             let started = Instant::now();
-            match endpoint.pool.send(req, connect_timeout, stats).await {
+            let send = endpoint.pool.send(req, connect_timeout, stats);
+            let result = match a.per_try {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if let Some(s) = stats {
+                            s.upstream_rq_timeout.inc();
+                        }
+                        if !last && a.template.is_some() && a.policy.on_reset() {
+                            retry_wait(a.policy, attempt).await;
+                            continue;
+                        }
+                        a.record.set_dest(&endpoint.metrics);
+                        return Err(LocalReply::timeout());
+                    }
+                },
+                None => send.await,
+            };
+            match result {
                 Ok((resp, release)) => {
-                    record.set_dest(&endpoint.metrics);
+                    let status = resp.status().as_u16();
+                    let retriable = !last
+                        && a.template.is_some()
+                        && a.policy.on_response(status, grpc_status_of(resp.headers()));
+                    if retriable {
+                        drop((resp, release));
+                        retry_wait(a.policy, attempt).await;
+                        continue;
+                    }
+                    a.record.set_dest(&endpoint.metrics);
+                    if attempt > 0 && a.policy.on_response(status, grpc_status_of(resp.headers())) {
+                        a.record
+                            .set_status(status, Some(error::Flag::RetriesExhausted));
+                    }
                     return Ok((resp, release, Some(active), started));
                 }
                 Err(SendError::Connect {
@@ -533,28 +658,38 @@ impl Proxy {
                     addr,
                 }) => {
                     tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
-                    req = *request;
                     if let Some(s) = stats {
                         s.upstream_cx_connect_fail.inc();
                     }
                     last_reason = reason;
-                    if attempt < DEFAULT_RETRIES {
-                        tokio::time::sleep(backoff(attempt)).await;
+                    if last || !a.policy.on_connect_failure() {
+                        break;
                     }
+                    // Nothing was sent: the same request goes to the next host.
+                    next = Some(*request);
+                    retry_wait(a.policy, attempt).await;
                 }
                 Err(SendError::Exchange { source, addr }) => {
                     tracing::debug!(%addr, error = %source, "upstream exchange failed");
-                    record.set_dest(&endpoint.metrics);
+                    if !last && a.template.is_some() && a.policy.on_reset() {
+                        retry_wait(a.policy, attempt).await;
+                        continue;
+                    }
+                    a.record.set_dest(&endpoint.metrics);
                     let terminated = source.is_incomplete_message() || source.is_closed();
                     return Err(LocalReply::upstream_reset(String::new(), terminated));
                 }
             }
         }
         if let Some(e) = last_endpoint {
-            record.set_dest(&e.metrics);
+            a.record.set_dest(&e.metrics);
         }
-        record.access(|a| a.transport_failure = last_reason.clone());
-        Err(LocalReply::connect_failure(true, last_reason))
+        a.record
+            .access(|x| x.transport_failure = last_reason.clone());
+        Err(LocalReply::connect_failure(
+            a.policy.retries > 0,
+            last_reason,
+        ))
     }
 
     /// ALLOW_ANY passthrough and `resolution: NONE`: the address the request names, but never
@@ -638,6 +773,8 @@ struct Plan {
     new_path: Option<String>,
     new_authority: Option<HeaderValue>,
     response_ops: Option<ResponseOps>,
+    /// The matched route's timeout, retries and faults; `None`: Istio's defaults.
+    policy: Option<Arc<RoutePolicy>>,
 }
 
 /// Response header operations of the matched route and destination, applied once the
@@ -656,17 +793,124 @@ impl Plan {
             new_path: None,
             new_authority: None,
             response_ops: None,
+            policy: None,
         }
     }
 }
 
-fn backoff(attempt: usize) -> Duration {
-    let cap = RETRY_BACKOFF_BASE
-        .saturating_mul(1 << attempt.min(8))
-        .min(RETRY_BACKOFF_MAX);
-    let ms = rand::rng().random_range(0..=cap.as_millis() as u64);
-    Duration::from_millis(ms)
+/// The request headers a client may use to set timeouts (Envoy honours them on internal
+/// requests, which a sidecar's outbound requests are).
+static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+
+fn header_ms(h: &http::HeaderMap, name: &http::HeaderName) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
+
+/// Sleeps Envoy's back-off before retry number `attempt + 1`.
+async fn retry_wait(policy: &RetryPolicy, attempt: usize) {
+    let wait = policy.backoff(attempt as u32, rand::rng().random());
+    tokio::time::sleep(wait).await;
+}
+
+fn draw_per_million() -> u32 {
+    rand::rng().random_range(0..crate::route::policy::PER_MILLION)
+}
+
+/// A gRPC fault abort: HTTP 200 with the configured `grpc-status`, as Envoy's fault filter
+/// answers gRPC requests.
+fn grpc_fault_abort(code: u8, record: &RequestRecord) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("fault filter abort"),
+    );
+    record.set_status(200, Some(error::Flag::FaultInjected));
+    record.set_grpc_status(code);
+    resp
+}
+
+/// Envoy's default per-stream buffer limit: bodies up to this size can be retried.
+const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// The body is empty, or its declared length fits the retry buffer.
+fn replayable_size(headers: &http::HeaderMap, body: &Incoming) -> bool {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
+}
+
+async fn collect_bounded(
+    body: Incoming,
+) -> Result<(bytes::Bytes, Option<http::HeaderMap>), hyper::Error> {
+    use http_body_util::BodyExt as _;
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok((collected.to_bytes(), trailers))
+}
+
+enum Replay {
+    Stream(RequestBody),
+    Buffered(bytes::Bytes, Option<http::HeaderMap>),
+}
+
+/// What a retry needs to rebuild the request after the first attempt consumed it.
+struct Template {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Template {
+    fn build(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::buffered(
+            self.body.clone(),
+            self.trailers.clone(),
+            None,
+        ));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// One request's send: where, with which policy, and how to resend it.
+struct Attempt<'a> {
+    cluster: Option<&'a Cluster>,
+    fixed: Option<Arc<crate::upstream::Endpoint>>,
+    policy: &'a RetryPolicy,
+    per_try: Option<Duration>,
+    template: Option<Template>,
+    record: &'a RequestRecord,
+}
+
+type Sent = (
+    Response<Incoming>,
+    Option<crate::upstream::Release>,
+    Option<crate::upstream::ActiveGuard>,
+    Instant,
+);
 
 /// The authority from an absolute-form URI or HTTP/2 `:authority`, else the Host header.
 fn request_authority(req: &Request<Incoming>) -> Option<Authority> {

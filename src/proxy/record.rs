@@ -45,6 +45,8 @@ pub struct RequestRecord {
     /// gRPC status + 1; 0 when none was seen.
     grpc_status: AtomicU16,
     dest: OnceLock<Arc<DestMetrics>>,
+    /// The route's cluster when no endpoint answered (fault aborts, timeouts).
+    fallback_dest: OnceLock<Arc<DestMetrics>>,
     cluster: OnceLock<Arc<ClusterStats>>,
     window: OnceLock<Arc<Window>>,
     pub access: Option<Mutex<AccessInfo>>,
@@ -71,6 +73,7 @@ impl RequestRecord {
             flags: AtomicU8::new(0),
             grpc_status: AtomicU16::new(0),
             dest: OnceLock::new(),
+            fallback_dest: OnceLock::new(),
             cluster: OnceLock::new(),
             window: OnceLock::new(),
             access: sink.is_some().then(|| Mutex::new(AccessInfo::default())),
@@ -84,6 +87,10 @@ impl RequestRecord {
         let _ = self.dest.set(dest.clone());
     }
 
+    pub fn set_fallback_dest(&self, dest: &Arc<DestMetrics>) {
+        let _ = self.fallback_dest.set(dest.clone());
+    }
+
     pub fn set_cluster(&self, stats: &Arc<ClusterStats>) {
         let _ = self.cluster.set(stats.clone());
     }
@@ -95,8 +102,18 @@ impl RequestRecord {
     pub fn set_status(&self, status: u16, flag: Option<Flag>) {
         self.status.store(u32::from(status), Ordering::Relaxed);
         if let Some(f) = flag {
-            self.flags.store(flag_index(f), Ordering::Relaxed);
+            let mut idx = flag_index(f);
+            // An injected delay stays visible next to a timeout, as Envoy logs `DI,UT`.
+            if self.flags.load(Ordering::Relaxed) == DELAY_INJECTED && idx == 9 {
+                idx = 13;
+            }
+            self.flags.store(idx, Ordering::Relaxed);
         }
+    }
+
+    /// A fault-injection delay was applied (flag `DI` unless a later flag replaces it).
+    pub fn set_delay_injected(&self) {
+        self.flags.store(DELAY_INJECTED, Ordering::Relaxed);
     }
 
     pub fn set_grpc_status(&self, status: u8) {
@@ -116,6 +133,8 @@ impl RequestRecord {
     }
 }
 
+const DELAY_INJECTED: u8 = 11;
+
 fn flag_index(f: Flag) -> u8 {
     match f {
         Flag::BlockedHost => 0,
@@ -126,6 +145,10 @@ fn flag_index(f: Flag) -> u8 {
         Flag::UpstreamReset => 5,
         Flag::UpstreamConnectionTermination => 6,
         Flag::DownstreamProtocolError => 7,
+        Flag::UpstreamRequestTimeout => 9,
+        Flag::FaultInjected => 10,
+        Flag::RetriesExhausted => 12,
+        Flag::UpstreamConnectFailureOnly => 3,
     }
 }
 
@@ -138,7 +161,7 @@ impl Drop for RequestRecord {
             0 => None,
             s => u8::try_from(s - 1).ok(),
         };
-        if let Some(dest) = self.dest.get() {
+        if let Some(dest) = self.dest.get().or(self.fallback_dest.get()) {
             let key = ResponseKey {
                 grpc: self.grpc,
                 code: status,

@@ -17,8 +17,10 @@ use super::action::{
 };
 use super::host::{HostIndex, lookup_aliases, resolve_short_name};
 use super::matcher::{HeaderMatcher, QueryMatcher, RequestMatch, StringMatcher, UriMatcher};
+use super::policy::{Fault, RetryPolicy, RoutePolicy};
 use super::weighted::WeightedPick;
 use super::{Action, Route, RouteTable, Target, VirtualHost};
+use crate::config::duration::parse_go_duration;
 use crate::config::istio::{
     self, HttpMatchRequest, HttpRoute, RedirectPortSelection, SimpleLb, StringMatch,
 };
@@ -300,6 +302,16 @@ impl<'a> Builder<'a> {
         };
         let (req_ops, resp_ops) =
             header_ops(rule.headers.as_ref()).map_err(|m| invalid(field("headers"), m))?;
+        let policy = Arc::new(RoutePolicy {
+            timeout: match rule.timeout.as_deref() {
+                Some(t) => Some(
+                    parse_go_duration(t).map_err(|e| invalid(field("timeout"), e.to_string()))?,
+                ),
+                None => None,
+            },
+            retry: RetryPolicy::from_istio(rule.retries.as_ref()),
+            fault: Fault::from_istio(rule.fault.as_ref()),
+        });
         for (match_index, block) in blocks {
             let matches = match block {
                 Some(m) => request_match(m).map_err(|m| invalid(field("match"), m))?,
@@ -329,6 +341,7 @@ impl<'a> Builder<'a> {
             out.push(Route {
                 name,
                 stats,
+                policy: policy.clone(),
                 rule_index: r.rule_index,
                 match_index,
                 matches,
@@ -593,6 +606,7 @@ impl<'a> Builder<'a> {
                 response_headers: None,
                 rewrite: None,
                 stats: b.route_stats("default"),
+                policy: Arc::new(RoutePolicy::default()),
             });
             Ok(())
         };

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod host;
 pub mod matcher;
 pub mod path;
+pub mod policy;
 pub mod weighted;
 
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// `switchyard_route_decisions_total` for this route.
     pub stats: Arc<RouteStats>,
+    /// Timeout, retries and faults of the rule (shared by its match blocks).
+    pub policy: Arc<policy::RoutePolicy>,
 }
 
 pub enum Action {

@@ -1,0 +1,376 @@
+//! Per-route traffic policy from a VirtualService rule: timeout, retries and fault injection,
+//! compiled into plain values with Istio's defaults filled in (reference §4.6–§4.8).
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::config::duration::parse_go_duration;
+use crate::config::istio::{HttpFaultInjection, HttpRetry, Percent};
+
+/// Envoy's default retry back-off base interval.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+/// `retryOn` conditions (Envoy router `x-envoy-retry-on` / `x-envoy-retry-grpc-on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn(u32);
+
+impl RetryOn {
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1);
+    pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 1);
+    pub const RESET: RetryOn = RetryOn(1 << 2);
+    pub const FIVE_XX: RetryOn = RetryOn(1 << 3);
+    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 4);
+    pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 5);
+    pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 6);
+    pub const RESET_BEFORE_REQUEST: RetryOn = RetryOn(1 << 7);
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(1 << 8);
+    pub const GRPC_DEADLINE_EXCEEDED: RetryOn = RetryOn(1 << 9);
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 10);
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 11);
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 12);
+
+    pub fn contains(self, other: RetryOn) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn any(self, other: RetryOn) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    fn with(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
+    }
+
+    /// Istio's mesh default: connect-failure, refused-stream, unavailable, cancelled,
+    /// retriable-status-codes (with no codes).
+    pub fn istio_default() -> RetryOn {
+        Self::CONNECT_FAILURE
+            .with(Self::REFUSED_STREAM)
+            .with(Self::GRPC_UNAVAILABLE)
+            .with(Self::GRPC_CANCELLED)
+            .with(Self::RETRIABLE_STATUS_CODES)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (Istio `attempts`).
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+    pub status_codes: Vec<u16>,
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// What Istio applies when a rule has no `retries` block.
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 2,
+            per_try_timeout: None,
+            on: RetryOn::istio_default(),
+            status_codes: Vec::new(),
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn from_istio(r: Option<&HttpRetry>) -> RetryPolicy {
+        let Some(r) = r else {
+            return RetryPolicy::default();
+        };
+        let attempts = r.attempts.map_or(0, |a| a.0.max(0));
+        if attempts == 0 {
+            // `attempts: 0` means no retry policy at all.
+            return RetryPolicy {
+                retries: 0,
+                ..RetryPolicy::default()
+            };
+        }
+        let mut on = RetryOn::default();
+        let mut codes = Vec::new();
+        for item in r
+            .retry_on
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+        {
+            let bit = match item {
+                "" => continue,
+                "5xx" => RetryOn::FIVE_XX,
+                "gateway-error" => RetryOn::GATEWAY_ERROR,
+                "reset" => RetryOn::RESET,
+                "reset-before-request" => RetryOn::RESET_BEFORE_REQUEST,
+                "connect-failure" => RetryOn::CONNECT_FAILURE,
+                "refused-stream" => RetryOn::REFUSED_STREAM,
+                "retriable-4xx" => RetryOn::RETRIABLE_4XX,
+                "retriable-status-codes" => RetryOn::RETRIABLE_STATUS_CODES,
+                "cancelled" => RetryOn::GRPC_CANCELLED,
+                "deadline-exceeded" => RetryOn::GRPC_DEADLINE_EXCEEDED,
+                "internal" => RetryOn::GRPC_INTERNAL,
+                "resource-exhausted" => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+                "unavailable" => RetryOn::GRPC_UNAVAILABLE,
+                code => match code.parse::<u16>() {
+                    // Istio moves numeric codes to retriable_status_codes and turns that on.
+                    Ok(c) if StatusCode::from_u16(c).is_ok() => {
+                        codes.push(c);
+                        RetryOn::RETRIABLE_STATUS_CODES
+                    }
+                    // retriable-headers, envoy-ratelimited, ...: validation warned.
+                    _ => continue,
+                },
+            };
+            on = on.with(bit);
+        }
+        if on == RetryOn::default() {
+            on = RetryOn::istio_default();
+        }
+        RetryPolicy {
+            retries: u32::try_from(attempts).unwrap_or(u32::MAX),
+            per_try_timeout: r
+                .per_try_timeout
+                .as_deref()
+                .and_then(|d| parse_go_duration(d).ok()),
+            on,
+            status_codes: codes,
+            backoff: r
+                .backoff
+                .as_deref()
+                .and_then(|d| parse_go_duration(d).ok())
+                .unwrap_or(DEFAULT_BACKOFF),
+        }
+    }
+
+    /// Retry after the connection could not be made (nothing was sent).
+    pub fn on_connect_failure(&self) -> bool {
+        self.on.any(
+            RetryOn::CONNECT_FAILURE
+                .with(RetryOn::FIVE_XX)
+                .with(RetryOn::GATEWAY_ERROR)
+                .with(RetryOn::RESET_BEFORE_REQUEST),
+        )
+    }
+
+    /// Retry after a reset or a per-try timeout once the request was (maybe) sent.
+    pub fn on_reset(&self) -> bool {
+        self.on.any(
+            RetryOn::RESET
+                .with(RetryOn::FIVE_XX)
+                .with(RetryOn::GATEWAY_ERROR),
+        )
+    }
+
+    /// Retry this upstream response (status, and gRPC status when the response carries one).
+    pub fn on_response(&self, status: u16, grpc_status: Option<u8>) -> bool {
+        let on = self.on;
+        (on.contains(RetryOn::FIVE_XX) && (500..600).contains(&status))
+            || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
+            || (on.contains(RetryOn::RETRIABLE_4XX) && status == 409)
+            || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && self.status_codes.contains(&status))
+            || match grpc_status {
+                Some(1) => on.contains(RetryOn::GRPC_CANCELLED),
+                Some(4) => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+                Some(8) => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+                Some(13) => on.contains(RetryOn::GRPC_INTERNAL),
+                Some(14) => on.contains(RetryOn::GRPC_UNAVAILABLE),
+                _ => false,
+            }
+    }
+
+    /// Whether a response or a reset could be retried, so the body must be kept for a resend.
+    /// Istio's default policy (no status codes) only retries gRPC statuses after sending.
+    pub fn may_resend(&self, grpc: bool) -> bool {
+        let grpc_bits = RetryOn::GRPC_CANCELLED
+            .with(RetryOn::GRPC_DEADLINE_EXCEEDED)
+            .with(RetryOn::GRPC_INTERNAL)
+            .with(RetryOn::GRPC_RESOURCE_EXHAUSTED)
+            .with(RetryOn::GRPC_UNAVAILABLE);
+        self.retries > 0
+            && (self.on_reset()
+                || self.on.any(
+                    RetryOn::FIVE_XX
+                        .with(RetryOn::GATEWAY_ERROR)
+                        .with(RetryOn::RETRIABLE_4XX),
+                )
+                || !self.status_codes.is_empty()
+                || (grpc && self.on.any(grpc_bits)))
+    }
+
+    /// Envoy's fully jittered exponential back-off, capped at ten times the base.
+    pub fn backoff(&self, retry: u32, random: u64) -> Duration {
+        let cap = self
+            .backoff
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.backoff.saturating_mul(10));
+        let ms = cap.as_micros().max(1) as u64;
+        Duration::from_micros(random % (ms + 1))
+    }
+}
+
+/// `fault`: each part applies to its own share of requests, drawn independently.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub delay: Option<(Duration, u32)>,
+    pub abort: Option<(Abort, u32)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Abort {
+    Http(StatusCode),
+    /// A gRPC status code.
+    Grpc(u8),
+}
+
+/// Istio's FractionalPercent: `uint32(value * 10000)` per million.
+pub const PER_MILLION: u32 = 1_000_000;
+
+fn per_million(p: Option<Percent>) -> u32 {
+    p.map_or(0, |p| ((p.value.0.clamp(0.0, 100.0)) * 10_000.0) as u32)
+}
+
+impl Fault {
+    pub fn from_istio(f: Option<&HttpFaultInjection>) -> Option<Fault> {
+        let f = f?;
+        let delay = f.delay.as_ref().and_then(|d| {
+            let fixed = parse_go_duration(d.fixed_delay.as_deref()?).ok()?;
+            // A missing percentage means no fault; the deprecated integer `percent` counts.
+            let share = match (d.percentage, d.percent) {
+                (Some(p), _) => per_million(Some(p)),
+                (None, Some(p)) => u32::try_from(p.0.clamp(0, 100)).unwrap_or(0) * 10_000,
+                (None, None) => 0,
+            };
+            Some((fixed, share))
+        });
+        let abort = f.abort.as_ref().and_then(|a| {
+            let kind = match (a.http_status, a.grpc_status.as_deref()) {
+                (Some(s), _) => Abort::Http(StatusCode::from_u16(u16::try_from(s.0).ok()?).ok()?),
+                (None, Some(g)) => Abort::Grpc(grpc_code(g)?),
+                (None, None) => return None,
+            };
+            Some((kind, per_million(a.percentage)))
+        });
+        (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
+    }
+}
+
+/// gRPC status names (and numbers) as Istio accepts them in `abort.grpcStatus`.
+pub fn grpc_code(name: &str) -> Option<u8> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u8)
+        .or_else(|| name.parse::<u8>().ok().filter(|n| *n <= 16))
+}
+
+/// Everything a matched route asks of the request path besides its destination.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// Whole-request timeout including retries; `None` is Istio's default (disabled).
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub fault: Option<Fault>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::istio::{Double, Int};
+
+    fn retry(attempts: i64, on: &str) -> HttpRetry {
+        HttpRetry {
+            attempts: Some(Int(attempts)),
+            retry_on: Some(on.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn istio_default_does_not_retry_a_plain_503() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.retries, 2);
+        assert!(p.on_connect_failure());
+        assert!(!p.on_response(503, None));
+        assert!(p.on_response(200, Some(14)), "gRPC UNAVAILABLE is retried");
+        assert!(!p.on_reset());
+    }
+
+    #[test]
+    fn retry_on_words_and_codes() {
+        let p = RetryPolicy::from_istio(Some(&retry(3, "gateway-error,connect-failure,418")));
+        assert_eq!(p.retries, 3);
+        assert!(p.on_response(503, None));
+        assert!(!p.on_response(500, None));
+        assert!(p.on_response(418, None));
+        assert!(p.on_reset(), "gateway-error covers resets");
+        let p = RetryPolicy::from_istio(Some(&retry(0, "")));
+        assert_eq!(p.retries, 0);
+        let p = RetryPolicy::from_istio(Some(&retry(2, "retriable-4xx")));
+        assert!(p.on_response(409, None) && !p.on_response(404, None));
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped_at_ten_times_base() {
+        let p = RetryPolicy::default();
+        for r in [0u64, 1, 12_345, u64::MAX] {
+            assert!(p.backoff(30, r) <= Duration::from_millis(250));
+        }
+        assert_eq!(p.backoff(0, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn fault_percentages_follow_istio() {
+        use crate::config::istio::{FaultAbort, FaultDelay};
+        let f = HttpFaultInjection {
+            delay: Some(FaultDelay {
+                fixed_delay: Some("7s".into()),
+                percent: Some(Int(100)),
+                ..Default::default()
+            }),
+            abort: Some(FaultAbort {
+                http_status: Some(Int(555)),
+                percentage: Some(Percent { value: Double(0.1) }),
+                ..Default::default()
+            }),
+        };
+        let f = Fault::from_istio(Some(&f)).expect("fault");
+        assert_eq!(f.delay.map(|d| d.1), Some(PER_MILLION));
+        assert_eq!(f.abort.map(|a| a.1), Some(1_000));
+        let no_pct = HttpFaultInjection {
+            delay: Some(FaultDelay {
+                fixed_delay: Some("1s".into()),
+                ..Default::default()
+            }),
+            abort: None,
+        };
+        assert_eq!(
+            Fault::from_istio(Some(&no_pct))
+                .and_then(|f| f.delay)
+                .map(|d| d.1),
+            Some(0),
+            "a missing percentage means no fault"
+        );
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+    }
+}

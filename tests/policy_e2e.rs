@@ -1,0 +1,344 @@
+//! VirtualService traffic policy against real misbehaving upstreams: route timeouts, retries
+//! (Istio's default policy and configured ones, per-try timeouts, bodies), fault injection.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::e2e_helpers::{PROTOS, RawUpstream, admin_get, assert_within_4_sigma, par_tally};
+use support::*;
+
+const FAIL_503: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfail";
+
+/// ServiceEntry + DestinationRule (ROUND_ROBIN, so host choice is deterministic) for `web`
+/// with endpoints labelled by version, then a VirtualService with one rule whose extra YAML
+/// (timeout, retries, fault) is `rule`, routing to `subset`.
+fn config(endpoints: &[(&str, std::net::SocketAddr)], subset: &str, rule: &str) -> String {
+    let mut eps = String::new();
+    let mut subsets = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (v, a) in endpoints {
+        eps.push_str(&format!(
+            "  - {{address: {}, ports: {{http: {}}}, labels: {{version: {v}, all: \"yes\"}}}}\n",
+            a.ip(),
+            a.port()
+        ));
+        if seen.insert(*v) {
+            subsets.push_str(&format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"));
+        }
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web}}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+{eps}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web}}
+spec:
+  host: web
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets:
+{subsets}  - {{name: all, labels: {{all: \"yes\"}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: [web]
+  http:
+  - name: main
+{rule}    route: [{{destination: {{host: web, subset: {subset}}}}}]
+"
+    )
+}
+
+/// Sum of `istio_requests_total` samples whose labels contain all of `want`.
+async fn requests_with(p: &TestProxy, want: &[(&str, &str)]) -> u64 {
+    let text = admin_get(p, "/stats/prometheus").await.text();
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
+}
+
+async fn cluster_stat(p: &TestProxy, name: &str, cluster: &str) -> u64 {
+    let text = admin_get(p, "/stats/prometheus").await.text();
+    let prefix = format!("envoy_cluster_{name}{{cluster_name=\"{cluster}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_is_504_ut_and_the_client_header_overrides_it() {
+    let up = Upstream::start("v1").await;
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", "    timeout: 200ms\n")).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        let t = Instant::now();
+        let r = c.get("web", "/slow/2000").await;
+        let took = t.elapsed();
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (504, "upstream request timeout"),
+            "{proto:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_millis(1500),
+            "{proto:?}: {took:?}"
+        );
+        // Faster than the timeout: served.
+        assert_eq!(c.get("web", "/slow/20").await.status, 200);
+        // The client may lengthen it.
+        let r = c
+            .request(
+                "GET",
+                "web",
+                "/slow/400",
+                &[("x-envoy-upstream-rq-timeout-ms", "3000")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{proto:?}: override to 3 s");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        requests_with(&p, &[("response_code", "504"), ("response_flags", "UT")]).await,
+        2
+    );
+    // The upstream was told how long it has, and never saw the override header.
+    let mut c = Client::h1(p.addr).await;
+    let r = c
+        .request(
+            "GET",
+            "web",
+            "/echo",
+            &[("x-envoy-upstream-rq-timeout-ms", "1500")],
+        )
+        .await;
+    let echo = r.json();
+    assert_eq!(echo["headers"]["x-envoy-expected-rq-timeout-ms"][0], "1500");
+    assert!(echo["headers"]["x-envoy-upstream-rq-timeout-ms"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_policy_does_not_retry_a_plain_503() {
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let p = TestProxy::start(&config(&[("v1", bad.addr)], "v1", "")).await;
+    let mut c = Client::h1(p.addr).await;
+    for _ in 0..5 {
+        assert_eq!(c.get("web", "/").await.status, 503);
+    }
+    assert_eq!(bad.connections(), 5, "one attempt per request");
+    assert_eq!(
+        cluster_stat(
+            &p,
+            "upstream_rq_retry",
+            "outbound|80|v1|web.default.svc.cluster.local"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_5xx_move_to_a_healthy_host_and_resend_the_body() {
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let good = Upstream::start("good").await;
+    let rule = "    retries: {attempts: 3, retryOn: 5xx}\n";
+    let p = TestProxy::start(&config(
+        &[("bad", bad.addr), ("good", good.addr)],
+        "all",
+        rule,
+    ))
+    .await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        for i in 0..20 {
+            let r = c.get("web", "/").await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "good"),
+                "{proto:?} request {i}"
+            );
+        }
+        // A small body is buffered and sent again on the retry.
+        for _ in 0..4 {
+            let r = c
+                .request_with_body(
+                    "POST",
+                    "web",
+                    "/upload",
+                    &[("content-length", "5")],
+                    full_body("hello"),
+                )
+                .await;
+            assert_eq!((r.status, r.text().as_str()), (200, "5"), "{proto:?}");
+        }
+    }
+    assert!(
+        bad.connections() >= 20,
+        "round robin sent about half the first attempts to the bad host"
+    );
+    let retries = cluster_stat(
+        &p,
+        "upstream_rq_retry",
+        "outbound|80|all|web.default.svc.cluster.local",
+    )
+    .await;
+    assert_eq!(
+        retries,
+        bad.connections(),
+        "every failed attempt was retried once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_return_the_last_response_flagged_urx() {
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let rule = "    retries: {attempts: 2, retryOn: gateway-error, perTryTimeout: 1s}\n";
+    let p = TestProxy::start(&config(&[("v1", bad.addr)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    let r = c.get("web", "/").await;
+    assert_eq!((r.status, r.text().as_str()), (503, "fail"));
+    assert_eq!(bad.connections(), 3, "1 + attempts");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        requests_with(&p, &[("response_code", "503"), ("response_flags", "URX")]).await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_retries_then_answers_504() {
+    let slow = Upstream::start("slow").await;
+    let rule = "    retries: {attempts: 2, retryOn: 5xx, perTryTimeout: 100ms}\n";
+    let p = TestProxy::start(&config(&[("v1", slow.addr)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    let t = Instant::now();
+    let r = c.get("web", "/slow/2000").await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert_eq!(slow.requests(), 3, "three tries of 100 ms each");
+    // A fast answer within the per-try timeout is served.
+    assert_eq!(c.get("web", "/slow/10").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_never_sent_twice() {
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let rule = "    retries: {attempts: 3, retryOn: 5xx}\n";
+    let p = TestProxy::start(&config(&[("v1", bad.addr)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    // 2 MiB is over the 1 MiB replay buffer: one attempt only.
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let r = c
+        .request_with_body(
+            "POST",
+            "web",
+            "/upload",
+            &[("content-length", "2097152")],
+            full_body(big),
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        bad.connections(),
+        1,
+        "a body beyond the replay buffer is never resent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_abort_and_delay() {
+    let up = Upstream::start("v1").await;
+    let rule = "    fault: {abort: {httpStatus: 555, percentage: {value: 100}}}\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        let r = c.get("web", "/").await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (555, "fault filter abort"),
+            "{proto:?}"
+        );
+        let r = c
+            .request(
+                "POST",
+                "web",
+                "/svc.Echo/Call",
+                &[("content-type", "application/grpc")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "gRPC callers get a gRPC-shaped abort");
+    }
+    assert_eq!(
+        up.requests(),
+        0,
+        "aborted requests never reach the upstream"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(requests_with(&p, &[("response_flags", "FI")]).await, 4);
+
+    let rule = "    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    let mut c = Client::h2(p.addr).await;
+    let r = c
+        .request(
+            "POST",
+            "web",
+            "/svc.Echo/Call",
+            &[("content-type", "application/grpc")],
+        )
+        .await;
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("14")));
+
+    let rule = "    fault: {delay: {fixedDelay: 300ms, percent: 100}}\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    let t = Instant::now();
+    let r = c.get("web", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        requests_with(&p, &[("response_code", "200"), ("response_flags", "DI")]).await,
+        1
+    );
+
+    // A fault block without a percentage injects nothing (istio/istio#39969).
+    let rule = "    fault: {abort: {httpStatus: 500}}\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    assert_eq!(c.get("web", "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_percentage_over_20000_requests_lands_within_4_sigma() {
+    let up = Upstream::start("v1").await;
+    let rule = "    fault: {abort: {httpStatus: 503, percentage: {value: 10}}}\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    let n = 20_000;
+    let t = par_tally(p.addr, Proto::H1, 8, n, "web", "/", &[]).await;
+    let aborted = n - t.get("v1").copied().unwrap_or(0);
+    assert_within_4_sigma(aborted, n, 0.10, "10% abort");
+}
