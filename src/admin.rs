@@ -230,10 +230,19 @@ impl Admin {
             dump["last_reload"] = json!({
                 "time": epoch_secs(r.at),
                 "result": if r.accepted { "accepted" } else { "refused" },
+                // False for an accepted reload whose files matched the serving table.
+                "changed": r.changed,
+                "trigger": r.trigger.as_str(),
                 "version": r.version,
+                "source_hash": r.source_hash,
                 "diagnostics": r.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             });
         }
+        dump["reloads"] = json!({
+            "accepted": self.reloader.reloads_accepted(),
+            "refused": self.reloader.reloads_refused(),
+            "unchanged": self.reloader.reloads_unchanged(),
+        });
         dump
     }
 }

@@ -35,6 +35,21 @@ pub struct ReloadContext {
     pub metrics: Arc<crate::metrics::Registry>,
 }
 
+impl ReloadContext {
+    /// A context with the defaults `run` uses (REGISTRY_ONLY, no ISTIO_MUTUAL downgrade) and
+    /// a fresh metrics registry (tests and embedders; `run` sets its own).
+    pub fn new(path: PathBuf, identity: ProxyIdentity, pools: Arc<PoolRegistry>) -> ReloadContext {
+        ReloadContext {
+            path,
+            identity,
+            outbound_policy: OutboundPolicy::RegistryOnly,
+            istio_mutual_as_plaintext: false,
+            pools,
+            metrics: Arc::default(),
+        }
+    }
+}
+
 /// What asked for a reload; logged and shown in `/config_dump`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -103,13 +118,20 @@ pub async fn build_table(
 /// Reads the config path into resources on the blocking pool (file I/O must not stall the
 /// request workers).
 pub async fn read_config(ctx: &ReloadContext) -> Result<Resources, Diagnostic> {
-    let path = ctx.path.clone();
-    let opts = LoadOptions {
-        default_namespace: ctx.identity.namespace.clone(),
-    };
-    tokio::task::spawn_blocking(move || load(&path, &opts))
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || read_config_blocking(&c))
         .await
         .map_err(|e| internal(&ctx.path, format!("config read task failed: {e}")))
+}
+
+/// [`read_config`] on the calling thread.
+pub fn read_config_blocking(ctx: &ReloadContext) -> Resources {
+    load(
+        &ctx.path,
+        &LoadOptions {
+            default_namespace: ctx.identity.namespace.clone(),
+        },
+    )
 }
 
 /// Validates and compiles resources already read (the watcher reads them itself, to check

@@ -2,11 +2,15 @@
 //! of Envoy picking up a new route from istiod.
 //!
 //! # What is watched
-//! - `--config` is a **directory**: the directory, recursively (symlinked subdirectories such as
-//!   a ConfigMap's `..data` are followed).
-//! - `--config` is a **file**: its parent directory, non-recursively, and also the directory its
-//!   symlink chain resolves to when that differs. A watch on the file itself would die with
-//!   the first rename or `..data` swap (the old inode gets `DELETE_SELF`, then silence).
+//! Directories only, each non-recursively. A watch on the file itself would die with the first
+//! rename or `..data` swap (the old inode gets `DELETE_SELF`, then silence).
+//! - `--config` is a **directory**: it and each subdirectory the loader reads (dot-entries
+//!   skipped). A ConfigMap's `..<timestamp>` folders are not watched: kubelet makes and
+//!   deletes one per update, and the `..data` swap shows in the top directory anyway. New
+//!   subdirectories are watched as they appear.
+//! - `--config` is a **file**: its parent directory.
+//! - A config file or directory that is a symlink resolving outside the watched tree: the
+//!   directory it resolves to as well.
 //!
 //! Every event is only a hint that something *may* have changed: editors rename temp files
 //! over the original, kubelet swaps the `..data` symlink (no event ever names the config
@@ -61,7 +65,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Resources;
-use crate::reload::{Reloader, Trigger, read_config};
+use crate::reload::{Reloader, Trigger, read_config, read_config_blocking};
 
 /// Default settle window: short enough that a canary shift serves in well under 100 ms, long
 /// enough to span the gap between a truncate and the write that follows it.
@@ -124,7 +128,7 @@ pub struct WatchStats {
     pub native: bool,
     /// Events that counted as "maybe changed".
     pub events: u64,
-    /// Settled changes handed to the reloader, by what noticed them first.
+    /// Settled changes handed to the reloader: seen by file events, or by the poll alone.
     pub event_applies: u64,
     pub poll_applies: u64,
     /// Watches (re)armed after the first: a watched directory was replaced.
@@ -171,9 +175,13 @@ impl Drop for WatchHandle {
 
 /// Starts watching `reloader.ctx.path`. Must be called inside a Tokio runtime. Never fails:
 /// without a native watcher it polls (and says so in the log).
+///
+/// The watches are armed before this returns, so any change made after it is seen. The
+/// config is also read once here, on the calling thread, so that a change made between the
+/// first load and now (which no event will report) is applied too.
 pub fn spawn_watcher(reloader: Arc<Reloader>, opts: WatchOptions) -> WatchHandle {
     let stats = Arc::new(SharedStats::default());
-    let native = if opts.native {
+    let mut native = if opts.native {
         match Native::new() {
             Ok(n) => Some(n),
             Err(e) => {
@@ -184,7 +192,20 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, opts: WatchOptions) -> WatchHandle
     } else {
         None
     };
+    if let Some(n) = native.as_mut() {
+        n.ensure(&reloader.ctx.path, &stats);
+    }
     stats.native.store(native.is_some(), Ordering::Relaxed);
+    let at = Instant::now();
+    let res = read_config_blocking(&reloader.ctx);
+    let pending = (reloader.last_attempted_hash().as_deref() != Some(res.content_hash.as_str()))
+        .then(|| Pending {
+            trigger: Trigger::Poll,
+            first: at,
+            last_event: at,
+            // Still has to hold for a settle window.
+            sample: Some(Sample { at, res }),
+        });
     tracing::info!(
         config = %reloader.ctx.path.display(),
         events = native.is_some(),
@@ -199,7 +220,7 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, opts: WatchOptions) -> WatchHandle
             native,
             stats: stats.clone(),
             writers: HashMap::new(),
-            pending: None,
+            pending,
         }
         .run(),
     );
@@ -220,7 +241,6 @@ struct Native {
 
 struct Armed {
     path: PathBuf,
-    mode: RecursiveMode,
     id: FileId,
 }
 
@@ -255,7 +275,7 @@ impl Native {
         let want = desired_watches(config);
         let mut keep = Vec::new();
         for a in std::mem::take(&mut self.armed) {
-            let still_wanted = want.iter().any(|(p, m)| *p == a.path && *m == a.mode);
+            let still_wanted = want.contains(&a.path);
             if still_wanted && file_id(&a.path) == Some(a.id) {
                 keep.push(a);
             } else {
@@ -264,21 +284,22 @@ impl Native {
             }
         }
         self.armed = keep;
-        for (path, mode) in want {
-            if self.armed.iter().any(|a| a.path == path && a.mode == mode) {
+        for path in want {
+            if self.armed.iter().any(|a| a.path == path) {
                 continue;
             }
             let Some(id) = file_id(&path) else {
                 continue;
             };
-            match self.watcher.watch(&path, mode) {
+            // One level each: see `desired_watches` for why not recursive.
+            match self.watcher.watch(&path, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.last_error = None;
                     if self.started {
                         stats.rearms.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::debug!(path = %path.display(), ?mode, "watching");
-                    self.armed.push(Armed { path, mode, id });
+                    tracing::debug!(path = %path.display(), "watching");
+                    self.armed.push(Armed { path, id });
                 }
                 Err(source) => {
                     let e = WatchError::Watch { path, source }.to_string();
@@ -293,27 +314,77 @@ impl Native {
     }
 }
 
-/// The directories to watch for `config` (see the module docs).
-fn desired_watches(config: &Path) -> Vec<(PathBuf, RecursiveMode)> {
-    if std::fs::metadata(config).is_ok_and(|m| m.is_dir()) {
-        return vec![(config.to_path_buf(), RecursiveMode::Recursive)];
-    }
+/// The directories to watch for `config`, each non-recursively:
+/// - a directory: it and every subdirectory the loader reads (dot-entries skipped, symlinked
+///   subdirectories followed only at the top, as `config::load` does). A ConfigMap's
+///   `..<timestamp>` folders are therefore not watched: kubelet creates and deletes one per
+///   update, and its swap shows as events in the top directory anyway;
+/// - a file: its parent directory;
+/// - plus, for a config path or YAML file that is a symlink, the directory it resolves to when
+///   that lies outside what is already watched (a link into another tree is edited there),
+///   and the parent of a config directory that is itself a symlink (its swap shows there).
+fn desired_watches(config: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut links = Vec::new();
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
     let parent = match config.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut want = vec![(parent.clone(), RecursiveMode::NonRecursive)];
-    // `frontend.yaml -> ..data/frontend.yaml`: the swap shows in `parent`, but a link into
-    // another directory is edited there, so watch where the chain ends as well.
-    if let (Ok(target), Ok(parent_real)) = (
-        std::fs::canonicalize(config),
-        std::fs::canonicalize(&parent),
-    ) && let Some(target_dir) = target.parent()
-        && target_dir != parent_real
-    {
-        want.push((target_dir.to_path_buf(), RecursiveMode::NonRecursive));
+    if std::fs::metadata(config).is_ok_and(|m| m.is_dir()) {
+        walk_dirs(config, 0, &mut dirs, &mut links);
+        if is_link(config) {
+            dirs.push(parent);
+        }
+    } else {
+        dirs.push(parent);
+        links.push(config.to_path_buf());
     }
-    want
+    let real: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+    for link in links.iter().filter(|l| is_link(l)) {
+        if let Ok(target) = std::fs::canonicalize(link)
+            && let Some(target_dir) = target.parent()
+            && !real.iter().any(|r| target_dir.starts_with(r))
+        {
+            dirs.push(target_dir.to_path_buf());
+        }
+    }
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs
+}
+
+/// Bounds on the directory walk, so a pathological tree cannot stall the watcher.
+const MAX_WATCH_DEPTH: usize = 16;
+const MAX_WATCHED_DIRS: usize = 1024;
+
+/// Collects `dir` and the subdirectories `config::load` would read, and the YAML files
+/// reached through a symlink (their targets may need a watch of their own).
+fn walk_dirs(dir: &Path, depth: usize, dirs: &mut Vec<PathBuf>, links: &mut Vec<PathBuf>) {
+    if depth > MAX_WATCH_DEPTH || dirs.len() >= MAX_WATCHED_DIRS {
+        return;
+    }
+    dirs.push(dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() && (!link || depth == 0) => {
+                walk_dirs(&path, depth + 1, dirs, links)
+            }
+            Ok(m) if m.is_file() && link && is_yaml(&path) => links.push(path),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -354,16 +425,12 @@ impl WatchTask {
     async fn run(mut self) {
         let debounce = self.opts.debounce.max(Duration::from_millis(1));
         self.opts.debounce = debounce;
-        self.ensure_watches();
         let mut poll = self.opts.poll_interval.map(|d| {
             let d = d.max(Duration::from_millis(10));
             let mut i = tokio::time::interval_at(Instant::now() + d, d);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        // The files may have changed between the first load and the watches being armed;
-        // no event is left to tell, so look once now.
-        self.poll_check().await;
         loop {
             let wake = self.pending.as_ref().map(|p| self.wake_at(p));
             tokio::select! {
@@ -467,13 +534,11 @@ impl WatchTask {
                 for p in &ev.paths {
                     self.writers.remove(p);
                 }
-                let lost_root = self.native.as_ref().is_some_and(|n| {
-                    ev.paths
-                        .iter()
-                        .any(|p| n.armed.iter().any(|a| a.path == *p))
-                });
-                (true, lost_root)
+                // The tree changed shape: a watched directory may be gone or replaced.
+                (true, true)
             }
+            // A new subdirectory needs its own watch before files land in it.
+            EventKind::Create(_) => (true, true),
             // Creates, metadata, rescans, anything new: maybe.
             _ => (true, ev.need_rescan()),
         }
@@ -499,6 +564,8 @@ impl WatchTask {
             }
             Some(p) => {
                 p.last_event = now;
+                // A poll that raced an event to the same change: the events did see it.
+                p.trigger = trigger;
                 if now.duration_since(p.first) < self.opts.max_defer {
                     // The sample may predate this change: restart the settle window.
                     p.sample = None;

@@ -342,3 +342,107 @@ async fn fault_percentage_over_20000_requests_lands_within_4_sigma() {
     let aborted = n - t.get("v1").copied().unwrap_or(0);
     assert_within_4_sigma(aborted, n, 0.10, "10% abort");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_requests_without_touching_the_primary() {
+    let primary = Upstream::start("v1").await;
+    let shadow = Upstream::start("v2").await;
+    let rule = "    mirror: {host: web, subset: v2}\n    mirrorPercentage: {value: 100}\n";
+    let p = TestProxy::start(&config(
+        &[("v1", primary.addr), ("v2", shadow.addr)],
+        "v1",
+        rule,
+    ))
+    .await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        for _ in 0..10 {
+            let r = c.get("web", "/mirrored").await;
+            assert_eq!((r.status, r.text().as_str()), (200, "v1"), "{proto:?}");
+        }
+        let r = c
+            .request_with_body(
+                "POST",
+                "web",
+                "/upload",
+                &[("content-length", "3")],
+                full_body("abc"),
+            )
+            .await;
+        assert_eq!(r.text(), "3");
+    }
+    // Shadow traffic is asynchronous: wait (bounded) for it to land.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shadow.requests() < 22 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.requests(), 22, "every request mirrored once");
+    assert_eq!(primary.requests(), 22);
+
+    // A dead shadow never fails or slows the primary.
+    let dead = closed_port();
+    let rule = "    mirror: {host: web, subset: v2}\n";
+    let p = TestProxy::start(&config(&[("v1", primary.addr), ("v2", dead)], "v1", rule)).await;
+    let mut c = Client::h1(p.addr).await;
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(c.get("web", "/").await.status, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // mirrorPercentage 0 mirrors nothing.
+    let before = shadow.requests();
+    let rule = "    mirror: {host: web, subset: v2}\n    mirrorPercentage: {value: 0}\n";
+    let p = TestProxy::start(&config(
+        &[("v1", primary.addr), ("v2", shadow.addr)],
+        "v1",
+        rule,
+    ))
+    .await;
+    let mut c = Client::h1(p.addr).await;
+    for _ in 0..10 {
+        c.get("web", "/").await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(shadow.requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_policy_answers_preflights_and_decorates_responses() {
+    let up = Upstream::start("v1").await;
+    let rule = "    corsPolicy:\n      allowOrigins: [{exact: \"https://example.com\"}, {regex: \"https://.*\\\\.trusted\\\\.io\"}]\n      allowMethods: [POST, GET]\n      allowHeaders: [X-Foo-Bar]\n      exposeHeaders: [X-Expose]\n      maxAge: \"24h\"\n      allowCredentials: true\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        let pre = [
+            ("origin", "https://example.com"),
+            ("access-control-request-method", "POST"),
+        ];
+        let r = c.request("OPTIONS", "web", "/", &pre).await;
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://example.com")
+        );
+        assert_eq!(r.header("access-control-allow-methods"), Some("POST,GET"));
+        assert_eq!(r.header("access-control-allow-headers"), Some("X-Foo-Bar"));
+        assert_eq!(r.header("access-control-max-age"), Some("86400"));
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        // An actual request from an allowed origin gets the CORS response headers.
+        let r = c
+            .request("GET", "web", "/", &[("origin", "https://a.trusted.io")])
+            .await;
+        assert_eq!(r.text(), "v1");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://a.trusted.io")
+        );
+        assert_eq!(r.header("access-control-expose-headers"), Some("X-Expose"));
+        // Other origins get none, and their preflight is forwarded (unmatchedPreflights FORWARD).
+        let r = c
+            .request("GET", "web", "/", &[("origin", "https://evil.example")])
+            .await;
+        assert!(r.header("access-control-allow-origin").is_none());
+    }
+    assert_eq!(up.requests(), 4, "allowed preflights are answered locally");
+}

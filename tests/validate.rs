@@ -498,9 +498,7 @@ fn not_implemented_fields_are_named() {
     let rest = [
         "not-implemented.yaml:64: Warning SY0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection: outlierDetection is not implemented yet; ignored",
         "not-implemented.yaml:65: Warning IST0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors: Deprecated: \"outlierDetection.consecutiveErrors\" is deprecated; use \"outlierDetection.consecutive5xxErrors\" or \"outlierDetection.consecutiveGatewayErrors\"",
-        "not-implemented.yaml:83: Warning SY0002 VirtualService/default/orders: spec.http[0].mirror: mirror is not implemented yet; ignored",
         "not-implemented.yaml:85: Warning IST0002 VirtualService/default/orders: spec.http[0].mirrorPercent: Deprecated: \"mirrorPercent\" is deprecated; use \"mirrorPercentage\"",
-        "not-implemented.yaml:85: Warning SY0002 VirtualService/default/orders: spec.http[0].mirrorPercent: mirrorPercent is not implemented yet; ignored",
     ];
     let with = |mutual: &str| -> Vec<String> {
         common

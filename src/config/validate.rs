@@ -93,11 +93,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         message: "fault.abort.http2Error is not supported by Istio's translation; ignored",
         ..ignored("fault.abort.http2Error")
     },
-    ignored("mirror"),
-    ignored("mirrors"),
-    ignored("mirrorPercentage"),
-    ignored("mirrorPercent"),
-    ignored("corsPolicy"),
     // VirtualService L4
     Gap {
         message: "tcp routes are not served by an HTTP proxy",
@@ -1662,11 +1657,6 @@ impl Out {
                     "fault.abort.http2Error",
                     abort.is_some_and(|a| a.http2_error.is_some()),
                 ),
-                ("mirror", rule.mirror.is_some()),
-                ("mirrors", !rule.mirrors.is_empty()),
-                ("mirrorPercentage", rule.mirror_percentage.is_some()),
-                ("mirrorPercent", rule.mirror_percent.is_some()),
-                ("corsPolicy", rule.cors_policy.is_some()),
             ];
             for (field, set) in fields {
                 if set {

@@ -99,6 +99,8 @@ pub struct ProxyStats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_total: Counter,
     pub access_log_dropped: Counter,
+    pub mirror_sent: Counter,
+    pub mirror_dropped: Counter,
 }
 
 /// One route's decision counter (`switchyard_route_decisions_total`).
@@ -268,7 +270,19 @@ impl Registry {
 
     fn encode_own(&self, out: &mut String) {
         let p = &self.proxy;
-        let lines: [(&str, &str, &str, i64); 7] = [
+        let lines: [(&str, &str, &str, i64); 9] = [
+            (
+                "switchyard_mirror_requests_total",
+                "counter",
+                "{result=\"sent\"}",
+                p.mirror_sent.get() as i64,
+            ),
+            (
+                "switchyard_mirror_requests_total",
+                "",
+                "{result=\"dropped\"}",
+                p.mirror_dropped.get() as i64,
+            ),
             (
                 "switchyard_config_reloads_total",
                 "counter",

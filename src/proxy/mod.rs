@@ -83,6 +83,7 @@ pub struct Proxy {
     /// Series of REGISTRY_ONLY refusals and ALLOW_ANY passthrough, named as Istio names them.
     blackhole: Arc<DestMetrics>,
     passthrough: Arc<DestMetrics>,
+    mirror_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Per-connection facts the request path reads.
@@ -108,6 +109,7 @@ impl Proxy {
                 DestLabels::service_only("PassthroughCluster", None),
             )),
             metrics,
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(MIRROR_IN_FLIGHT)),
             access_log: arc_swap::ArcSwapOption::empty(),
             table,
             pools,
@@ -309,6 +311,12 @@ impl Proxy {
                         new_authority,
                         response_ops,
                         policy: Some(route.policy.clone()),
+                        mirrors: route
+                            .policy
+                            .mirrors
+                            .iter()
+                            .map(|m| (table.clusters[m.cluster].clone(), m.per_million))
+                            .collect(),
                     }
                 }
             }
@@ -337,6 +345,29 @@ impl Proxy {
                     Abort::Http(status) => Err(LocalReply::fault_abort(status)),
                     Abort::Grpc(code) => Ok(grpc_fault_abort(code, record)),
                 };
+            }
+        }
+        let mut cors_reply: Option<HeaderValue> = None;
+        if let Some(cors) = &policy.cors
+            && let Some(origin) = parts.headers.get(header::ORIGIN).cloned()
+        {
+            let allowed = cors.allows(origin.as_bytes());
+            let preflight = parts.method == http::Method::OPTIONS
+                && parts
+                    .headers
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            if preflight && allowed {
+                return Ok(cors_preflight(cors, origin, record));
+            }
+            if preflight && !cors.forward_unmatched_preflights {
+                let mut resp = Response::new(ProxyBody::empty());
+                resp.headers_mut()
+                    .insert(header::SERVER, HeaderValue::from_static("envoy"));
+                record.set_status(200, None);
+                return Ok(resp);
+            }
+            if allowed {
+                cors_reply = Some(origin);
             }
         }
         // A client may shorten or lengthen the route timeout, as Envoy allows.
@@ -429,7 +460,7 @@ impl Proxy {
         // A body a retry might have to send again is read first, up to Envoy's buffer limit;
         // a bigger or unsized one streams and is never sent twice.
         let grpc = record.grpc;
-        let needs_replay = !upgrade && policy.retry.may_resend(grpc);
+        let needs_replay = !upgrade && (policy.retry.may_resend(grpc) || !plan.mirrors.is_empty());
         let body = if needs_replay && replayable_size(&parts.headers, &body) {
             match collect_bounded(body).await {
                 Ok((data, trailers)) => {
@@ -476,6 +507,9 @@ impl Proxy {
             body: data,
             trailers,
         });
+        if !plan.mirrors.is_empty() {
+            self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
+        }
         let attempt = Attempt {
             cluster: cluster.as_deref(),
             fixed: endpoint_override,
@@ -551,6 +585,19 @@ impl Proxy {
             } else {
                 apply(&route_ops, &mut parts.headers);
                 apply(&target_ops, &mut parts.headers);
+            }
+        }
+        if let (Some(origin), Some(cors)) = (cors_reply, &policy.cors) {
+            let h = &mut parts.headers;
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if let Some(v) = &cors.expose_headers {
+                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+            }
+            if cors.allow_credentials {
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
             }
         }
         parts.version = Version::HTTP_11;
@@ -692,6 +739,82 @@ impl Proxy {
         ))
     }
 
+    /// Fire-and-forget copies to the shadow clusters: never awaited, never retried, bounded
+    /// in number (overflow is dropped and counted). A request whose body could not be kept
+    /// (unsized or over the buffer limit) is mirrored only if it has no body.
+    fn mirror(
+        &self,
+        mirrors: &[(Arc<Cluster>, u32)],
+        req: &Request<RequestBody>,
+        template: Option<&Template>,
+        authority: &Authority,
+    ) {
+        use http_body::Body as _;
+        let body = match template {
+            Some(t) => Some((t.body.clone(), t.trailers.clone())),
+            None if req.body().is_end_stream() => Some((bytes::Bytes::new(), None)),
+            None => None,
+        };
+        for (cluster, share) in mirrors {
+            if draw_per_million() >= *share {
+                continue;
+            }
+            let stats = &self.metrics.proxy;
+            let Some((data, trailers)) = body.clone() else {
+                stats.mirror_dropped.inc();
+                continue;
+            };
+            let Ok(permit) = self.mirror_slots.clone().try_acquire_owned() else {
+                stats.mirror_dropped.inc();
+                continue;
+            };
+            let Some(endpoint) = cluster.pick(rand::rng().random(), &[]) else {
+                stats.mirror_dropped.inc();
+                continue;
+            };
+            stats.mirror_sent.inc();
+            let mut shadow = Request::new(RequestBody::buffered(data, trailers, None));
+            *shadow.method_mut() = req.method().clone();
+            *shadow.headers_mut() = req.headers().clone();
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            if cluster.h2 {
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(Scheme::HTTP);
+                p.authority = Some(authority.clone());
+                p.path_and_query = Some(pq);
+                match Uri::from_parts(p) {
+                    Ok(u) => *shadow.uri_mut() = u,
+                    Err(_) => continue,
+                }
+                *shadow.version_mut() = Version::HTTP_2;
+                shadow.headers_mut().remove(header::HOST);
+            } else {
+                *shadow.uri_mut() = Uri::from(pq);
+                *shadow.version_mut() = Version::HTTP_11;
+            }
+            let timeout = cluster.connect_timeout;
+            let stats = cluster.stats.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _active = endpoint.begin();
+                if let Ok((resp, release)) = endpoint.pool.send(shadow, timeout, Some(&stats)).await
+                {
+                    use http_body_util::BodyExt as _;
+                    // Read the answer to the end so the connection can be reused.
+                    if resp.into_body().collect().await.is_ok()
+                        && let Some(r) = release
+                    {
+                        r.release();
+                    }
+                }
+            });
+        }
+    }
+
     /// ALLOW_ANY passthrough and `resolution: NONE`: the address the request names, but never
     /// one of our own listeners (that would loop forever).
     async fn original_destination(
@@ -775,6 +898,8 @@ struct Plan {
     response_ops: Option<ResponseOps>,
     /// The matched route's timeout, retries and faults; `None`: Istio's defaults.
     policy: Option<Arc<RoutePolicy>>,
+    /// Shadow clusters with their share per million (empty almost always).
+    mirrors: Vec<(Arc<Cluster>, u32)>,
 }
 
 /// Response header operations of the matched route and destination, applied once the
@@ -794,6 +919,7 @@ impl Plan {
             new_authority: None,
             response_ops: None,
             policy: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -839,6 +965,38 @@ fn grpc_fault_abort(code: u8, record: &RequestRecord) -> Response<ProxyBody> {
     record.set_grpc_status(code);
     resp
 }
+
+/// Envoy's CORS filter answering a preflight whose origin is allowed.
+fn cors_preflight(
+    cors: &crate::route::policy::Cors,
+    origin: HeaderValue,
+    record: &RequestRecord,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if let Some(v) = &cors.allow_methods {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
+    }
+    if let Some(v) = &cors.allow_headers {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+    }
+    if let Some(v) = &cors.max_age {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+    }
+    if cors.allow_credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    h.insert(header::SERVER, HeaderValue::from_static("envoy"));
+    record.set_status(200, None);
+    resp
+}
+
+/// Mirror requests in flight at once; more are dropped (and counted), never queued.
+pub const MIRROR_IN_FLIGHT: usize = 1024;
 
 /// Envoy's default per-stream buffer limit: bodies up to this size can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;

@@ -17,7 +17,7 @@ use super::action::{
 };
 use super::host::{HostIndex, lookup_aliases, resolve_short_name};
 use super::matcher::{HeaderMatcher, QueryMatcher, RequestMatch, StringMatcher, UriMatcher};
-use super::policy::{Fault, RetryPolicy, RoutePolicy};
+use super::policy::{Cors, Fault, Mirror, RetryPolicy, RoutePolicy, per_million};
 use super::weighted::WeightedPick;
 use super::{Action, Route, RouteTable, Target, VirtualHost};
 use crate::config::duration::parse_go_duration;
@@ -311,6 +311,11 @@ impl<'a> Builder<'a> {
             },
             retry: RetryPolicy::from_istio(rule.retries.as_ref()),
             fault: Fault::from_istio(rule.fault.as_ref()),
+            mirrors: self.mirrors_of(rule, r)?,
+            cors: match &rule.cors_policy {
+                Some(c) => Some(Cors::from_istio(c).map_err(|m| invalid(field("corsPolicy"), m))?),
+                None => None,
+            },
         });
         for (match_index, block) in blocks {
             let matches = match block {
@@ -352,6 +357,42 @@ impl<'a> Builder<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Shadow destinations: `mirror` with `mirrorPercentage` (100% when absent, Istio's
+    /// default) or the deprecated integer `mirrorPercent`, or `mirrors[]`.
+    fn mirrors_of(&mut self, rule: &HttpRoute, r: &Rule<'_>) -> Result<Vec<Mirror>, CompileError> {
+        let mut targets: Vec<(&istio::Destination, u32)> = Vec::new();
+        if let Some(m) = &rule.mirror {
+            let share = match (rule.mirror_percentage, rule.mirror_percent) {
+                (Some(p), _) => per_million(Some(p)),
+                (None, Some(p)) => u32::try_from(p.0.clamp(0, 100)).unwrap_or(0) * 10_000,
+                (None, None) => 1_000_000,
+            };
+            targets.push((m, share));
+        }
+        for m in &rule.mirrors {
+            let share = m.percentage.map_or(1_000_000, |p| per_million(Some(p)));
+            targets.push((&m.destination, share));
+        }
+        let mut out = Vec::new();
+        for (d, share) in targets {
+            if share == 0 {
+                continue;
+            }
+            let port = d
+                .port
+                .as_ref()
+                .and_then(|p| p.number)
+                .and_then(|n| u16::try_from(n.0).ok());
+            let cluster =
+                self.cluster_for(&d.host, r.namespace, d.subset.as_deref(), port, &r.resource)?;
+            out.push(Mirror {
+                cluster,
+                per_million: share,
+            });
+        }
+        Ok(out)
     }
 
     fn route_stats(&self, route: &str) -> Arc<crate::metrics::RouteStats> {

@@ -227,7 +227,7 @@ pub enum Abort {
 /// Istio's FractionalPercent: `uint32(value * 10000)` per million.
 pub const PER_MILLION: u32 = 1_000_000;
 
-fn per_million(p: Option<Percent>) -> u32 {
+pub fn per_million(p: Option<Percent>) -> u32 {
     p.map_or(0, |p| ((p.value.0.clamp(0.0, 100.0)) * 10_000.0) as u32)
 }
 
@@ -284,6 +284,79 @@ pub fn grpc_code(name: &str) -> Option<u8> {
         .or_else(|| name.parse::<u8>().ok().filter(|n| *n <= 16))
 }
 
+/// A shadow destination: `mirror` + `mirrorPercentage`, or one of `mirrors`.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Index into the table's clusters.
+    pub cluster: usize,
+    /// Share of requests mirrored, per million.
+    pub per_million: u32,
+}
+
+/// `corsPolicy`, answered as Envoy's CORS filter does.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub allow_origins: Vec<crate::route::matcher::StringMatcher>,
+    pub allow_methods: Option<http::HeaderValue>,
+    pub allow_headers: Option<http::HeaderValue>,
+    pub expose_headers: Option<http::HeaderValue>,
+    pub max_age: Option<http::HeaderValue>,
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights`: FORWARD (default) sends preflights that match no origin upstream.
+    pub forward_unmatched_preflights: bool,
+}
+
+impl Cors {
+    pub fn from_istio(c: &crate::config::istio::CorsPolicy) -> Result<Cors, String> {
+        use crate::route::matcher::StringMatcher;
+        let mut allow_origins = Vec::new();
+        for o in &c.allow_origin {
+            allow_origins.push(StringMatcher::exact(o));
+        }
+        for m in &c.allow_origins {
+            allow_origins.push(
+                StringMatcher::from_istio(
+                    m.exact.as_deref(),
+                    m.prefix.as_deref(),
+                    m.regex.as_deref(),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        let joined = |v: &[String]| -> Result<Option<http::HeaderValue>, String> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            http::HeaderValue::from_str(&v.join(","))
+                .map(Some)
+                .map_err(|_| format!("invalid header list {v:?}"))
+        };
+        let max_age = match &c.max_age {
+            Some(d) => {
+                let secs = parse_go_duration(d).map_err(|e| e.to_string())?.as_secs();
+                Some(http::HeaderValue::from(secs))
+            }
+            None => None,
+        };
+        Ok(Cors {
+            allow_origins,
+            allow_methods: joined(&c.allow_methods)?,
+            allow_headers: joined(&c.allow_headers)?,
+            expose_headers: joined(&c.expose_headers)?,
+            max_age,
+            allow_credentials: c.allow_credentials.is_some_and(|b| b.0),
+            forward_unmatched_preflights: !matches!(
+                c.unmatched_preflights,
+                Some(crate::config::istio::UnmatchedPreflights::Ignore)
+            ),
+        })
+    }
+
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        self.allow_origins.iter().any(|m| m.matches(origin))
+    }
+}
+
 /// Everything a matched route asks of the request path besides its destination.
 #[derive(Debug, Clone, Default)]
 pub struct RoutePolicy {
@@ -291,6 +364,8 @@ pub struct RoutePolicy {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub fault: Option<Fault>,
+    pub mirrors: Vec<Mirror>,
+    pub cors: Option<Cors>,
 }
 
 #[cfg(test)]
