@@ -8,10 +8,12 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod route;
+pub mod simulate;
 pub mod upstream;
 pub mod watch;
 

@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `run`, `validate`, `demo`.
+//! The `switchyard` command line: `run`, `validate`, `explain`, `simulate`, `probe`, `demo`.
 
 mod demo;
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use switchyard::admin::Admin;
@@ -19,6 +19,7 @@ use switchyard::config::duration::parse_go_duration;
 use switchyard::config::istio::Labels;
 use switchyard::config::validate::{Mode, ValidateOptions, validate};
 use switchyard::config::{Diagnostic, LoadOptions, ProxyIdentity, Severity, load};
+use switchyard::explain::{LoadSettings, Loaded, RequestSpec};
 use switchyard::proxy::Proxy;
 use switchyard::proxy::server::{Limits, ProxyListener};
 use switchyard::route::OutboundPolicy;
@@ -42,8 +43,17 @@ enum Command {
     Run(RunArgs),
     /// Check a config like `istioctl analyze`; exit 1 on any error.
     Validate(ValidateArgs),
+    /// Show which route one request takes and why: matches, destinations, endpoints, policies.
+    Explain(ExplainArgs),
+    /// Route one request N times through the real routing code and print the split.
+    Simulate(SimulateArgs),
+    /// GET a URL; exit 0 on a 2xx answer, 1 otherwise (container health checks).
+    Probe(ProbeArgs),
     /// Quick start: built-in upstreams, the proxy, and a measured 95/5 split.
     Demo(DemoArgs),
+    /// Print the README's CLI reference (Markdown) from this binary's `--help` texts.
+    #[command(name = "help-markdown", hide = true)]
+    HelpMarkdown,
 }
 
 #[derive(Args, Clone)]
@@ -178,8 +188,126 @@ struct ValidateArgs {
     /// Hide Info lines (skipped kinds, resources that do not apply here).
     #[arg(long, short)]
     quiet: bool,
+    /// `text`: one line per finding. `json`/`yaml`: one document on stdout (the summary still
+    /// goes to stderr).
+    #[arg(long, short, value_enum, default_value = "text")]
+    output: OutputFormat,
     #[command(flatten)]
     identity: IdentityArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+    Yaml,
+}
+
+/// The request and the config it is routed against (`explain`, `simulate`).
+#[derive(Args)]
+struct RequestArgs {
+    /// A YAML file or a directory, read and validated as `run` reads it.
+    #[arg(long, short, env = "SWITCHYARD_CONFIG")]
+    config: PathBuf,
+    /// Request method.
+    #[arg(short = 'X', long = "method", default_value = "GET")]
+    method: String,
+    /// A request header, `Name: value` (repeatable). `Host:` replaces the URL's host, as with
+    /// curl.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Hosts no resource names: REGISTRY_ONLY answers 502; ALLOW_ANY forwards to them.
+    #[arg(
+        long,
+        env = "SWITCHYARD_OUTBOUND_TRAFFIC_POLICY",
+        value_enum,
+        default_value = "REGISTRY_ONLY"
+    )]
+    outbound_traffic_policy: OutboundArg,
+    /// As `run --istio-mutual-as-plaintext`.
+    #[arg(long, env = "SWITCHYARD_ISTIO_MUTUAL_AS_PLAINTEXT")]
+    istio_mutual_as_plaintext: bool,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// The request: `http://host[:port][/path][?query]`.
+    url: String,
+}
+
+impl RequestArgs {
+    fn outbound_policy(&self) -> OutboundPolicy {
+        match self.outbound_traffic_policy {
+            OutboundArg::RegistryOnly => OutboundPolicy::RegistryOnly,
+            OutboundArg::AllowAny => OutboundPolicy::AllowAny,
+        }
+    }
+
+    /// The parsed request and the config as `run` would serve it; a config `run` would refuse
+    /// is an error, with its diagnostics on stderr.
+    fn load(&self) -> Result<(RequestSpec, Loaded)> {
+        let req = RequestSpec::parse(&self.url, &self.method, &self.headers)?;
+        let settings = LoadSettings {
+            identity: self.identity.identity()?,
+            outbound_policy: self.outbound_policy(),
+            istio_mutual_as_plaintext: self.istio_mutual_as_plaintext,
+        };
+        match switchyard::explain::load_config(&self.config, &settings) {
+            Ok(loaded) => {
+                let warnings = loaded
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == Severity::Warning)
+                    .count();
+                if warnings > 0 {
+                    eprintln!(
+                        "{}: {warnings} warning(s); `switchyard validate` lists them",
+                        self.config.display()
+                    );
+                }
+                Ok((req, loaded))
+            }
+            Err(diags) => {
+                for d in diags.iter().filter(|d| d.severity != Severity::Info) {
+                    eprintln!("{d}");
+                }
+                let errors = diags.iter().filter(|d| d.is_error()).count();
+                bail!(
+                    "{}: `run` would refuse this config: {errors} error(s) (listed above)",
+                    self.config.display()
+                );
+            }
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// How many requests to route.
+    #[arg(short = 'n', long = "requests", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// RNG seed: the same seed prints the same report, byte for byte. Default: a random seed
+    /// (printed, so the run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also print the first draws and how long the routing took.
+    #[arg(long, short)]
+    verbose: bool,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// `http://host:port/path`, e.g. http://127.0.0.1:15000/healthz/ready.
+    url: String,
+    /// Give up after this long (Go duration).
+    #[arg(long, default_value = "2s", value_parser = duration_arg)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -225,12 +353,36 @@ fn parse_labels(s: &str) -> Result<Labels> {
     Ok(labels)
 }
 
+/// The CLI definition. Environment values are never printed in `--help` (they may hold
+/// secrets, and the generated README reference must not depend on the caller's environment).
+fn cli_command() -> clap::Command {
+    fn hide_env_values(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| a.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    hide_env_values(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Validate(args) => {
             init_logging(LogFormat::Text);
             run_validate(args)
+        }
+        Command::Explain(args) => run_explain(args),
+        Command::Simulate(args) => run_simulate(args),
+        Command::Probe(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(run_probe(args))),
+        Command::HelpMarkdown => {
+            print!("{}", help_markdown());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             init_logging(args.serve.log_format);
@@ -315,21 +467,43 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
     let mut counts = [0usize; 3];
     for d in &diags {
         counts[d.severity as usize] += 1;
-        if args.quiet && d.severity == Severity::Info {
-            continue;
-        }
-        println!("{d}");
+    }
+    if args.quiet {
+        diags.retain(|d| d.severity != Severity::Info);
     }
     let resources = res.virtual_services.len()
         + res.destination_rules.len()
         + res.service_entries.len()
         + res.workload_entries.len();
+    let summary = ValidateSummary {
+        files: res.files.len(),
+        resources,
+        errors: counts[Severity::Error as usize],
+        warnings: counts[Severity::Warning as usize],
+        info: counts[Severity::Info as usize],
+    };
+    match args.output {
+        OutputFormat::Text => {
+            for d in &diags {
+                println!("{d}");
+            }
+        }
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let doc = ValidateReport {
+                summary: &summary,
+                diagnostics: &diags,
+            };
+            let text = if args.output == OutputFormat::Json {
+                serde_json::to_string_pretty(&doc)? + "\n"
+            } else {
+                yaml_serde::to_string(&doc)?
+            };
+            print!("{text}");
+        }
+    }
     eprintln!(
         "{} file(s), {resources} resource(s): {} error(s), {} warning(s), {} info",
-        res.files.len(),
-        counts[Severity::Error as usize],
-        counts[Severity::Warning as usize],
-        counts[Severity::Info as usize],
+        summary.files, summary.errors, summary.warnings, summary.info,
     );
     Ok(if counts[Severity::Error as usize] > 0 {
         ExitCode::from(1)
@@ -359,6 +533,141 @@ fn access_log(
     AccessLog::start(sink, format, metrics.clone())
         .map(Some)
         .with_context(|| format!("--access-log {}: cannot open", args.access_log))
+}
+
+/// `validate --output json|yaml`: the whole document.
+#[derive(serde::Serialize)]
+struct ValidateReport<'a> {
+    summary: &'a ValidateSummary,
+    diagnostics: &'a [Diagnostic],
+}
+
+#[derive(serde::Serialize)]
+struct ValidateSummary {
+    files: usize,
+    resources: usize,
+    errors: usize,
+    warnings: usize,
+    info: usize,
+}
+
+fn run_explain(args: ExplainArgs) -> Result<ExitCode> {
+    let (req, loaded) = args.request.load()?;
+    print!("{}", switchyard::explain::explain(&loaded, &req));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
+    use rand::RngExt;
+    let (req, loaded) = args.request.load()?;
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let report = switchyard::simulate::simulate(
+        &loaded.table,
+        &req,
+        switchyard::simulate::SimOptions {
+            requests: args.requests,
+            seed,
+        },
+    );
+    print!("{}", report.render(args.verbose));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One HTTP/1.1 GET. Exit 0 on 2xx, 1 on anything else (including no answer in time).
+async fn run_probe(args: ProbeArgs) -> Result<ExitCode> {
+    use http_body_util::BodyExt;
+
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("{:?} is not a URL", args.url))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("{:?}: only http:// URLs", args.url);
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        bail!("{:?}: no host", args.url);
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let exchange = async {
+        let stream = TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::USER_AGENT, "switchyard-probe")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        // A short body (`LIVE`, `DRAINING`) says why; a long one is cut.
+        let body = http_body_util::Limited::new(resp.into_body(), 256)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        conn.abort();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(args.timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{}: no answer within {:?}", args.url, args.timeout))??;
+    let text = String::from_utf8_lossy(&body);
+    let line = format!("{}: {status} {}", args.url, text.trim());
+    if status.is_success() {
+        println!("{}", line.trim_end());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", line.trim_end());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The README's CLI reference: `switchyard --help` and every visible command's `--help`,
+/// rendered by the same clap path that prints them.
+fn help_markdown() -> String {
+    let help_of = |args: &[&str]| -> String {
+        let mut argv = vec!["switchyard"];
+        argv.extend_from_slice(args);
+        argv.push("--help");
+        match cli_command().try_get_matches_from(argv) {
+            Ok(_) => String::new(),
+            Err(e) => {
+                let mut text = e.render().to_string();
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text
+            }
+        }
+    };
+    let mut out = String::new();
+    out.push_str("```text\n$ switchyard --help\n");
+    out.push_str(&help_of(&[]));
+    out.push_str("```\n");
+    let cmd = cli_command();
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() {
+            continue;
+        }
+        let name = sub.get_name();
+        out.push_str(&format!(
+            "\n<details><summary><code>switchyard {name} --help</code></summary>\n\n```text\n"
+        ));
+        out.push_str(&help_of(&[name]));
+        out.push_str("```\n\n</details>\n");
+    }
+    out
 }
 
 fn log_diagnostics(diags: &[Diagnostic]) {

@@ -23,6 +23,13 @@ use crate::upstream::{Discovery, PoolRegistry, dns};
 /// A DNS cluster's first resolution may take this long before the table is published anyway
 /// (its endpoints then fill in on the next refresh).
 const INITIAL_DNS_BUDGET: Duration = Duration::from_secs(5);
+/// Follow-up prunes after a swap (see [`Reloader::prune_later`]): bounded, then the next
+/// reload takes over.
+const PRUNE_AFTER: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+];
 
 #[derive(Clone)]
 pub struct ReloadContext {
@@ -260,6 +267,8 @@ pub struct Reloader {
     last: Mutex<Option<ReloadReport>>,
     counters: Counters,
     serial: tokio::sync::Mutex<()>,
+    /// Bumped per swap; see [`Reloader::prune_later`].
+    prune_generation: Arc<AtomicU64>,
 }
 
 impl Reloader {
@@ -281,6 +290,7 @@ impl Reloader {
             version: AtomicU64::new(1),
             counters: Counters::default(),
             serial: tokio::sync::Mutex::new(()),
+            prune_generation: Arc::new(AtomicU64::new(0)),
         };
         Ok((reloader, warnings))
     }
@@ -407,6 +417,7 @@ impl Reloader {
                 // holding it finish.
                 drop(old);
                 self.ctx.pools.prune();
+                self.prune_later();
                 log_diagnostics(&warnings);
                 tracing::info!(
                     trigger = trigger.as_str(),
@@ -441,6 +452,25 @@ impl Reloader {
             trigger,
             source_hash,
             diagnostics: diags,
+        });
+    }
+
+    /// Requests still in flight on a removed cluster keep its pool alive through the first
+    /// prune; once they finish only the registry holds it. Prune again a few times later so a
+    /// removed cluster's pool (and its idle connections) goes without waiting for the next
+    /// reload. A newer reload's follow-up replaces this one.
+    fn prune_later(&self) {
+        let generation = self.prune_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let latest = self.prune_generation.clone();
+        let pools = self.ctx.pools.clone();
+        tokio::spawn(async move {
+            for wait in PRUNE_AFTER {
+                tokio::time::sleep(wait).await;
+                if latest.load(Ordering::Acquire) != generation {
+                    return;
+                }
+                pools.prune();
+            }
         });
     }
 

@@ -126,12 +126,13 @@ pub enum WatchError {
 pub struct WatchStats {
     /// A native (inotify) watcher is running.
     pub native: bool,
-    /// Events that counted as "maybe changed".
+    /// Batches of file events that counted as "maybe changed".
     pub events: u64,
     /// Settled changes handed to the reloader: seen by file events, or by the poll alone.
     pub event_applies: u64,
     pub poll_applies: u64,
-    /// Watches (re)armed after the first: a watched directory was replaced.
+    /// Watches armed after the first arming: a watched directory was replaced, or a new
+    /// subdirectory appeared.
     pub rearms: u64,
 }
 

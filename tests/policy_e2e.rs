@@ -446,3 +446,173 @@ async fn cors_policy_answers_preflights_and_decorates_responses() {
     }
     assert_eq!(up.requests(), 4, "allowed preflights are answered locally");
 }
+
+/// ServiceEntry with `stable` and `canary` endpoints and a DestinationRule whose canary
+/// subset carries `canary_policy` (a trafficPolicy body, indented for the subset).
+fn dr_config(
+    stable: &[std::net::SocketAddr],
+    canary: &[std::net::SocketAddr],
+    canary_policy: &str,
+) -> String {
+    let mut eps = String::new();
+    for a in stable {
+        eps.push_str(&format!(
+            "  - {{address: {}, ports: {{http: {}}}, labels: {{version: stable}}}}\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    for a in canary {
+        eps.push_str(&format!(
+            "  - {{address: {}, ports: {{http: {}}}, labels: {{version: canary}}}}\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web}}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+{eps}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web}}
+spec:
+  host: web
+  subsets:
+  - name: stable
+    labels: {{version: stable}}
+  - name: canary
+    labels: {{version: canary}}
+    trafficPolicy:
+{canary_policy}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: [web]
+  http:
+  - match: [{{headers: {{x-canary: {{exact: \"1\"}}}}}}]
+    route: [{{destination: {{host: web, subset: canary}}}}]
+  - route: [{{destination: {{host: web, subset: stable}}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_circuit_breaker_overflows_with_503_uo_and_spares_stable() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let policy = "      loadBalancer: {simple: ROUND_ROBIN}\n      connectionPool:\n        tcp: {maxConnections: 1}\n        http: {http1MaxPendingRequests: 1}\n";
+    let p = TestProxy::start(&dr_config(&[stable.addr], &[canary.addr], policy)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let addr = p.addr;
+        tasks.spawn(async move {
+            let mut c = Client::h1(addr).await;
+            let t = Instant::now();
+            let r = c
+                .request("GET", "web", "/slow/300", &[("x-canary", "1")])
+                .await;
+            (i, r.status, r.text(), t.elapsed())
+        });
+    }
+    let mut stable_ok = 0;
+    let mut sc = Client::h2(p.addr).await;
+    for _ in 0..20 {
+        if sc.get("web", "/").await.status == 200 {
+            stable_ok += 1;
+        }
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    while let Some(res) = tasks.join_next().await {
+        let (_, status, body, took) = res.expect("request task");
+        match status {
+            200 => ok += 1,
+            503 => {
+                assert!(body.ends_with("reset reason: overflow"), "{body}");
+                assert!(
+                    took < Duration::from_millis(250),
+                    "overflow must be immediate: {took:?}"
+                );
+                overflow += 1;
+            }
+            s => panic!("unexpected status {s}: {body}"),
+        }
+    }
+    assert_eq!(stable_ok, 20, "the stable subset is unaffected");
+    assert_eq!(ok + overflow, 100);
+    assert!(ok >= 2 && overflow >= 90, "ok {ok}, overflow {overflow}");
+    assert_eq!(
+        cluster_stat(
+            &p,
+            "upstream_rq_pending_overflow",
+            "outbound|80|canary|web.default.svc.cluster.local"
+        )
+        .await,
+        overflow as u64
+    );
+    assert_eq!(
+        requests_with(&p, &[("response_flags", "UO")]).await,
+        overflow as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_failing_canary_endpoint() {
+    let good = Upstream::start("canary").await;
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let policy = "      loadBalancer: {simple: ROUND_ROBIN}\n      outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let p = TestProxy::start(&dr_config(&[good.addr], &[good.addr, bad.addr], policy)).await;
+    let mut c = Client::h1(p.addr).await;
+    let mut failed = 0;
+    for _ in 0..200 {
+        if c.request("GET", "web", "/", &[("x-canary", "1")])
+            .await
+            .status
+            != 200
+        {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 2,
+        "two consecutive 5xx eject the endpoint; nothing fails after that"
+    );
+    assert_eq!(bad.connections(), 2);
+    let cluster = "outbound|80|canary|web.default.svc.cluster.local";
+    assert_eq!(
+        cluster_stat(&p, "outlier_detection_ejections_active", cluster).await,
+        1
+    );
+    assert_eq!(
+        cluster_stat(&p, "outlier_detection_ejections_total", cluster).await,
+        1
+    );
+
+    // Istio's default maxEjectionPercent (10%) never ejects one of two hosts (Envoy >= 1.27).
+    let bad2 = RawUpstream::start(FAIL_503.to_vec()).await;
+    let policy = "      loadBalancer: {simple: ROUND_ROBIN}\n      outlierDetection: {consecutive5xxErrors: 2}\n";
+    let p = TestProxy::start(&dr_config(&[good.addr], &[good.addr, bad2.addr], policy)).await;
+    let mut c = Client::h1(p.addr).await;
+    let mut failed = 0;
+    for _ in 0..40 {
+        if c.request("GET", "web", "/", &[("x-canary", "1")])
+            .await
+            .status
+            != 200
+        {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 20,
+        "round robin keeps sending half to the failing host"
+    );
+}

@@ -609,3 +609,41 @@ async fn upstream_connections_survive_watched_reloads() {
         "a reload must keep the pooled upstream connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_cluster_drains_then_its_pool_is_dropped() {
+    let (v1, v2) = upstreams().await;
+    let p = TestProxy::start(&weighted(&v1, &v2, 1, 100)).await;
+    let _w = watch(&p, events_only());
+    // In flight on v2 when v2 disappears from the config.
+    let addr = p.addr;
+    let slow = tokio::spawn(async move {
+        let mut c = Client::h1(addr).await;
+        c.get("web", "/slow/200").await
+    });
+    assert!(wait_for(APPLY_LIMIT, || v2.requests() >= 1).await);
+    let only_v1 = format!(
+        "{}apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: web\nspec:\n  hosts:\n  - web\n  http:\n  - headers:\n      response:\n        set:\n          x-gen: \"2\"\n    route:\n    - destination:\n        host: web\n        subset: v1\n",
+        service_yaml("web", &[("v1", v1.addr)])
+    );
+    std::fs::write(p.config_path(), only_v1).expect("write");
+    let mut c = Client::h1(p.addr).await;
+    assert_eq!(until_gen(&mut c, 2).await, "v1");
+    let swapped = tokio::time::Instant::now();
+    // The request finishes on the table it started with.
+    let r = slow.await.expect("slow request task");
+    assert_eq!((r.status, r.text().as_str()), (200, "v2"));
+    let pools = &p.reloader.ctx.pools;
+    assert!(
+        pools.get(v2.addr, false).idle_connections() >= 1,
+        "the drained request's connection went back to its pool"
+    );
+    // Nothing routes to v2 any more: the follow-up prune (1 s after the swap) drops the pool
+    // and its idle connection, without waiting for another reload.
+    tokio::time::sleep_until(swapped + Duration::from_millis(1500)).await;
+    assert_eq!(
+        pools.get(v2.addr, false).idle_connections(),
+        0,
+        "the removed cluster's pool is still registered"
+    );
+}

@@ -492,11 +492,10 @@ fn delegates() {
 fn not_implemented_fields_are_named() {
     let common = [
         "not-implemented.yaml:14: Warning SY0002 ServiceEntry/default/payments: spec.subjectAltNames: subjectAltNames is not implemented yet; ignored",
-        "not-implemented.yaml:24: Warning SY0002 DestinationRule/default/payments: spec.trafficPolicy.connectionPool: connectionPool is not implemented yet; ignored",
+        "not-implemented.yaml:27: Warning SY0002 DestinationRule/default/payments: spec.trafficPolicy.connectionPool.tcp.idleTimeout: connectionPool.tcp.idleTimeout is not implemented yet; ignored",
         "not-implemented.yaml:29: Error SY0002 DestinationRule/default/payments: spec.trafficPolicy.tls.mode: TLS origination is not implemented yet: requests would go out in plaintext",
     ];
     let rest = [
-        "not-implemented.yaml:64: Warning SY0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection: outlierDetection is not implemented yet; ignored",
         "not-implemented.yaml:65: Warning IST0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors: Deprecated: \"outlierDetection.consecutiveErrors\" is deprecated; use \"outlierDetection.consecutive5xxErrors\" or \"outlierDetection.consecutiveGatewayErrors\"",
         "not-implemented.yaml:85: Warning IST0002 VirtualService/default/orders: spec.http[0].mirrorPercent: Deprecated: \"mirrorPercent\" is deprecated; use \"mirrorPercentage\"",
     ];
@@ -564,7 +563,6 @@ fn webhook_rejections() {
             "webhook.yaml:46: Error IST0106 ServiceEntry/default/static: spec.endpoints[0].address: endpoint address \"static-1.example.com\" is not a valid IP address",
             "webhook.yaml:48: Error IST0106 ServiceEntry/default/static: spec.endpoints[0].ports.grpc: endpoint port \"grpc\" is not defined by the service entry (ports: http)",
             "webhook.yaml:54: Error IST0106 WorkloadEntry/default/vm: spec.address: address is required",
-            "webhook.yaml:65: Warning SY0002 DestinationRule/default/shop: spec.trafficPolicy.outlierDetection: outlierDetection is not implemented yet; ignored",
             "webhook.yaml:66: Error IST0106 DestinationRule/default/shop: spec.trafficPolicy.outlierDetection.maxEjectionPercent: percentage 150 is not in range 0..100",
             "webhook.yaml:67: Error IST0106 DestinationRule/default/shop: spec.trafficPolicy.outlierDetection.interval: invalid duration \"500us\": duration must be at least 1ms",
             "webhook.yaml:70: Error IST0106 DestinationRule/default/shop: spec.subsets[1].name: duplicate subset names: v1",

@@ -103,8 +103,16 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         ..ignored("tls")
     },
     // DestinationRule trafficPolicy (top level, subsets, port level)
-    ignored("connectionPool"),
-    ignored("outlierDetection"),
+    ignored("connectionPool.http.maxRequestsPerConnection"),
+    ignored("connectionPool.http.idleTimeout"),
+    ignored("connectionPool.http.h2UpgradePolicy"),
+    ignored("connectionPool.http.useClientProtocol"),
+    ignored("connectionPool.http.maxConcurrentStreams"),
+    ignored("connectionPool.tcp.tcpKeepalive"),
+    ignored("connectionPool.tcp.idleTimeout"),
+    ignored("connectionPool.tcp.maxConnectionDuration"),
+    ignored("outlierDetection.consecutiveLocalOriginFailures"),
+    ignored("outlierDetection.splitExternalLocalOriginErrors"),
     ignored("loadBalancer.consistentHash"),
     ignored("loadBalancer.localityLbSetting"),
     ignored("loadBalancer.warmup"),
@@ -113,7 +121,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         message: "loadBalancer.simple PASSTHROUGH is not implemented yet; ignored (the default load balancer is used)",
         ..ignored("loadBalancer.simple: PASSTHROUGH")
     },
-    ignored("portLevelSettings"),
     ignored("tunnel"),
     ignored("proxyProtocol"),
     ignored("retryBudget"),
@@ -2090,7 +2097,6 @@ impl Out {
         }
         if gaps {
             let blocks = [
-                ("portLevelSettings", !tp.port_level_settings.is_empty()),
                 ("tunnel", tp.tunnel.is_some()),
                 ("proxyProtocol", tp.proxy_protocol.is_some()),
                 ("retryBudget", tp.retry_budget.is_some()),
@@ -2293,7 +2299,57 @@ impl Out {
             }
         }
         if gaps {
-            self.gap(dr, "connectionPool", p);
+            // maxConnections, connectTimeout, http1MaxPendingRequests, http2MaxRequests and
+            // maxRetries are served; these tune connections we do not manage that way yet.
+            let http = cp.http.as_ref();
+            let tcp = cp.tcp.as_ref();
+            let unserved = [
+                (
+                    "connectionPool.http.maxRequestsPerConnection",
+                    http.is_some_and(|h| h.max_requests_per_connection.is_some()),
+                    "http.maxRequestsPerConnection",
+                ),
+                (
+                    "connectionPool.http.idleTimeout",
+                    http.is_some_and(|h| h.idle_timeout.is_some()),
+                    "http.idleTimeout",
+                ),
+                (
+                    "connectionPool.http.h2UpgradePolicy",
+                    http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
+                    "http.h2UpgradePolicy",
+                ),
+                (
+                    "connectionPool.http.useClientProtocol",
+                    http.is_some_and(|h| h.use_client_protocol.is_some()),
+                    "http.useClientProtocol",
+                ),
+                (
+                    "connectionPool.http.maxConcurrentStreams",
+                    http.is_some_and(|h| h.max_concurrent_streams.is_some()),
+                    "http.maxConcurrentStreams",
+                ),
+                (
+                    "connectionPool.tcp.tcpKeepalive",
+                    tcp.is_some_and(|t| t.tcp_keepalive.is_some()),
+                    "tcp.tcpKeepalive",
+                ),
+                (
+                    "connectionPool.tcp.idleTimeout",
+                    tcp.is_some_and(|t| t.idle_timeout.is_some()),
+                    "tcp.idleTimeout",
+                ),
+                (
+                    "connectionPool.tcp.maxConnectionDuration",
+                    tcp.is_some_and(|t| t.max_connection_duration.is_some()),
+                    "tcp.maxConnectionDuration",
+                ),
+            ];
+            for (key, set, field) in unserved {
+                if set {
+                    self.gap(dr, key, format!("{p}.{field}"));
+                }
+            }
         }
     }
 
@@ -2353,7 +2409,23 @@ impl Out {
         );
         self.percent_0_100(dr, format!("{p}.minHealthPercent"), od.min_health_percent);
         if gaps {
-            self.gap(dr, "outlierDetection", p);
+            let unserved = [
+                (
+                    "outlierDetection.consecutiveLocalOriginFailures",
+                    od.consecutive_local_origin_failures.is_some(),
+                    "consecutiveLocalOriginFailures",
+                ),
+                (
+                    "outlierDetection.splitExternalLocalOriginErrors",
+                    od.split_external_local_origin_errors.is_some_and(|b| b.0),
+                    "splitExternalLocalOriginErrors",
+                ),
+            ];
+            for (key, set, field) in unserved {
+                if set {
+                    self.gap(dr, key, format!("{p}.{field}"));
+                }
+            }
         }
     }
 

@@ -215,8 +215,9 @@ pub struct ResponseKey {
 }
 
 /// Response-flag texts by index (`ResponseKey::flags`).
-pub const FLAG_TEXTS: [&str; 14] = [
+pub const FLAG_TEXTS: [&str; 15] = [
     "-", "NR", "UH", "UF", "UF,URX", "UR", "UC", "DPE", "DC", "UT", "FI", "DI", "URX", "DI,UT",
+    "UO",
 ];
 
 impl ResponseKey {

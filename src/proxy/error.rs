@@ -35,6 +35,8 @@ pub enum Flag {
     RetriesExhausted,
     /// Upstream connection failure with no retry policy left to try another host.
     UpstreamConnectFailureOnly,
+    /// A circuit breaker (connection pool limit) refused the request (503).
+    UpstreamOverflow,
 }
 
 impl Flag {
@@ -53,6 +55,7 @@ impl Flag {
             Flag::FaultInjected => "FI",
             Flag::RetriesExhausted => "URX",
             Flag::UpstreamConnectFailureOnly => "UF",
+            Flag::UpstreamOverflow => "UO",
         }
     }
 }
@@ -124,6 +127,16 @@ impl LocalReply {
         }
     }
 
+    /// A circuit breaker overflowed: Envoy fails the request at once.
+    pub fn overflow() -> LocalReply {
+        LocalReply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flag: Flag::UpstreamOverflow,
+            body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            detail: None,
+        }
+    }
+
     /// Envoy's route timeout reply.
     pub fn timeout() -> LocalReply {
         LocalReply {
@@ -173,6 +186,7 @@ impl LocalReply {
             Flag::UpstreamConnectFailureOnly => {
                 "upstream_reset_before_response_started{connection_failure}"
             }
+            Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
         }
     }
 

@@ -622,6 +622,29 @@ impl Proxy {
                 c.connect_timeout
             });
         let stats = a.cluster.map(|c| &c.stats);
+        let limiter = a.cluster.and_then(|c| c.limiter.as_ref());
+        // The circuit breaker: a slot for this request, queued if the pending queue has room.
+        let mut slot = None;
+        if let Some(l) = limiter {
+            match l.acquire().await {
+                Some(p) => slot = Some(p),
+                None => {
+                    if let Some(s) = stats {
+                        s.upstream_rq_pending_overflow.inc();
+                    }
+                    if let Some(c) = a.cluster {
+                        a.record.set_dest(&c.no_endpoint);
+                    }
+                    return Err(LocalReply::overflow());
+                }
+            }
+        }
+        let outcome = |e: &crate::upstream::Endpoint, o: crate::upstream::policy::Outcome| {
+            if let Some(c) = a.cluster {
+                c.record_outcome(e, o);
+            }
+        };
+        let mut retry_guard = None;
         let max_attempts = a.policy.retries as usize + 1;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_reason = String::new();
@@ -647,6 +670,15 @@ impl Proxy {
                 },
                 (None, None) => return Err(LocalReply::no_healthy_upstream()),
             };
+            if attempt > 0 {
+                // Envoy's `max_retries` breaker: retries in flight across the cluster.
+                if let Some(l) = limiter {
+                    match l.try_retry() {
+                        Some(g) => retry_guard = Some(g),
+                        None => break,
+                    }
+                }
+            }
             if let Some(s) = stats {
                 s.upstream_rq_total.inc();
                 if attempt > 0 {
@@ -661,13 +693,14 @@ impl Proxy {
                 HeaderValue::from(attempt as u64 + 1),
             );
             let last = attempt + 1 == max_attempts;
-            let active = endpoint.begin();
+            let mut active = endpoint.begin();
             let started = Instant::now();
             let send = endpoint.pool.send(req, connect_timeout, stats);
             let result = match a.per_try {
                 Some(t) => match tokio::time::timeout(t, send).await {
                     Ok(r) => r,
                     Err(_) => {
+                        outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
                         if let Some(s) = stats {
                             s.upstream_rq_timeout.inc();
                         }
@@ -684,6 +717,7 @@ impl Proxy {
             match result {
                 Ok((resp, release)) => {
                     let status = resp.status().as_u16();
+                    outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
                     let retriable = !last
                         && a.template.is_some()
                         && a.policy.on_response(status, grpc_status_of(resp.headers()));
@@ -697,6 +731,8 @@ impl Proxy {
                         a.record
                             .set_status(status, Some(error::Flag::RetriesExhausted));
                     }
+                    drop(retry_guard);
+                    active.hold(slot);
                     return Ok((resp, release, Some(active), started));
                 }
                 Err(SendError::Connect {
@@ -705,6 +741,7 @@ impl Proxy {
                     addr,
                 }) => {
                     tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
+                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
                     if let Some(s) = stats {
                         s.upstream_cx_connect_fail.inc();
                     }
@@ -718,6 +755,7 @@ impl Proxy {
                 }
                 Err(SendError::Exchange { source, addr }) => {
                     tracing::debug!(%addr, error = %source, "upstream exchange failed");
+                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
                     if !last && a.template.is_some() && a.policy.on_reset() {
                         retry_wait(a.policy, attempt).await;
                         continue;
@@ -851,6 +889,7 @@ impl Proxy {
             active: Default::default(),
             pool: self.pools.get(addr, false),
             metrics: self.passthrough.clone(),
+            outlier: Default::default(),
         }))
     }
 }

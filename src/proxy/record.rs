@@ -149,6 +149,7 @@ fn flag_index(f: Flag) -> u8 {
         Flag::FaultInjected => 10,
         Flag::RetriesExhausted => 12,
         Flag::UpstreamConnectFailureOnly => 3,
+        Flag::UpstreamOverflow => 14,
     }
 }
 

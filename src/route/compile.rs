@@ -31,6 +31,7 @@ use crate::metrics::Registry as Metrics;
 use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::metrics::render_labels;
 use crate::upstream::dns::DnsTarget;
+use crate::upstream::policy::ClusterPolicy;
 use crate::upstream::{Cluster, Discovery, Endpoint, LbPolicy, PoolRegistry};
 
 /// What to do with a Host that no resource names.
@@ -496,8 +497,9 @@ impl<'a> Builder<'a> {
             return Ok(i);
         }
         let drs = destination_rules_for(self.res, &fqdn, Some(&svc.namespace), self.opts.identity);
-        let (labels, lb) = match subset {
-            None => (istio::Labels::new(), top_level_lb(&drs)),
+        let top_policy = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
+        let (labels, lb, subset_policy) = match subset {
+            None => (istio::Labels::new(), top_level_lb(&drs), None),
             Some(s) => {
                 let found = drs
                     .iter()
@@ -518,10 +520,19 @@ impl<'a> Builder<'a> {
                     .and_then(|lb| lb.simple)
                     .map(lb_policy)
                     .unwrap_or_else(|| top_level_lb(&drs));
-                (found.labels.clone(), lb)
+                (found.labels.clone(), lb, found.traffic_policy.as_ref())
             }
         };
-        let cluster = self.build_cluster(svc, &fqdn, name.clone(), subset_name, port, labels, lb);
+        let policy = ClusterPolicy::resolve(top_policy, subset_policy, port);
+        let cluster = self.build_cluster(
+            svc,
+            &fqdn,
+            name.clone(),
+            subset_name,
+            port,
+            labels,
+            (lb, policy),
+        );
         let i = self.clusters.len();
         self.clusters.push(Arc::new(cluster));
         self.cluster_index.insert(name, i);
@@ -537,7 +548,7 @@ impl<'a> Builder<'a> {
         subset: &str,
         port: u16,
         labels: istio::Labels,
-        lb: LbPolicy,
+        (lb, policy): (LbPolicy, ClusterPolicy),
     ) -> Cluster {
         let svc_port = svc.port(port).cloned();
         let h2 = svc_port.as_ref().is_some_and(|p| p.protocol.is_h2());
@@ -593,6 +604,7 @@ impl<'a> Builder<'a> {
             labels.clone(),
             Vec::new(),
             self.opts.metrics.clone(),
+            policy,
         );
         let eps: Vec<Arc<Endpoint>> = endpoints
             .iter()

@@ -121,6 +121,7 @@ mod tests {
                 Arc::new(crate::metrics::Registry::default()),
                 crate::metrics::istio::DestLabels::service_only("t", None),
             )),
+            outlier: Default::default(),
         })
     }
 

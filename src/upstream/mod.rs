@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod lb;
+pub mod policy;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -35,17 +36,27 @@ pub struct Endpoint {
     pub pool: Arc<EndpointPool>,
     /// This endpoint's Istio series (label sets resolved when the table was compiled).
     pub metrics: Arc<DestMetrics>,
+    /// Consecutive-error counts and ejection (outlier detection).
+    pub outlier: policy::OutlierState,
 }
 
 impl Endpoint {
     /// Counts the request as active until the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
+        ActiveGuard(self.clone(), None)
     }
 }
 
-pub struct ActiveGuard(Arc<Endpoint>);
+/// One request's hold on an endpoint (and on its cluster's circuit-breaker slot, if any),
+/// released when the response body is done.
+pub struct ActiveGuard(Arc<Endpoint>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl ActiveGuard {
+    pub fn hold(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        self.1 = permit;
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -86,6 +97,10 @@ pub struct Cluster {
     /// Series for requests that found no endpoint (503 UH).
     pub no_endpoint: Arc<DestMetrics>,
     registry: Arc<Registry>,
+    /// Connection-pool limits and outlier detection from the DestinationRule.
+    pub policy: policy::ClusterPolicy,
+    /// Circuit breakers; `None` with Istio's (unbounded) defaults.
+    pub limiter: Option<policy::Limiter>,
 }
 
 impl Cluster {
@@ -102,6 +117,7 @@ impl Cluster {
         subset_labels: Labels,
         endpoints: Vec<Arc<Endpoint>>,
         registry: Arc<Registry>,
+        policy: policy::ClusterPolicy,
     ) -> Cluster {
         let stats = registry.cluster(&name);
         let mut no_endpoint = DestLabels::service_only(&service_host, Some(&service_namespace));
@@ -109,6 +125,9 @@ impl Cluster {
         stats.membership_total.set(endpoints.len() as i64);
         stats.membership_healthy.set(endpoints.len() as i64);
         Cluster {
+            limiter: policy::Limiter::new(&policy, h2),
+            connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            policy,
             stats,
             no_endpoint: Arc::new(DestMetrics::new(registry.clone(), no_endpoint)),
             registry,
@@ -119,7 +138,6 @@ impl Cluster {
             port,
             h2,
             lb,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             discovery,
             subset_labels,
             endpoints: ArcSwap::from_pointee(endpoints),
@@ -162,6 +180,7 @@ impl Cluster {
             active: Default::default(),
             pool,
             metrics: Arc::new(DestMetrics::new(self.registry.clone(), dest)),
+            outlier: Default::default(),
         })
     }
 
@@ -170,6 +189,41 @@ impl Cluster {
     /// at all, which the proxy answers with 503 `UH`.
     pub fn pick(&self, random: u64, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
+        if let Some(cfg) = &self.policy.outlier
+            && eps.iter().any(|e| e.outlier.is_ejected())
+        {
+            // Rare path: some host is ejected. Below the panic threshold Envoy balances over
+            // all hosts; Istio sets that threshold to `minHealthPercent` (0 by default).
+            let healthy: Vec<Arc<Endpoint>> = eps
+                .iter()
+                .filter(|e| !e.outlier.is_ejected())
+                .cloned()
+                .collect();
+            let panic = healthy.len() * 100 < cfg.min_health_percent as usize * eps.len();
+            if !panic {
+                return lb::pick(self.lb, &self.lb_state, &healthy, random, avoid).cloned();
+            }
+        }
         lb::pick(self.lb, &self.lb_state, &eps, random, avoid).cloned()
+    }
+
+    /// Feeds one attempt's outcome to outlier detection, ejecting the endpoint when it trips.
+    pub fn record_outcome(&self, endpoint: &Endpoint, outcome: policy::Outcome) {
+        let Some(cfg) = &self.policy.outlier else {
+            return;
+        };
+        let eps = self.endpoints.load();
+        let healthy = eps.iter().filter(|e| !e.outlier.is_ejected()).count();
+        if endpoint.outlier.record(cfg, outcome, healthy, eps.len()) {
+            self.stats.outlier_detection_ejections_total.inc();
+            tracing::info!(cluster = %self.name, endpoint = %endpoint.addr, "outlier detection ejected an endpoint");
+        }
+        let ejected = eps.iter().filter(|e| e.outlier.is_ejected()).count();
+        self.stats
+            .outlier_detection_ejections_active
+            .set(ejected as i64);
+        self.stats
+            .membership_healthy
+            .set((eps.len() - ejected) as i64);
     }
 }
