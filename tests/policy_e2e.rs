@@ -616,3 +616,50 @@ async fn outlier_detection_ejects_a_failing_canary_endpoint() {
         "round robin keeps sending half to the failing host"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_key_on_one_endpoint() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let policy = "      loadBalancer:\n        consistentHash: {httpHeaderName: x-user}\n";
+    let p = TestProxy::start(&dr_config(&[a.addr], &[a.addr, b.addr], policy)).await;
+    let mut c = Client::h1(p.addr).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for user in 0..40 {
+        let user = format!("user-{user}");
+        let first = c
+            .request("GET", "web", "/", &[("x-canary", "1"), ("x-user", &user)])
+            .await
+            .text();
+        for _ in 0..5 {
+            let again = c
+                .request("GET", "web", "/", &[("x-canary", "1"), ("x-user", &user)])
+                .await
+                .text();
+            assert_eq!(again, first, "{user} moved");
+        }
+        *seen.entry(first).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "keys spread over both endpoints: {seen:?}");
+
+    // Cookie with a TTL: generated when absent, then the client sticks.
+    let policy = "      loadBalancer:\n        consistentHash:\n          httpCookie: {name: user, ttl: 3600s, path: /}\n";
+    let p = TestProxy::start(&dr_config(&[a.addr], &[a.addr, b.addr], policy)).await;
+    let mut c = Client::h1(p.addr).await;
+    for _ in 0..10 {
+        let r = c.request("GET", "web", "/", &[("x-canary", "1")]).await;
+        let cookie = r.header("set-cookie").expect("cookie set").to_string();
+        assert!(
+            cookie.contains("Max-Age=3600") && cookie.contains("Path=/"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().expect("name=value").to_string();
+        for _ in 0..5 {
+            let again = c
+                .request("GET", "web", "/", &[("x-canary", "1"), ("cookie", &pair)])
+                .await;
+            assert!(again.header("set-cookie").is_none());
+            assert_eq!(again.text(), r.text(), "the cookie pins the endpoint");
+        }
+    }
+}

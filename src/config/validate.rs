@@ -113,7 +113,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
     ignored("connectionPool.tcp.maxConnectionDuration"),
     ignored("outlierDetection.consecutiveLocalOriginFailures"),
     ignored("outlierDetection.splitExternalLocalOriginErrors"),
-    ignored("loadBalancer.consistentHash"),
     ignored("loadBalancer.localityLbSetting"),
     ignored("loadBalancer.warmup"),
     ignored("loadBalancer.warmupDurationSecs"),
@@ -2206,9 +2205,7 @@ impl Out {
                     "\"consistentHash.ringHash.minimumRingSize\"",
                 );
             }
-            if gaps {
-                self.gap(dr, "loadBalancer.consistentHash", cp);
-            }
+            if gaps {}
         }
         if let Some(w) = &lb.warmup_duration_secs {
             self.duration(

@@ -510,7 +510,19 @@ impl Proxy {
         if !plan.mirrors.is_empty() {
             self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
         }
+        let mut set_cookie = None;
+        let key_hash = match cluster.as_deref().and_then(|c| c.policy.hash.as_ref()) {
+            Some(h) => hash_key(
+                &h.key,
+                req.headers(),
+                req.uri().query(),
+                conn,
+                &mut set_cookie,
+            ),
+            None => None,
+        };
         let attempt = Attempt {
+            hash: key_hash,
             cluster: cluster.as_deref(),
             fixed: endpoint_override,
             policy: &policy.retry,
@@ -587,6 +599,9 @@ impl Proxy {
                 apply(&target_ops, &mut parts.headers);
             }
         }
+        if let Some(cookie) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
         if let (Some(origin), Some(cors)) = (cors_reply, &policy.cors) {
             let h = &mut parts.headers;
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -661,7 +676,12 @@ impl Proxy {
             };
             let endpoint = match (&a.fixed, a.cluster) {
                 (Some(e), _) => e.clone(),
-                (None, Some(c)) => match c.pick(rand::rng().random(), &tried) {
+                (None, Some(c)) => match match a.hash {
+                    // Consistent hash keeps retries on the same host, as Istio omits the
+                    // previous-hosts predicate then.
+                    Some(h) => c.pick_hashed(h, rand::rng().random()),
+                    None => c.pick(rand::rng().random(), &tried),
+                } {
                     Some(e) => e,
                     None => {
                         a.record.set_dest(&c.no_endpoint);
@@ -1034,6 +1054,54 @@ fn cors_preflight(
     resp
 }
 
+/// The consistent-hash key of a request (Istio `consistentHash`). A missing cookie with a TTL
+/// is generated and handed back in `set_cookie`, as Envoy does, so the client sticks from its
+/// next request on.
+fn hash_key(
+    key: &crate::upstream::hash::HashKey,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    conn: ConnInfo,
+    set_cookie: &mut Option<HeaderValue>,
+) -> Option<u64> {
+    use crate::upstream::hash::{HashKey, hash_bytes};
+    match key {
+        HashKey::Header(name) => headers.get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::SourceIp => Some(hash_bytes(conn.remote.ip().to_string().as_bytes())),
+        HashKey::Query(name) => query.and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == name).then(|| hash_bytes(v.as_bytes()))
+            })
+        }),
+        HashKey::Cookie { name, path, ttl } => {
+            let found = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
+                });
+            match (found, ttl) {
+                (Some(v), _) => Some(hash_bytes(v.as_bytes())),
+                (None, Some(ttl)) => {
+                    let value = format!("{:016x}", rand::rng().random::<u64>());
+                    let mut cookie = format!("{name}={value}; Max-Age={}; HttpOnly", ttl.as_secs());
+                    if let Some(p) = path {
+                        cookie.push_str("; Path=");
+                        cookie.push_str(p);
+                    }
+                    *set_cookie = HeaderValue::from_str(&cookie).ok();
+                    Some(hash_bytes(value.as_bytes()))
+                }
+                (None, None) => None,
+            }
+        }
+    }
+}
+
 /// Mirror requests in flight at once; more are dropped (and counted), never queued.
 pub const MIRROR_IN_FLIGHT: usize = 1024;
 
@@ -1100,6 +1168,8 @@ struct Attempt<'a> {
     per_try: Option<Duration>,
     template: Option<Template>,
     record: &'a RequestRecord,
+    /// The request's consistent-hash key, when the cluster balances by one.
+    hash: Option<u64>,
 }
 
 type Sent = (

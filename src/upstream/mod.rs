@@ -3,6 +3,7 @@
 //! behind an `ArcSwap`; everything else about a cluster is fixed when the table is compiled.
 
 pub mod dns;
+pub mod hash;
 pub mod lb;
 pub mod policy;
 pub mod pool;
@@ -101,6 +102,8 @@ pub struct Cluster {
     pub policy: policy::ClusterPolicy,
     /// Circuit breakers; `None` with Istio's (unbounded) defaults.
     pub limiter: Option<policy::Limiter>,
+    /// Consistent-hash table over the current endpoints, when the policy asks for one.
+    hash_table: arc_swap::ArcSwapOption<hash::Table>,
 }
 
 impl Cluster {
@@ -125,6 +128,7 @@ impl Cluster {
         stats.membership_total.set(endpoints.len() as i64);
         stats.membership_healthy.set(endpoints.len() as i64);
         Cluster {
+            hash_table: arc_swap::ArcSwapOption::empty(),
             limiter: policy::Limiter::new(&policy, h2),
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             policy,
@@ -150,6 +154,11 @@ impl Cluster {
     }
 
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        if let Some(h) = &self.policy.hash {
+            let keys: Vec<_> = endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+            self.hash_table
+                .store(hash::Table::build(h.table, &keys).map(Arc::new));
+        }
         self.stats.membership_total.set(endpoints.len() as i64);
         self.stats.membership_healthy.set(endpoints.len() as i64);
         self.endpoints.store(Arc::new(endpoints));
@@ -205,6 +214,20 @@ impl Cluster {
             }
         }
         lb::pick(self.lb, &self.lb_state, &eps, random, avoid).cloned()
+    }
+
+    /// The endpoint a consistent-hash key maps to (ejected endpoints fall back to the normal
+    /// choice).
+    pub fn pick_hashed(&self, key_hash: u64, random: u64) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.load();
+        if let Some(table) = self.hash_table.load().as_ref()
+            && let Some(e) = eps.get(table.lookup(key_hash))
+            && !e.outlier.is_ejected()
+        {
+            return Some(e.clone());
+        }
+        drop(eps);
+        self.pick(random, &[])
     }
 
     /// Feeds one attempt's outcome to outlier detection, ejecting the endpoint when it trips.

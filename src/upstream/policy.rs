@@ -21,6 +21,8 @@ pub struct ClusterPolicy {
     pub max_requests_per_connection: Option<u32>,
     pub max_retries: Option<u32>,
     pub outlier: Option<OutlierConfig>,
+    /// `loadBalancer.consistentHash`: the endpoint follows a request key.
+    pub hash: Option<super::hash::HashPolicy>,
 }
 
 /// Istio treats 0 in these limits as unset ("FIXME: zero is a valid value").
@@ -56,6 +58,14 @@ impl ClusterPolicy {
             .or_else(|| subset.and_then(|s| s.outlier_detection.as_ref()))
             .or_else(|| port_level(top, port).and_then(|p| p.outlier_detection.as_ref()))
             .or_else(|| top.and_then(|t| t.outlier_detection.as_ref()));
+        let lb = port_level(subset, port)
+            .and_then(|p| p.load_balancer.as_ref())
+            .or_else(|| subset.and_then(|s| s.load_balancer.as_ref()))
+            .or_else(|| port_level(top, port).and_then(|p| p.load_balancer.as_ref()))
+            .or_else(|| top.and_then(|t| t.load_balancer.as_ref()));
+        let hash = lb
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .and_then(hash_policy);
         let tcp = pool.and_then(|p| p.tcp.as_ref());
         let http = pool.and_then(|p| p.http.as_ref());
         ClusterPolicy {
@@ -68,8 +78,41 @@ impl ClusterPolicy {
             max_requests_per_connection: limit(http.and_then(|h| h.max_requests_per_connection)),
             max_retries: limit(http.and_then(|h| h.max_retries)),
             outlier: outlier.map(OutlierConfig::from_istio),
+            hash,
         }
     }
+}
+
+fn hash_policy(c: &crate::config::istio::ConsistentHashLb) -> Option<super::hash::HashPolicy> {
+    use super::hash::{HashKey, HashPolicy, TableKind};
+    let key = if let Some(h) = &c.http_header_name {
+        HashKey::Header(http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()?)
+    } else if let Some(ck) = &c.http_cookie {
+        HashKey::Cookie {
+            name: ck.name.clone(),
+            path: ck.path.clone(),
+            ttl: ck
+                .ttl
+                .as_deref()
+                .and_then(|t| parse_go_duration(t).ok())
+                .filter(|t| !t.is_zero()),
+        }
+    } else if c.use_source_ip.is_some_and(|b| b.0) {
+        HashKey::SourceIp
+    } else if let Some(q) = &c.http_query_parameter_name {
+        HashKey::Query(q.clone())
+    } else {
+        return None;
+    };
+    let size = |v: Option<crate::config::istio::Int>| {
+        v.and_then(|v| usize::try_from(v.0).ok()).filter(|v| *v > 0)
+    };
+    let table = match (&c.maglev, &c.ring_hash) {
+        (Some(m), _) => TableKind::Maglev(size(m.table_size).unwrap_or(65537)),
+        (None, Some(r)) => TableKind::Ring(size(r.minimum_ring_size).unwrap_or(1024)),
+        (None, None) => TableKind::Ring(size(c.minimum_ring_size).unwrap_or(1024)),
+    };
+    Some(HashPolicy { key, table })
 }
 
 /// `outlierDetection`, as Istio translates it: consecutive 5xx on by default (5), gateway
