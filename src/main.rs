@@ -24,7 +24,7 @@ use switchyard::proxy::Proxy;
 use switchyard::proxy::server::{Limits, ProxyListener};
 use switchyard::route::OutboundPolicy;
 use switchyard::upstream::PoolRegistry;
-use switchyard::{ReloadContext, ReloadOutcome, Reloader};
+use switchyard::{ReloadContext, Reloader};
 
 #[derive(Parser)]
 #[command(
@@ -118,6 +118,16 @@ pub struct ServeArgs {
     /// Most request headers (431 beyond).
     #[arg(long, env = "SWITCHYARD_MAX_HEADERS", default_value_t = 100)]
     max_headers: usize,
+    /// Config watcher settle window: a change is applied once its content hash has held
+    /// this long with no new file event (Go duration).
+    #[arg(long, env = "SWITCHYARD_WATCH_DEBOUNCE", default_value = "50ms", value_parser = duration_arg)]
+    watch_debounce: Duration,
+    /// Re-hash the config this often in case file events were missed (`0s` disables).
+    #[arg(long, env = "SWITCHYARD_CONFIG_POLL_INTERVAL", default_value = "5s", value_parser = duration_arg)]
+    config_poll_interval: Duration,
+    /// Do not watch the config; reload only on SIGHUP or POST /reload.
+    #[arg(long, env = "SWITCHYARD_NO_WATCH")]
+    no_watch: bool,
     /// Log format on stderr.
     #[arg(
         long,
@@ -818,6 +828,18 @@ pub async fn run(
     };
     let server = ProxyListener::spawn(listener, proxy.clone(), limits)?;
     let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    // Armed before "listening" is logged; dropping the handle stops the watcher.
+    let _watch = (!args.no_watch).then(|| {
+        switchyard::watch::spawn_watcher(
+            reloader.clone(),
+            switchyard::watch::WatchOptions {
+                debounce: args.watch_debounce,
+                poll_interval: (!args.config_poll_interval.is_zero())
+                    .then_some(args.config_poll_interval),
+                ..switchyard::watch::WatchOptions::default()
+            },
+        )
+    });
     tracing::info!(
         "switchyard listening proxy={proxy_addr} admin={} metrics={}",
         shown(admin_addr),
@@ -871,17 +893,8 @@ async fn wait_for_stop(signals: &mut StopSignals, quit: &Notify, reloader: &Relo
                 _ = signals.recv() => return,
                 _ = quit.notified() => return,
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    match reloader.reload().await {
-                        Ok(ReloadOutcome::Applied { version, warnings }) => {
-                            log_diagnostics(&warnings);
-                            tracing::info!(version, "SIGHUP: config reloaded");
-                        }
-                        Ok(ReloadOutcome::Unchanged) => tracing::info!("SIGHUP: config unchanged"),
-                        Err(diags) => {
-                            log_diagnostics(&diags);
-                            tracing::error!("SIGHUP: config refused; the last good config keeps serving");
-                        }
-                    }
+                    // The reloader logs the outcome and every diagnostic itself.
+                    let _ = reloader.reload_with(switchyard::reload::Trigger::Signal).await;
                 }
             }
         }

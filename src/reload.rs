@@ -292,6 +292,7 @@ impl Reloader {
             serial: tokio::sync::Mutex::new(()),
             prune_generation: Arc::new(AtomicU64::new(0)),
         };
+        reloader.ctx.metrics.proxy.config_version.set(1);
         Ok((reloader, warnings))
     }
 
@@ -404,6 +405,12 @@ impl Reloader {
                 let old = self.table.swap(Arc::new(table));
                 self.version.store(next_version, Ordering::Release);
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.ctx.metrics.proxy.config_reloads_success.inc();
+                self.ctx
+                    .metrics
+                    .proxy
+                    .config_version
+                    .set(next_version as i64);
                 self.record(ReloadReport {
                     at: SystemTime::now(),
                     accepted: true,
@@ -437,6 +444,7 @@ impl Reloader {
 
     fn refuse(&self, source_hash: String, trigger: Trigger, diags: Vec<Diagnostic>) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.proxy.config_reloads_failure.inc();
         log_diagnostics(&diags);
         tracing::error!(
             trigger = trigger.as_str(),

@@ -724,3 +724,41 @@ async fn tracing_headers_pass_through_untouched() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_counters_and_config_version() {
+    let up = Upstream::start("v1").await;
+    let good = service_yaml("web", &[("v1", up.addr)]);
+    let p = TestProxy::start(&good).await;
+    let scrape_value = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert!(
+        p.rewrite(&format!("{good}\n# a comment changes the hash\n"))
+            .await
+            .is_ok()
+    );
+    assert!(p.rewrite("not: [valid").await.is_err());
+    let text = admin_get(&p, "/stats/prometheus").await.text();
+    assert_eq!(
+        scrape_value(&text, "switchyard_config_version "),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        scrape_value(
+            &text,
+            "switchyard_config_reloads_total{result=\"success\"} "
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape_value(
+            &text,
+            "switchyard_config_reloads_total{result=\"failure\"} "
+        ),
+        Some(1.0)
+    );
+}
