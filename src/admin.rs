@@ -158,7 +158,7 @@ impl Admin {
                                     {"name": "rq_active", "value": e.active.load(std::sync::atomic::Ordering::Relaxed)},
                                     {"name": "cx_idle", "value": e.pool.idle_connections()},
                                 ],
-                                "health_status": {"eds_health_status": "HEALTHY", "failed_outlier_check": false},
+                                "health_status": {"eds_health_status": "HEALTHY", "failed_outlier_check": e.outlier.is_ejected()},
                                 "weight": e.weight,
                                 "labels": e.labels,
                             })
@@ -187,7 +187,12 @@ impl Admin {
                     "{p}::rq_active::{}",
                     e.active.load(std::sync::atomic::Ordering::Relaxed)
                 );
-                let _ = writeln!(out, "{p}::health_flags::healthy");
+                let flags = if e.outlier.is_ejected() {
+                    "/failed_outlier_check"
+                } else {
+                    "healthy"
+                };
+                let _ = writeln!(out, "{p}::health_flags::{flags}");
                 let _ = writeln!(out, "{p}::weight::{}", e.weight);
             }
         }

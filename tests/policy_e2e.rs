@@ -595,6 +595,15 @@ async fn outlier_detection_ejects_a_failing_canary_endpoint() {
         cluster_stat(&p, "outlier_detection_ejections_total", cluster).await,
         1
     );
+    let clusters = admin_get(&p, "/clusters").await.text();
+    assert!(
+        clusters.contains(&format!(
+            "{cluster}::{}::health_flags::/failed_outlier_check",
+            bad.addr
+        )),
+        "{clusters}"
+    );
+    assert!(clusters.contains(&format!("{cluster}::{}::health_flags::healthy", good.addr)));
 
     // Istio's default maxEjectionPercent (10%) never ejects one of two hosts (Envoy >= 1.27).
     let bad2 = RawUpstream::start(FAIL_503.to_vec()).await;
