@@ -1490,7 +1490,7 @@ impl Out {
                     );
                 }
             } else if let Some(g) = &a.grpc_status {
-                if !GRPC_STATUSES.contains(&g.as_str()) {
+                if !crate::route::policy::GRPC_STATUS_NAMES.contains(&g.as_str()) {
                     self.schema(
                         vs,
                         format!("{ap}.grpcStatus"),
@@ -1705,26 +1705,6 @@ const RETRY_ON_POLICIES: &[&str] = &[
     "internal",
     "resource-exhausted",
     "unavailable",
-];
-
-const GRPC_STATUSES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
 ];
 
 const CORS_METHODS: &[&str] = &[
