@@ -661,7 +661,10 @@ impl Proxy {
         };
         let mut retry_guard = None;
         let max_attempts = a.policy.retries as usize + 1;
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        // Hosts already tried, for the previous-hosts predicate; on the stack, because every
+        // request passes here and few are retried more than a handful of times.
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 8];
+        let mut tried_len = 0usize;
         let mut last_reason = String::new();
         let mut last_endpoint = None;
         let mut next = Some(first);
@@ -680,7 +683,7 @@ impl Proxy {
                     // Consistent hash keeps retries on the same host, as Istio omits the
                     // previous-hosts predicate then.
                     Some(h) => c.pick_hashed(h, rand::rng().random()),
-                    None => c.pick(rand::rng().random(), &tried),
+                    None => c.pick(rand::rng().random(), &tried[..tried_len]),
                 } {
                     Some(e) => e,
                     None => {
@@ -705,7 +708,13 @@ impl Proxy {
                     s.upstream_rq_retry.inc();
                 }
             }
-            tried.push(endpoint.addr);
+            if tried_len < tried.len() {
+                tried[tried_len] = endpoint.addr;
+                tried_len += 1;
+            } else {
+                tried.rotate_left(1);
+                tried[tried.len() - 1] = endpoint.addr;
+            }
             a.record.access(|x| x.upstream_host = Some(endpoint.addr));
             last_endpoint = Some(endpoint.clone());
             req.headers_mut().insert(
