@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{ConnInfo, DrainState, Proxy};
@@ -142,13 +142,17 @@ impl Drop for ConnGuard {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Serves one downstream connection on any byte stream: TCP from the accept loop, or an
+/// in-memory pipe (the front-door fuzz target and tests).
+pub async fn serve_connection<S>(
+    stream: S,
     info: ConnInfo,
     proxy: Arc<Proxy>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     proxy.state.connections.fetch_add(1, Ordering::AcqRel);
     let _guard = ConnGuard(proxy.state.clone());
     let draining_at_accept = *phase.borrow() >= Phase::Draining;
