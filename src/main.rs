@@ -21,7 +21,8 @@ use switchyard::config::validate::{Mode, ValidateOptions, validate};
 use switchyard::config::{Diagnostic, LoadOptions, ProxyIdentity, Severity, load};
 use switchyard::explain::{LoadSettings, Loaded, RequestSpec};
 use switchyard::proxy::Proxy;
-use switchyard::proxy::server::{Limits, ProxyListener};
+use switchyard::proxy::server::Limits;
+use switchyard::proxy::workers::Workers;
 use switchyard::route::OutboundPolicy;
 use switchyard::upstream::PoolRegistry;
 use switchyard::{ReloadContext, Reloader};
@@ -92,6 +93,10 @@ pub struct ServeArgs {
     /// Proxy listener (HTTP/1.1 and h2c on one port).
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:15001")]
     listen: SocketAddr,
+    /// Worker threads, each with its own single-threaded runtime and `SO_REUSEPORT` accept
+    /// queue on the proxy listener (default: every core this process may run on).
+    #[arg(long, env = "SWITCHYARD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Admin listener (`off` disables it). Keep it on loopback: it can reload and stop us.
     #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: String,
@@ -413,7 +418,8 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    // The main thread is worker 0; the others get their own threads (see proxy::workers).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -756,8 +762,7 @@ pub async fn run(
         );
     }
 
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = switchyard::proxy::workers::bind_shared(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let proxy_addr = listener.local_addr()?;
     let admin_listener = match args.admin.as_str() {
@@ -826,7 +831,11 @@ pub async fn run(
         )?),
         None => None,
     };
-    let server = ProxyListener::spawn(listener, proxy.clone(), limits)?;
+    let workers = args
+        .workers
+        .map_or_else(switchyard::proxy::workers::default_workers, usize::from);
+    let server = Workers::start(listener, workers, proxy.clone(), limits)
+        .context("cannot start the proxy workers")?;
     let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     // Armed before "listening" is logged; dropping the handle stops the watcher.
     let _watch = (!args.no_watch).then(|| {
@@ -841,9 +850,10 @@ pub async fn run(
         )
     });
     tracing::info!(
-        "switchyard listening proxy={proxy_addr} admin={} metrics={}",
+        "switchyard listening proxy={proxy_addr} admin={} metrics={} workers={}",
         shown(admin_addr),
-        shown(metrics_addr)
+        shown(metrics_addr),
+        server.len()
     );
     if let Some(tx) = ready {
         let _ = tx.send(Ready {

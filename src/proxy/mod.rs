@@ -7,6 +7,7 @@ pub mod error;
 pub mod headers;
 pub mod record;
 pub mod server;
+pub mod workers;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
