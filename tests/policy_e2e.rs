@@ -132,6 +132,127 @@ async fn route_timeout_is_504_ut_and_the_client_header_overrides_it() {
     assert!(echo["headers"]["x-envoy-upstream-rq-timeout-ms"].is_null());
 }
 
+/// An upstream that sends response headers and 2 of 10 promised body bytes, then stalls for
+/// `stall` before closing.
+async fn stalling_body_upstream(stall: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab")
+                    .await;
+                tokio::time::sleep(stall).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_covers_the_response_body() {
+    let up = stalling_body_upstream(Duration::from_secs(4)).await;
+    let p = TestProxy::start(&config(&[("v1", up)], "v1", "    timeout: 300ms\n")).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        c.set_timeout(Duration::from_secs(3));
+        let t = Instant::now();
+        let r = c.try_request("GET", "web", "/", &[]).await;
+        let took = t.elapsed();
+        // Headers arrived in time; the body did not: the stream is reset, not left hanging.
+        assert!(r.is_err(), "{proto:?}: {:?}", r.map(|r| r.status));
+        assert!(
+            r.as_ref().err().is_some_and(|e| !e.contains("timed out")),
+            "{proto:?}: the proxy must cut the body, not the client: {r:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(280) && took < Duration::from_millis(2000),
+            "{proto:?}: {took:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        requests_with(&p, &[("response_code", "200"), ("response_flags", "UT")]).await,
+        2
+    );
+    assert_eq!(
+        cluster_stat(
+            &p,
+            "upstream_rq_timeout",
+            "outbound|80|v1|web.default.svc.cluster.local"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_retry_headers_amend_the_route_policy() {
+    let bad = RawUpstream::start(FAIL_503.to_vec()).await;
+    let good = Upstream::start("good").await;
+    // Istio's default policy: a plain 503 is not retried ...
+    let p = TestProxy::start(&config(&[("v1", bad.addr), ("v1", good.addr)], "v1", "")).await;
+    let mut c = Client::h1(p.addr).await;
+    let mut plain_503 = 0;
+    for _ in 0..4 {
+        if c.get("web", "/").await.status == 503 {
+            plain_503 += 1;
+        }
+    }
+    assert_eq!(
+        plain_503, 2,
+        "round robin: every other request hits the 503 host"
+    );
+    // ... unless the client asks for it; the retry goes to the other host.
+    for _ in 0..4 {
+        let r = c
+            .request("GET", "web", "/echo", &[("x-envoy-retry-on", "5xx")])
+            .await;
+        assert_eq!(r.status, 200);
+        let echo = r.json();
+        assert!(echo["headers"]["x-envoy-retry-on"].is_null(), "{echo}");
+    }
+    // x-envoy-max-retries replaces the count: 0 means no retry even when asked.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = c
+            .request(
+                "GET",
+                "web",
+                "/",
+                &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "0")],
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    // Retriable status codes from the client.
+    for _ in 0..2 {
+        let r = c
+            .request(
+                "GET",
+                "web",
+                "/",
+                &[
+                    ("x-envoy-retry-on", "retriable-status-codes"),
+                    ("x-envoy-retriable-status-codes", "503"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_policy_does_not_retry_a_plain_503() {
     let bad = RawUpstream::start(FAIL_503.to_vec()).await;
@@ -671,4 +792,45 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() {
             assert_eq!(again.text(), r.text(), "the cookie pins the endpoint");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_load_balancer_forwards_to_the_address_the_client_named() {
+    let up = Upstream::start("direct").await;
+    let port = up.addr.port();
+    let dead = closed_port();
+    let yaml = |lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: local}}
+spec:
+  hosts: [localhost]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: local}}
+spec:
+  host: localhost
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}
+",
+            dead.port()
+        )
+    };
+    let authority = format!("localhost:{port}");
+    // The listed endpoint is dead: a normal load balancer fails ...
+    let p = TestProxy::start(&yaml("ROUND_ROBIN")).await;
+    let mut c = Client::h1(p.addr).await;
+    assert_eq!(c.get(&authority, "/").await.status, 503);
+    // ... PASSTHROUGH ignores the endpoints and goes where the client asked.
+    let p = TestProxy::start(&yaml("PASSTHROUGH")).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        let r = c.get(&authority, "/").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
+    }
+    assert_eq!(up.requests(), 2);
 }

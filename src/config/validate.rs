@@ -20,8 +20,8 @@ use super::duration::{check_istio_duration, parse_go_duration};
 use super::istio::{
     Bool, ClientTlsSettings, ConnectionPoolSettings, CorsPolicy, Destination, Headers,
     HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, Int,
-    LoadBalancerSettings, Opaque, OutlierDetection, Percent, Resolution, SimpleLb, StringMatch,
-    TlsMode, TrafficPolicy, WorkloadEntrySpec,
+    LoadBalancerSettings, Opaque, OutlierDetection, Percent, Resolution, StringMatch, TlsMode,
+    TrafficPolicy, WorkloadEntrySpec,
 };
 use super::registry::{Registry, Service, destination_rules_for, wildcard_covers};
 use super::scope::{ProxyIdentity, binds_mesh, visible_to};
@@ -116,10 +116,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
     ignored("loadBalancer.localityLbSetting"),
     ignored("loadBalancer.warmup"),
     ignored("loadBalancer.warmupDurationSecs"),
-    Gap {
-        message: "loadBalancer.simple PASSTHROUGH is not implemented yet; ignored (the default load balancer is used)",
-        ..ignored("loadBalancer.simple: PASSTHROUGH")
-    },
     ignored("tunnel"),
     ignored("proxyProtocol"),
     ignored("retryBudget"),
@@ -2100,13 +2096,6 @@ impl Out {
                 dr,
                 p,
                 "load balancer may contain only one of simple or consistentHash",
-            );
-        }
-        if gaps && lb.simple == Some(SimpleLb::Passthrough) {
-            self.gap(
-                dr,
-                "loadBalancer.simple: PASSTHROUGH",
-                format!("{p}.simple"),
             );
         }
         if let Some(ch) = &lb.consistent_hash {

@@ -33,6 +33,25 @@ struct UpstreamBody {
     release: Option<Release>,
     _active: Option<ActiveGuard>,
     record: Arc<RequestRecord>,
+    /// The route timeout covers the response body too (Envoy: until the upstream response is
+    /// complete); past it the stream is reset.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout_stat: Option<Arc<crate::metrics::ClusterStats>>,
+}
+
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream request timeout while the response body was streaming")]
+    Timeout,
+}
+
+/// A route timeout still running when the response headers arrived.
+pub(crate) struct BodyDeadline {
+    pub at: tokio::time::Instant,
+    pub stats: Option<Arc<crate::metrics::ClusterStats>>,
 }
 
 impl ProxyBody {
@@ -51,8 +70,10 @@ impl ProxyBody {
         release: Option<Release>,
         active: Option<ActiveGuard>,
         record: Arc<RequestRecord>,
+        deadline: Option<BodyDeadline>,
     ) -> ProxyBody {
         let mut release = release;
+        let ended = inner.is_end_stream();
         // An empty body may never be polled; its connection is reusable right away.
         if inner.is_end_stream()
             && let Some(r) = release.take()
@@ -65,6 +86,11 @@ impl ProxyBody {
                 release,
                 _active: active,
                 record,
+                deadline: match &deadline {
+                    Some(d) if !ended => Some(Box::pin(tokio::time::sleep_until(d.at))),
+                    _ => None,
+                },
+                timeout_stat: deadline.and_then(|d| d.stats),
             })),
         }
     }
@@ -80,17 +106,32 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up) => {
                 let polled = Pin::new(&mut up.inner).poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(d) = &mut up.deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    up.deadline = None;
+                    // The connection is mid-response: it must not go back to the pool.
+                    up.release = None;
+                    if let Some(s) = &up.timeout_stat {
+                        s.upstream_rq_timeout.inc();
+                    }
+                    let status = up.record.status();
+                    up.record
+                        .set_status(status, Some(super::error::Flag::UpstreamRequestTimeout));
+                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                }
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
                         up.record
@@ -109,10 +150,13 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) => up.inner.is_end_stream(),
                     _ => false,
                 };
-                if ended && let Some(r) = up.release.take() {
-                    r.release();
+                if ended {
+                    up.deadline = None;
+                    if let Some(r) = up.release.take() {
+                        r.release();
+                    }
                 }
-                polled
+                polled.map(|p| p.map(|r| r.map_err(BodyError::from)))
             }
         }
     }

@@ -371,7 +371,20 @@ impl Proxy {
                 cors_reply = Some(origin);
             }
         }
-        // A client may shorten or lengthen the route timeout, as Envoy allows.
+        // A client may amend the retry policy and the timeouts, as Envoy allows; the headers are
+        // for us, not the upstream.
+        let amended_retry = policy.retry.amended_by(&parts.headers);
+        let retry: &RetryPolicy = amended_retry.as_ref().unwrap_or(&policy.retry);
+        if amended_retry.is_some() {
+            for name in [
+                "x-envoy-retry-on",
+                "x-envoy-retry-grpc-on",
+                "x-envoy-retriable-status-codes",
+                "x-envoy-max-retries",
+            ] {
+                parts.headers.remove(name);
+            }
+        }
         let timeout = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
@@ -380,7 +393,7 @@ impl Proxy {
         let per_try = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
-            None => policy.retry.per_try_timeout,
+            None => retry.per_try_timeout,
         };
         parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
         parts
@@ -461,7 +474,7 @@ impl Proxy {
         // A body a retry might have to send again is read first, up to Envoy's buffer limit;
         // a bigger or unsized one streams and is never sent twice.
         let grpc = record.grpc;
-        let needs_replay = !upgrade && (policy.retry.may_resend(grpc) || !plan.mirrors.is_empty());
+        let needs_replay = !upgrade && (retry.may_resend(grpc) || !plan.mirrors.is_empty());
         let body = if needs_replay && replayable_size(&parts.headers, &body) {
             match collect_bounded(body).await {
                 Ok((data, trailers)) => {
@@ -526,11 +539,12 @@ impl Proxy {
             hash: key_hash,
             cluster: cluster.as_deref(),
             fixed: endpoint_override,
-            policy: &policy.retry,
+            policy: retry,
             per_try,
             template,
             record,
         };
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let sent = match timeout {
             Some(t) => match tokio::time::timeout(t, self.send_with_retries(req, attempt)).await {
                 Ok(r) => r,
@@ -619,7 +633,16 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(incoming, release, active, record.clone()),
+            ProxyBody::upstream(
+                incoming,
+                release,
+                active,
+                record.clone(),
+                deadline.map(|at| body::BodyDeadline {
+                    at,
+                    stats: cluster.as_ref().map(|c| c.stats.clone()),
+                }),
+            ),
         ))
     }
 

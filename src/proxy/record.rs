@@ -99,6 +99,11 @@ impl RequestRecord {
         let _ = self.window.set(window.clone());
     }
 
+    /// The response status recorded so far (0 before any).
+    pub fn status(&self) -> u16 {
+        u16::try_from(self.status.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
     pub fn set_status(&self, status: u16, flag: Option<Flag>) {
         self.status.store(u32::from(status), Ordering::Relaxed);
         if let Some(f) = flag {

@@ -499,7 +499,7 @@ impl<'a> Builder<'a> {
         let drs = destination_rules_for(self.res, &fqdn, Some(&svc.namespace), self.opts.identity);
         let top_policy = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
         let (labels, lb, subset_policy) = match subset {
-            None => (istio::Labels::new(), top_level_lb(&drs), None),
+            None => (istio::Labels::new(), top_level_simple(&drs), None),
             Some(s) => {
                 let found = drs
                     .iter()
@@ -518,8 +518,7 @@ impl<'a> Builder<'a> {
                     .as_ref()
                     .and_then(|tp| tp.load_balancer.as_ref())
                     .and_then(|lb| lb.simple)
-                    .map(lb_policy)
-                    .unwrap_or_else(|| top_level_lb(&drs));
+                    .or_else(|| top_level_simple(&drs));
                 (found.labels.clone(), lb, found.traffic_policy.as_ref())
             }
         };
@@ -548,8 +547,12 @@ impl<'a> Builder<'a> {
         subset: &str,
         port: u16,
         labels: istio::Labels,
-        (lb, policy): (LbPolicy, ClusterPolicy),
+        (simple, policy): (Option<SimpleLb>, ClusterPolicy),
     ) -> Cluster {
+        let lb = simple.map(lb_policy).unwrap_or_default();
+        // PASSTHROUGH is Envoy's ORIGINAL_DST: the address the client asked for. With no
+        // iptables redirect here, that is the address the request's authority names.
+        let passthrough = simple == Some(SimpleLb::Passthrough);
         let svc_port = svc.port(port).cloned();
         let h2 = svc_port.as_ref().is_some_and(|p| p.protocol.is_h2());
         let endpoint_port = |e: &crate::config::registry::EndpointInfo| {
@@ -558,6 +561,7 @@ impl<'a> Builder<'a> {
         let selected: Vec<_> = svc.subset_endpoints(&labels).collect();
         let pools = self.opts.pools;
         let (discovery, endpoints) = match svc.resolution {
+            _ if passthrough => (Discovery::OriginalDst, Vec::new()),
             istio::Resolution::Dns
             | istio::Resolution::DnsRoundRobin
             | istio::Resolution::DynamicDns => {
@@ -678,20 +682,18 @@ enum ActionError {
     Msg(String, String),
 }
 
-fn top_level_lb(drs: &[&crate::config::DestinationRule]) -> LbPolicy {
+fn top_level_simple(drs: &[&crate::config::DestinationRule]) -> Option<SimpleLb> {
     drs.iter()
         .find_map(|dr| dr.spec.traffic_policy.as_ref())
         .and_then(|tp| tp.load_balancer.as_ref())
         .and_then(|lb| lb.simple)
-        .map(lb_policy)
-        .unwrap_or_default()
 }
 
 fn lb_policy(s: SimpleLb) -> LbPolicy {
     match s {
         SimpleLb::RoundRobin => LbPolicy::RoundRobin,
         SimpleLb::Random => LbPolicy::Random,
-        // PASSTHROUGH is refused by validation; UNSPECIFIED means the default.
+        // PASSTHROUGH picks no endpoint (see build_cluster); UNSPECIFIED means the default.
         SimpleLb::LeastConn
         | SimpleLb::LeastRequest
         | SimpleLb::Unspecified

@@ -42,6 +42,26 @@ impl RetryOn {
         RetryOn(self.0 | other.0)
     }
 
+    /// One `retryOn` / `x-envoy-retry-on` / `x-envoy-retry-grpc-on` word.
+    pub fn from_word(word: &str) -> Option<RetryOn> {
+        Some(match word {
+            "5xx" => RetryOn::FIVE_XX,
+            "gateway-error" => RetryOn::GATEWAY_ERROR,
+            "reset" => RetryOn::RESET,
+            "reset-before-request" => RetryOn::RESET_BEFORE_REQUEST,
+            "connect-failure" => RetryOn::CONNECT_FAILURE,
+            "refused-stream" => RetryOn::REFUSED_STREAM,
+            "retriable-4xx" => RetryOn::RETRIABLE_4XX,
+            "retriable-status-codes" => RetryOn::RETRIABLE_STATUS_CODES,
+            "cancelled" => RetryOn::GRPC_CANCELLED,
+            "deadline-exceeded" => RetryOn::GRPC_DEADLINE_EXCEEDED,
+            "internal" => RetryOn::GRPC_INTERNAL,
+            "resource-exhausted" => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            "unavailable" => RetryOn::GRPC_UNAVAILABLE,
+            _ => return None,
+        })
+    }
+
     /// Istio's mesh default: connect-failure, refused-stream, unavailable, cancelled,
     /// retriable-status-codes (with no codes).
     pub fn istio_default() -> RetryOn {
@@ -98,22 +118,10 @@ impl RetryPolicy {
             .split(',')
             .map(str::trim)
         {
-            let bit = match item {
-                "" => continue,
-                "5xx" => RetryOn::FIVE_XX,
-                "gateway-error" => RetryOn::GATEWAY_ERROR,
-                "reset" => RetryOn::RESET,
-                "reset-before-request" => RetryOn::RESET_BEFORE_REQUEST,
-                "connect-failure" => RetryOn::CONNECT_FAILURE,
-                "refused-stream" => RetryOn::REFUSED_STREAM,
-                "retriable-4xx" => RetryOn::RETRIABLE_4XX,
-                "retriable-status-codes" => RetryOn::RETRIABLE_STATUS_CODES,
-                "cancelled" => RetryOn::GRPC_CANCELLED,
-                "deadline-exceeded" => RetryOn::GRPC_DEADLINE_EXCEEDED,
-                "internal" => RetryOn::GRPC_INTERNAL,
-                "resource-exhausted" => RetryOn::GRPC_RESOURCE_EXHAUSTED,
-                "unavailable" => RetryOn::GRPC_UNAVAILABLE,
-                code => match code.parse::<u16>() {
+            let bit = match RetryOn::from_word(item) {
+                Some(bit) => bit,
+                None if item.is_empty() => continue,
+                None => match item.parse::<u16>() {
                     // Istio moves numeric codes to retriable_status_codes and turns that on.
                     Ok(c) if StatusCode::from_u16(c).is_ok() => {
                         codes.push(c);
@@ -142,6 +150,44 @@ impl RetryPolicy {
                 .and_then(|d| parse_go_duration(d).ok())
                 .unwrap_or(DEFAULT_BACKOFF),
         }
+    }
+
+    /// The policy as a client's `x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
+    /// `x-envoy-retriable-status-codes` and `x-envoy-max-retries` headers amend it, as Envoy's
+    /// router does: conditions are added to the route's, a retry count replaces it. None when
+    /// the request carries none of them (the common case: no copy).
+    pub fn amended_by(&self, headers: &http::HeaderMap) -> Option<RetryPolicy> {
+        let on_words = [
+            headers.get("x-envoy-retry-on"),
+            headers.get("x-envoy-retry-grpc-on"),
+        ];
+        let codes = headers.get("x-envoy-retriable-status-codes");
+        let max = headers.get("x-envoy-max-retries");
+        if on_words.iter().all(Option::is_none) && codes.is_none() && max.is_none() {
+            return None;
+        }
+        let mut amended = self.clone();
+        for v in on_words.into_iter().flatten() {
+            for word in v.to_str().unwrap_or("").split(',').map(str::trim) {
+                if let Some(bit) = RetryOn::from_word(word) {
+                    amended.on = amended.on.with(bit);
+                }
+            }
+        }
+        if let Some(v) = codes {
+            for code in v.to_str().unwrap_or("").split(',').map(str::trim) {
+                if let Ok(c) = code.parse::<u16>()
+                    && StatusCode::from_u16(c).is_ok()
+                    && !amended.status_codes.contains(&c)
+                {
+                    amended.status_codes.push(c);
+                }
+            }
+        }
+        if let Some(n) = max.and_then(|v| v.to_str().ok()?.trim().parse::<u32>().ok()) {
+            amended.retries = n;
+        }
+        Some(amended)
     }
 
     /// Retry after the connection could not be made (nothing was sent).
