@@ -10,7 +10,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use http::{HeaderMap, HeaderName};
-use regex::bytes::{Regex, RegexBuilder};
+use memchr::memmem::Finder;
+use regex::bytes::RegexBuilder;
 
 /// Istio's `validateStringRegexp` limit (Go `len`, so bytes).
 pub const MAX_REGEX_LEN: usize = 1024;
@@ -41,8 +42,59 @@ pub struct InvalidHeaderName {
 // RE2 dialect
 // ---------------------------------------------------------------------------------------------
 
+/// A compiled full-match RE2 pattern and the longest literal every match must contain.
+///
+/// A full match is an anchored search, and anchored searches skip the regex crate's literal
+/// prefilters: `^(.*?;)?(user=dev\d+)(;.*)?$` would run its automaton over every cookie. A
+/// memmem scan for `user=dev` first answers most non-matches in a few nanoseconds.
+#[derive(Debug, Clone)]
+pub struct Re2 {
+    regex: regex::bytes::Regex,
+    required: Option<Finder<'static>>,
+}
+
+impl Re2 {
+    pub fn is_match(&self, hay: &[u8]) -> bool {
+        if let Some(lit) = &self.required
+            && lit.find(hay).is_none()
+        {
+            return false;
+        }
+        self.regex.is_match(hay)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.regex.as_str()
+    }
+}
+
+/// The longest literal on the mandatory spine of the pattern (concatenations and groups, not
+/// alternations or optional parts). Case-insensitive literals are classes in the HIR, so they
+/// never qualify.
+fn required_literal(pattern: &str) -> Option<Vec<u8>> {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn walk(h: &Hir, best: &mut Vec<u8>) {
+        match h.kind() {
+            HirKind::Literal(lit) if lit.0.len() > best.len() => *best = lit.0.to_vec(),
+            HirKind::Capture(c) => walk(&c.sub, best),
+            HirKind::Concat(parts) => parts.iter().for_each(|p| walk(p, best)),
+            HirKind::Repetition(r) if r.min >= 1 => walk(&r.sub, best),
+            _ => {}
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let mut best = Vec::new();
+    walk(&hir, &mut best);
+    // One byte is no cheaper to find than to run the automaton.
+    (best.len() >= 2).then_some(best)
+}
+
 /// Compiles an RE2 pattern for a full match, as Envoy's `safe_regex` (RE2::FullMatch) does.
-pub fn compile_re2(pattern: &str) -> Result<Regex, RegexError> {
+pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
     if pattern.len() > MAX_REGEX_LEN {
         return Err(RegexError::new(
             pattern,
@@ -53,9 +105,12 @@ pub fn compile_re2(pattern: &str) -> Result<Regex, RegexError> {
         ));
     }
     let translated = translate_re2(pattern).map_err(|m| RegexError::new(pattern, m))?;
-    RegexBuilder::new(&format!("^(?:{translated})$"))
+    let full = format!("^(?:{translated})$");
+    let required = required_literal(&full).map(|lit| Finder::new(&lit).into_owned());
+    RegexBuilder::new(&full)
         .build()
         .map_err(|e| RegexError::new(pattern, e.to_string()))
+        .map(|regex| Re2 { regex, required })
 }
 
 const ASCII_DIGIT: &str = "0-9";
@@ -340,7 +395,7 @@ pub enum StringMatcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
     /// Already anchored for a full match; see [`compile_re2`].
-    Regex(Regex),
+    Regex(Re2),
     Present,
 }
 
@@ -388,7 +443,7 @@ impl StringMatcher {
 }
 
 /// The RE2 pattern as compiled (after dialect translation), without the full-match anchors.
-fn regex_source(r: &Regex) -> &str {
+fn regex_source(r: &Re2) -> &str {
     let s = r.as_str();
     s.strip_prefix("^(?:")
         .and_then(|s| s.strip_suffix(")$"))
@@ -427,7 +482,7 @@ pub enum UriMatcher {
         ignore_case: bool,
     },
     /// `ignoreUriCase` has no effect on a regex (Istio); users write `(?i)`.
-    Regex(Regex),
+    Regex(Re2),
 }
 
 impl UriMatcher {
@@ -746,6 +801,61 @@ impl RequestMatch {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn required_literal_is_taken_from_the_mandatory_spine_only() {
+        let lit = |p: &str| {
+            required_literal(&format!("^(?:{p})$")).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(
+            lit(r"^(.*?;)?(user=dev-1\d+)(;.*)?$").as_deref(),
+            Some("user=dev-1")
+        );
+        assert_eq!(lit(r"/api/v2/[a-z]+/\d+").as_deref(), Some("/api/v2/"));
+        // Alternations and optional parts promise nothing.
+        assert_eq!(lit("abc|xyz"), None);
+        assert_eq!(lit("(abcdef)?x"), None);
+        assert_eq!(lit("(?:abcdef)*"), None);
+        // Case-insensitive letters are classes; the literal keeps only caseless bytes.
+        assert_eq!(lit("(?i)token=12").as_deref(), Some("=12"));
+        assert_eq!(lit("x"), None);
+    }
+
+    #[test]
+    fn the_literal_prefilter_never_changes_an_answer() {
+        let patterns = [
+            r"^(.*?;)?(user=dev-1\d+)(;.*)?$",
+            r"/api/v2/[a-z]+/\d+",
+            "(?i)token=12",
+            "(ab)+cd",
+            "a(bc|de)fg",
+        ];
+        let inputs = [
+            "",
+            "user=dev-12",
+            "a=b; user=dev-17; c=d",
+            "user=dev-x",
+            "/api/v2/items/42",
+            "/api/v2/items/42x",
+            "TOKEN=12",
+            "token=13",
+            "ababcd",
+            "cd",
+            "abcfg",
+            "adefg",
+        ];
+        for p in patterns {
+            let ours = compile_re2(p).unwrap();
+            let plain = regex::bytes::Regex::new(&format!("^(?:{p})$")).unwrap();
+            for i in inputs {
+                assert_eq!(
+                    ours.is_match(i.as_bytes()),
+                    plain.is_match(i.as_bytes()),
+                    "{p} on {i:?}"
+                );
+            }
+        }
+    }
 
     fn re(p: &str) -> StringMatcher {
         match StringMatcher::regex(p) {
