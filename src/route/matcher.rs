@@ -50,7 +50,7 @@ pub struct InvalidHeaderName {
 #[derive(Debug, Clone)]
 pub struct Re2 {
     regex: regex::bytes::Regex,
-    required: Option<Finder<'static>>,
+    required: Option<Box<Finder<'static>>>,
 }
 
 impl Re2 {
@@ -106,7 +106,7 @@ pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
     }
     let translated = translate_re2(pattern).map_err(|m| RegexError::new(pattern, m))?;
     let full = format!("^(?:{translated})$");
-    let required = required_literal(&full).map(|lit| Finder::new(&lit).into_owned());
+    let required = required_literal(&full).map(|lit| Box::new(Finder::new(&lit).into_owned()));
     RegexBuilder::new(&full)
         .build()
         .map_err(|e| RegexError::new(pattern, e.to_string()))
