@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::chaos::{ChaosUpstream, Mode, memory_kib};
+use support::chaos::{ChaosUpstream, HashUpstream, Mode, PatternBody, fd_count, memory_kib};
 use support::e2e_helpers::{assert_within_4_sigma, par_tally_both, raw_status};
 use support::load::{Load, Report};
 use support::*;
@@ -1219,4 +1219,295 @@ async fn known_bug_r2_empty_file_and_port_0_are_refused() {
         let mut c = Client::h1(p.addr).await;
         assert_eq!(c.get("web", "/").await.status, 200, "after {name}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// R8: large bodies stream in bounded memory.
+
+/// Streams a GET's body through a `StreamCheck` without keeping it: (status, verdict, bytes)
+/// or the transport error (a reset or a truncated body).
+async fn download(
+    addr: SocketAddr,
+    proto: Proto,
+    path: &str,
+) -> Result<(u16, String, u64), String> {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let req = http::Request::builder()
+        .uri(match proto {
+            Proto::H1 => path.to_string(),
+            Proto::H2 => format!("http://big{path}"),
+        })
+        .header("host", "big")
+        .version(match proto {
+            Proto::H1 => http::Version::HTTP_11,
+            Proto::H2 => http::Version::HTTP_2,
+        })
+        .body(empty_body())
+        .map_err(|e| e.to_string())?;
+    let resp = match proto {
+        Proto::H1 => {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(|e| error_chain(&e))?
+        }
+        Proto::H2 => {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(|e| error_chain(&e))?
+        }
+    };
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut check = support::chaos::StreamCheck::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("after {} bytes: {}", check.len, error_chain(&e)))?;
+        if let Ok(d) = frame.into_data() {
+            check.feed(&d);
+        }
+    }
+    Ok((status, check.verdict(), check.len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn r8_large_bodies_stream_in_bounded_memory() {
+    use http_body_util::BodyExt;
+    let mib: u64 = std::env::var("R8_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = mib * 1024 * 1024;
+    let up = HashUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("big", &[("v1", up.addr)])).expect("write");
+    let p = spawn(&path, &[]);
+    let addr = p.proxy.expect("proxy addr");
+    let pid = p.pid();
+    let expected = format!("ok {size}");
+    let (_, rss_before) = memory_kib(pid);
+    let mut rows = Vec::new();
+    for proto in [Proto::H1, Proto::H2] {
+        let t = Instant::now();
+        let mut c = Client::connect(addr, proto).await;
+        c.set_timeout(Duration::from_secs(120));
+        let body = PatternBody {
+            sent: 0,
+            total: size,
+            rst_at: None,
+        }
+        .boxed();
+        let r = c.request_with_body("POST", "big", "/", &[], body).await;
+        let up_secs = t.elapsed().as_secs_f64();
+        assert_eq!(r.status, 200, "{proto:?} upload");
+        assert_eq!(r.text(), expected, "{proto:?} upload content");
+        let t = Instant::now();
+        let (status, digest, n) = download(addr, proto, &format!("/bytes/{size}"))
+            .await
+            .unwrap_or_else(|e| panic!("{proto:?} download: {e}"));
+        let down_secs = t.elapsed().as_secs_f64();
+        assert_eq!((status, n), (200, size), "{proto:?} download");
+        assert_eq!(digest, expected, "{proto:?} download content");
+        rows.push(format!(
+            "{proto:?} up {:.0} MB/s, down {:.0} MB/s",
+            size as f64 / up_secs / 1e6,
+            size as f64 / down_secs / 1e6
+        ));
+        // A mid-transfer upstream abort is a client-visible error, never a short 200.
+        let cut = download(addr, proto, "/bytes/10485760/rst/1048576").await;
+        assert!(
+            cut.is_err(),
+            "{proto:?}: a mid-body upstream abort gave {cut:?}"
+        );
+        rows.push(format!(
+            "{proto:?} mid-body abort -> {}",
+            match cut {
+                Ok((s, _, n)) => format!("{s} after {n} bytes"),
+                Err(e) => e.chars().take(70).collect(),
+            }
+        ));
+    }
+    let (hwm, _) = memory_kib(pid);
+    let growth_mib = hwm.saturating_sub(rss_before) as f64 / 1024.0;
+    figure(
+        "R8",
+        &format!(
+            "{mib} MiB each way, h1 and h2, byte-exact; proxy RSS {rss_before} KiB -> peak {hwm} KiB (growth {growth_mib:.1} MiB); {}",
+            rows.join("; ")
+        ),
+    );
+    assert!(growth_mib < 32.0, "proxy peak RSS grew {growth_mib:.1} MiB");
+}
+
+// ---------------------------------------------------------------------------------------
+// R5: slowloris, slow bodies and slow readers do not hurt normal traffic.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn r5_slow_clients_do_not_block_others() {
+    // Scaled: header-read and stream-idle timeouts 3 s, request timeout 4 s (reference: 10 s);
+    // 500 slow-header + 100 slow-body + 50 slow-reader connections while normal load runs at
+    // 100 req/s for 8 s.
+    const HEADER_TIMEOUT: u64 = 3;
+    let up = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let p = spawn(
+        &path,
+        &[
+            "--header-read-timeout",
+            "3s",
+            "--stream-idle-timeout",
+            "3s",
+            "--request-timeout",
+            "4s",
+        ],
+    );
+    let addr = p.proxy.expect("proxy addr");
+    let pid = p.pid();
+    let fds_before = fd_count(pid);
+    let (_, rss_before) = memory_kib(pid);
+    let start = Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    // Slow headers: one byte a second, never finishing the head.
+    for _ in 0..500 {
+        slow.spawn(async move {
+            let t = Instant::now();
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return ("header", None);
+            };
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n").await;
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return ("header", Some(t.elapsed())),
+                        Ok(_) => {}
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if s.write_all(b"x").await.is_err() {
+                            return ("header", Some(t.elapsed()));
+                        }
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(20) {
+                    return ("header", None);
+                }
+            }
+        });
+    }
+    // Slow bodies: a complete head, then one body byte a second.
+    for _ in 0..100 {
+        slow.spawn(async move {
+            let t = Instant::now();
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return ("body", None);
+            };
+            let _ = s
+                .write_all(b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 1000\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => match r {
+                        // Any answer (408) or a close ends the slow upload.
+                        Ok(_) | Err(_) => return ("body", Some(t.elapsed())),
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if s.write_all(b"x").await.is_err() {
+                            return ("body", Some(t.elapsed()));
+                        }
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(20) {
+                    return ("body", None);
+                }
+            }
+        });
+    }
+    // Slow readers: ask for 10 MB and never read; closed by the idle timeout.
+    let mut readers = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /stream/10485760 HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await
+            .expect("write");
+        readers.push(s);
+    }
+    // Let the slow readers' socket buffers fill (then backpressure holds them) before the
+    // normal load starts: filling 50 of them is a burst of copying, not steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut load = Load::new(addr, "web", Proto::H1, 100, 8.0);
+    load.connections = 8;
+    let report = support::load::run(load).await;
+    let (hwm, _) = memory_kib(pid);
+    let mut closed = std::collections::BTreeMap::<&str, (usize, Duration, usize)>::new();
+    while let Some(Ok((kind, t))) = slow.join_next().await {
+        let e = closed.entry(kind).or_default();
+        match t {
+            Some(t) => {
+                e.0 += 1;
+                e.1 = e.1.max(t);
+            }
+            None => e.2 += 1,
+        }
+    }
+    drop(readers);
+    let t = Instant::now();
+    let mut fds_after = fd_count(pid);
+    while fds_after > fds_before + 10 && t.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fds_after = fd_count(pid);
+    }
+    let growth_mib = hwm.saturating_sub(rss_before) as f64 / 1024.0;
+    let mut slowest: Vec<(Duration, Duration)> =
+        report.samples.iter().map(|s| (s.latency, s.at)).collect();
+    slowest.sort();
+    slowest.reverse();
+    slowest.truncate(5);
+    figure(
+        "R5",
+        &format!(
+            "slowest (latency, at) {slowest:?}; normal load {}; slow-header closed {:?}; slow-body ended {:?} (count, latest, never); RSS growth {growth_mib:.1} MiB; fds {fds_before} -> {fds_after} ({:?} after the slow clients left); total {:?}",
+            report.summary(),
+            closed.get("header"),
+            closed.get("body"),
+            t.elapsed(),
+            start.elapsed()
+        ),
+    );
+    assert!(report.failures().is_empty(), "{}", report.summary());
+    assert!(
+        report.percentile(99.0) < Duration::from_millis(50),
+        "p99 {:?}",
+        report.percentile(99.0)
+    );
+    let (n, latest, never) = closed.get("header").copied().unwrap_or_default();
+    assert_eq!((n, never), (500, 0), "slow-header connections closed");
+    assert!(
+        latest <= Duration::from_secs(HEADER_TIMEOUT + 2),
+        "slow header closed after {latest:?}"
+    );
+    let (n, latest, never) = closed.get("body").copied().unwrap_or_default();
+    assert_eq!((n, never), (100, 0), "slow-body connections ended");
+    assert!(
+        latest <= Duration::from_secs(6),
+        "slow body ended after {latest:?}"
+    );
+    assert!(
+        growth_mib < 64.0,
+        "RSS growth {growth_mib:.1} MiB with slow readers"
+    );
+    assert!(
+        fds_after <= fds_before + 10,
+        "fds {fds_before} -> {fds_after}"
+    );
 }

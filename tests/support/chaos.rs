@@ -13,7 +13,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -422,8 +421,8 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// A hyper upstream for large bodies (HTTP/1.1 and h2c): `POST` answers the SHA-256 (hex) and
-/// length of the body; `GET /bytes/N` streams N bytes of `pattern`; `GET /bytes/N/rst/M`
+/// A hyper upstream for large bodies (HTTP/1.1 and h2c): `POST` checks the body against the
+/// repeated `block` and answers `StreamCheck::verdict`; `GET /bytes/N` streams N bytes of `pattern`; `GET /bytes/N/rst/M`
 /// aborts the connection after M bytes.
 pub struct HashUpstream {
     pub addr: SocketAddr,
@@ -468,19 +467,14 @@ async fn hash_handle(req: Request<Incoming>) -> Result<Response<TestBody>, std::
     // Errors become connection aborts, which is what `rst` wants.
     if req.method() == http::Method::POST {
         let mut body = req.into_body();
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
+        let mut check = StreamCheck::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(std::io::Error::other)?;
             if let Ok(data) = frame.into_data() {
-                n += data.len() as u64;
-                hasher.update(&data);
+                check.feed(&data);
             }
         }
-        return Ok(Response::new(full_body(format!(
-            "{} {n}",
-            hex(&hasher.finalize())
-        ))));
+        return Ok(Response::new(full_body(check.verdict())));
     }
     let parts: Vec<&str> = req.uri().path().split('/').collect();
     let total: u64 = parts.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -499,8 +493,8 @@ async fn hash_handle(req: Request<Incoming>) -> Result<Response<TestBody>, std::
     Ok(resp)
 }
 
-/// `total` bytes of `pattern` in 64 KiB frames, generated as polled (so a slow consumer holds
-/// no buffered copy); fails at `rst_at` to simulate a peer dying mid-body.
+/// `total` bytes of the repeated `block` in 64 KiB frames, produced as polled (so a slow
+/// consumer holds no buffered copy); fails at `rst_at` to simulate a peer dying mid-body.
 pub struct PatternBody {
     pub sent: u64,
     pub total: u64,
@@ -521,8 +515,9 @@ impl hyper::body::Body for PatternBody {
         if self.sent >= self.total {
             return std::task::Poll::Ready(None);
         }
+        // Frames start at multiples of BLOCK, so each is a zero-copy slice of it.
         let len = FRAME.min((self.total - self.sent) as usize);
-        let chunk = Bytes::from(pattern(self.sent, len));
+        let chunk = block().slice(..len);
         self.sent += len as u64;
         std::task::Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
@@ -536,20 +531,45 @@ impl hyper::body::Body for PatternBody {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The large-body stream is this 64 KiB block of `pattern`, repeated.
+pub fn block() -> &'static Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BLOCK.get_or_init(|| Bytes::from(pattern(0, FRAME)))
 }
 
-/// SHA-256 of `pattern(0, total)`, computed in slices.
-pub fn pattern_sha256(total: u64) -> String {
-    let mut hasher = Sha256::new();
-    let mut done = 0u64;
-    while done < total {
-        let len = FRAME.min((total - done) as usize);
-        hasher.update(pattern(done, len));
-        done += len as u64;
+/// Checks a received stream byte for byte against the repeated `block`, however it was
+/// re-chunked on the way (memcmp speed, which a debug-build SHA-256 is far from).
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    pub len: u64,
+    pub first_mismatch: Option<u64>,
+}
+
+impl StreamCheck {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        let block = block();
+        while !data.is_empty() {
+            let off = (self.len % FRAME as u64) as usize;
+            let take = data.len().min(FRAME - off);
+            if self.first_mismatch.is_none() && data[..take] != block[off..off + take] {
+                self.first_mismatch = Some(self.len);
+            }
+            self.len += take as u64;
+            data = &data[take..];
+        }
     }
-    hex(&hasher.finalize())
+
+    /// `ok N` or `mismatch at P of N`.
+    pub fn verdict(&self) -> String {
+        match self.first_mismatch {
+            None => format!("ok {}", self.len),
+            Some(p) => format!("mismatch at {p} of {}", self.len),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Peak and current resident memory of a process, in KiB (`VmHWM`, `VmRSS`).
