@@ -1511,3 +1511,447 @@ async fn r5_slow_clients_do_not_block_others() {
         "fds {fds_before} -> {fds_after}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// R3: an upstream killed mid-load: bounded errors, fast ejection.
+
+const OUTLIER: &str = "  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 5\n      interval: 1s\n      baseEjectionTime: 2s\n      maxEjectionPercent: 100\n";
+
+/// First and last scheduled time of the first burst of samples matching `f` (a gap over
+/// 500 ms ends it): one ejection episode. A host still dead when its ejection ends fails a few
+/// requests again and is ejected for longer, as in Envoy; that is a later burst.
+fn span(
+    report: &Report,
+    f: impl Fn(&support::load::Sample) -> bool,
+) -> Option<(Duration, Duration)> {
+    let mut times: Vec<Duration> = report
+        .samples
+        .iter()
+        .filter(|s| f(s))
+        .map(|s| s.at)
+        .collect();
+    times.sort();
+    let first = *times.first()?;
+    let mut last = first;
+    for t in times {
+        if t - last > Duration::from_millis(500) {
+            break;
+        }
+        last = t;
+    }
+    Some((first, last))
+}
+
+async fn r3_run(
+    retries: bool,
+) -> (
+    String,
+    usize,
+    Option<(Duration, Duration)>,
+    Option<(Duration, Duration)>,
+    Duration,
+    Duration,
+) {
+    let e1 = ChaosUpstream::start("e1", Mode::Ok).await;
+    let e2 = ChaosUpstream::start("e2", Mode::Ok).await;
+    let e3 = ChaosUpstream::start("e3", Mode::Ok).await;
+    let eps = [("v1", e1.addr), ("v1", e2.addr), ("v1", e3.addr)];
+    let rule = if retries {
+        "    retries:\n      attempts: 2\n      retryOn: connect-failure,refused-stream,reset,503\n"
+    } else {
+        "    retries:\n      attempts: 0\n"
+    };
+    let p = TestProxy::start(&config(&eps, OUTLIER, rule, &[("v1", 100)])).await;
+    // Scaled: 200 req/s for 10 s (reference: 300 req/s for 25 s); e2 killed at 1.5 s, e3
+    // answers 503 from 3.5 s, both healed at 5.5 s; baseEjectionTime 2 s (reference: 10 s).
+    let load = tokio::spawn(support::load::run(Load::new(
+        p.addr,
+        "web",
+        Proto::H1,
+        200,
+        10.0,
+    )));
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e2.kill().await;
+    tokio::time::sleep_until((start + Duration::from_millis(3500)).into()).await;
+    e3.set_mode(Mode::Status(503));
+    tokio::time::sleep_until((start + Duration::from_millis(5500)).into()).await;
+    e2.restart().await;
+    e3.set_mode(Mode::Ok);
+    let report = load.await.expect("load");
+    let heal = Duration::from_millis(5500);
+    // The killed host: failures without an upstream name (connect refused) in [1.5 s, 5.5 s).
+    let killed = span(&report, |s| {
+        !s.ok() && s.at < heal && s.header().is_none_or(|h| h.is_empty())
+    });
+    // The 503 host: its replies (any status) in [3.5 s, 5.5 s).
+    let failing = span(&report, |s| {
+        s.at >= Duration::from_millis(3500) && s.at < heal && s.header() == Some("e3")
+    });
+    let back = |name: &str| {
+        report
+            .samples
+            .iter()
+            .filter(|s| s.at >= heal && s.header() == Some(name))
+            .map(|s| s.at - heal)
+            .min()
+            .unwrap_or(Duration::from_secs(99))
+    };
+    let (e2_back, e3_back) = (back("e2"), back("e3"));
+    (
+        report.summary(),
+        report.failures().len(),
+        killed,
+        failing,
+        e2_back,
+        e3_back,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn r3_upstream_kill_gives_bounded_errors_and_fast_ejection() {
+    let mut rows = Vec::new();
+    for retries in [true, false] {
+        let (summary, failed, killed, failing, e2_back, e3_back) = r3_run(retries).await;
+        rows.push(format!(
+            "retries {retries}: {summary}; killed-host failures span {killed:?}; 503-host replies span {failing:?}; back in rotation after heal: e2 {e2_back:?}, e3 {e3_back:?}"
+        ));
+        if retries {
+            assert!(failed <= 2, "with retries: {failed} failures ({summary})");
+        } else {
+            assert!(
+                failed <= 60,
+                "without retries: {failed} failures ({summary})"
+            );
+            if let Some((first, last)) = killed {
+                assert!(
+                    last - first <= Duration::from_secs(2),
+                    "killed host failing for {:?}",
+                    last - first
+                );
+            }
+            let (first, last) = failing.expect("the 503 host answered before ejection");
+            assert!(
+                last - first <= Duration::from_secs(2),
+                "503 host in rotation for {:?}",
+                last - first
+            );
+        }
+        // Back within baseEjectionTime (2 s, doubled for a second ejection) + interval + 1 s.
+        assert!(
+            e2_back <= Duration::from_secs(4),
+            "e2 back after {e2_back:?}"
+        );
+        assert!(
+            e3_back <= Duration::from_secs(4),
+            "e3 back after {e3_back:?}"
+        );
+    }
+    figure("R3", &rows.join(" | "));
+}
+
+/// Issue #5: kill one of two v2 endpoints mid-load; with outlier detection and no retries the
+/// client error rate falls to zero within the detection interval plus one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn r3b_killing_one_of_two_v2_endpoints_stops_failing_within_the_interval() {
+    let v1 = ChaosUpstream::start("v1", Mode::Ok).await;
+    let a = ChaosUpstream::start("v2a", Mode::Ok).await;
+    let b = ChaosUpstream::start("v2b", Mode::Ok).await;
+    let eps = [("v1", v1.addr), ("v2", a.addr), ("v2", b.addr)];
+    let p = TestProxy::start(&config(
+        &eps,
+        OUTLIER,
+        "    retries:\n      attempts: 0\n",
+        &[("v1", 0), ("v2", 100)],
+    ))
+    .await;
+    let load = tokio::spawn(support::load::run(Load::new(
+        p.addr,
+        "web",
+        Proto::H1,
+        100,
+        5.0,
+    )));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.kill().await;
+    let report = load.await.expect("load");
+    let failed = span(&report, |s| !s.ok());
+    let after_kill = report
+        .samples
+        .iter()
+        .filter(|s| s.at >= Duration::from_secs(1))
+        .count();
+    figure(
+        "R3b",
+        &format!(
+            "one of two v2 endpoints killed at 1 s: {} failed of {after_kill} sent after the kill; failures span {failed:?}; {}",
+            report.failures().len(),
+            report.summary()
+        ),
+    );
+    if let Some((first, last)) = failed {
+        assert!(
+            last - first <= Duration::from_secs(1) + Duration::from_millis(100),
+            "failures continued for {:?} (interval 1 s)",
+            last - first
+        );
+    }
+    assert!(report.failures().len() <= 10, "{}", report.summary());
+}
+
+// ---------------------------------------------------------------------------------------
+// R10: graceful drain on SIGTERM.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn r10_sigterm_drains_gracefully() {
+    // Scaled: drain delay 1 s, drain timeout 5 s, 20 long requests (2.5 s) in flight, 100 req/s
+    // of h1 + h2c load, SIGTERM at 1.5 s.
+    let up = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let mut p = spawn(&path, &["--drain-delay", "1s", "--drain-timeout", "5s"]);
+    let addr = p.proxy.expect("proxy addr");
+    let admin = p.admin.expect("admin addr");
+    let start = Instant::now();
+    let mut h1 = Load::new(addr, "web", Proto::H1, 50, 2.3);
+    h1.connections = 4;
+    let h2 = Load::new(addr, "web", Proto::H2, 50, 2.3);
+    let loads =
+        tokio::spawn(async move { tokio::join!(support::load::run(h1), support::load::run(h2)) });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut long = tokio::task::JoinSet::new();
+    for _ in 0..15 {
+        long.spawn(async move {
+            let mut c = Client::h1(addr).await;
+            c.try_request("GET", "web", "/slow/2500", &[])
+                .await
+                .map(|r| r.status)
+        });
+    }
+    // Five more over h2c.
+    for _ in 0..5 {
+        long.spawn(async move {
+            let mut c = Client::h2(addr).await;
+            c.try_request("GET", "web", "/slow/2500", &[])
+                .await
+                .map(|r| r.status)
+        });
+    }
+    // An idle h2 connection must see GOAWAY (its sender closes).
+    let idle_h2 = TcpStream::connect(addr).await.expect("connect");
+    let (idle_send, idle_conn) = hyper::client::conn::http2::handshake::<_, _, TestBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(idle_h2),
+    )
+    .await
+    .expect("h2 handshake");
+    let idle_task = tokio::spawn(idle_conn);
+    tokio::time::sleep_until((start + Duration::from_millis(1500)).into()).await;
+    let sigterm = Instant::now();
+    p.signal(SIGTERM);
+    let mut ready_failed = None;
+    while sigterm.elapsed() < Duration::from_secs(1) {
+        if http_get(admin, "/ready").await.status == 503 {
+            ready_failed = Some(sigterm.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let goaway = tokio::time::timeout(Duration::from_secs(1), idle_task)
+        .await
+        .is_ok();
+    let goaway_closed = idle_send.is_closed();
+    tokio::time::sleep_until((sigterm + Duration::from_millis(1300)).into()).await;
+    let refused = TcpStream::connect(addr).await.is_err();
+    let mut long_ok = 0;
+    let mut long_err = Vec::new();
+    while let Some(Ok(r)) = long.join_next().await {
+        match r {
+            Ok(200) => long_ok += 1,
+            other => long_err.push(format!("{other:?}")),
+        }
+    }
+    let status = p.wait_exit_async(Duration::from_secs(8)).await;
+    let exited_after = sigterm.elapsed();
+    let (r1, r2) = loads.await.expect("loads");
+    let before_close = |r: &Report| {
+        r.samples
+            .iter()
+            .filter(|s| s.at < Duration::from_millis(2400) && !s.ok())
+            .count()
+    };
+    let closes = r1.samples.iter().filter(|s| s.conn_close).count();
+    figure(
+        "R10",
+        &format!(
+            "readiness failed {ready_failed:?} after SIGTERM; long requests {long_ok}/20 ok; idle h2 GOAWAY+close {goaway}/{goaway_closed}; h1 replies with Connection: close {closes}; new connection after drain delay refused {refused}; exit {status:?} after {exited_after:?}; load h1 {} / h2 {} (failures before the listener closed: {}/{})",
+            r1.summary(),
+            r2.summary(),
+            before_close(&r1),
+            before_close(&r2)
+        ),
+    );
+    assert!(
+        ready_failed.is_some_and(|d| d < Duration::from_millis(300)),
+        "readiness {ready_failed:?}"
+    );
+    assert_eq!(long_ok, 20, "long requests: {long_err:?}");
+    assert!(
+        goaway && goaway_closed,
+        "the idle h2 connection was not sent GOAWAY and closed"
+    );
+    assert!(
+        closes >= 1,
+        "no h1 reply carried Connection: close during the drain"
+    );
+    assert!(
+        refused,
+        "a new connection was accepted after the drain delay"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+    // Drain delay 1 s, then the long requests (started 0.5 s before SIGTERM, 2.5 s long).
+    assert!(
+        exited_after <= Duration::from_secs(4),
+        "exit after {exited_after:?}"
+    );
+    assert_eq!(
+        before_close(&r1) + before_close(&r2),
+        0,
+        "requests failed before the listener closed"
+    );
+
+    // A second signal during the drain exits at once.
+    let mut q = spawn(&path, &["--drain-delay", "1s", "--drain-timeout", "5s"]);
+    let qaddr = q.proxy.expect("proxy addr");
+    let hold = tokio::spawn(async move {
+        let mut c = Client::h1(qaddr).await;
+        let _ = c.try_request("GET", "web", "/slow/5000", &[]).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.signal(SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    q.signal(SIGINT);
+    let forced = q.wait_exit_async(Duration::from_secs(2)).await;
+    let forced_after = t.elapsed();
+    hold.abort();
+    println!("FIGURE R10b: second signal -> exit {forced:?} after {forced_after:?}");
+    assert!(
+        forced.is_some() && forced_after < Duration::from_secs(1),
+        "second signal: {forced:?} after {forced_after:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardening: the connection limit, and what the admin and metrics listeners accept.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn connection_limit_closes_extra_connections_logs_once_and_counts() {
+    let up = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let p = spawn(&path, &["--max-connections", "5"]);
+    let addr = p.proxy.expect("proxy addr");
+    let maddr = metrics_addr(&p);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::h1(addr).await;
+        assert_eq!(c.get("web", "/").await.status, 200);
+        held.push(c);
+    }
+    let mut refused = 0;
+    for _ in 0..20 {
+        let out = raw_exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        if out.is_empty() {
+            refused += 1;
+        }
+    }
+    let overflow = metric(
+        &scrape(maddr).await,
+        "switchyard_downstream_cx_overflow_total",
+    );
+    let warnings = p.stderr_text().matches("connection limit reached").count();
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = Client::h1(addr).await;
+    let after = c.get("web", "/").await.status;
+    figure(
+        "limit",
+        &format!(
+            "--max-connections 5: {refused}/20 extra connections closed at accept, overflow metric {overflow}, {warnings} warning(s) logged; after one closed, a new one is served ({after})"
+        ),
+    );
+    assert_eq!(refused, 20);
+    assert_eq!(overflow, 20.0);
+    assert_eq!(warnings, 1, "the limit warning is rate-limited");
+    assert_eq!(after, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn admin_mutations_are_post_only_and_metrics_is_read_only() {
+    let up = Upstream::start("v1").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let mut p = spawn(&path, &[]);
+    let admin = p.admin.expect("admin addr");
+    let maddr = metrics_addr(&p);
+    let mut rows = Vec::new();
+    for path in [
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/drain_listeners",
+        "/reload",
+        "/logging",
+    ] {
+        let status = http_get(admin, path).await.status;
+        rows.push(format!("admin GET {path} {status}"));
+        assert_eq!(status, 405, "admin GET {path}");
+    }
+    assert_eq!(
+        http_get(admin, "/ready").await.status,
+        200,
+        "GETs changed nothing"
+    );
+    for path in ["/quitquitquit", "/healthcheck/fail", "/reload", "/logging"] {
+        let mut c = Client::h1(maddr).await;
+        let status = c.request("POST", "localhost", path, &[]).await.status;
+        rows.push(format!("metrics POST {path} {status}"));
+        assert!(
+            status >= 400,
+            "metrics listener accepted POST {path}: {status}"
+        );
+    }
+    assert_eq!(
+        http_get(admin, "/ready").await.status,
+        200,
+        "the metrics listener changed state"
+    );
+    assert!(
+        p.wait_exit(Duration::from_millis(200)).is_none(),
+        "the process exited"
+    );
+    // The default admin address is loopback (the CLI reference shows it).
+    let help = std::process::Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("127.0.0.1:15000"));
+    figure("admin", &rows.join(", "));
+}
