@@ -112,7 +112,8 @@ pub struct ServeArgs {
     /// Serve DestinationRules with `tls.mode: ISTIO_MUTUAL` in plaintext (local development).
     #[arg(long, env = "SWITCHYARD_ISTIO_MUTUAL_AS_PLAINTEXT")]
     istio_mutual_as_plaintext: bool,
-    /// Largest request head (request line + headers) in bytes, HTTP/1 and HTTP/2 (431 beyond).
+    /// Largest request head (method, target, header names and values) in bytes, HTTP/1 and
+    /// HTTP/2 alike (431 beyond).
     #[arg(long, env = "SWITCHYARD_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
     max_header_bytes: usize,
     /// Most request headers (431 beyond).
@@ -125,7 +126,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = duration_arg)]
     stream_idle_timeout: Duration,
     /// Answer 408 if the response head is not ready this long after the request head
-    /// (`0s`, the default, disables it: it would cut long gRPC streams).
+    /// (`0s`, the default as in Envoy, disables it).
     #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT", default_value = "0s", value_parser = duration_arg)]
     request_timeout: Duration,
     /// Concurrent HTTP/2 streams per downstream connection.

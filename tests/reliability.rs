@@ -1955,3 +1955,86 @@ async fn admin_mutations_are_post_only_and_metrics_is_read_only() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("127.0.0.1:15000"));
     figure("admin", &rows.join(", "));
 }
+
+/// The stream idle timeout closes a connection that moves no byte (here: waiting on a slow
+/// upstream), while a response that keeps streaming outlives it; the request timeout answers
+/// 408 when the response head is late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn idle_and_request_timeouts() {
+    use switchyard::proxy::server::Limits;
+    let up = Upstream::start("v1").await;
+    let yaml = service_yaml("web", &[("v1", up.addr)]);
+    let idle = TestProxy::start_with(
+        &yaml,
+        ProxyOptions {
+            limits: Limits {
+                stream_idle_timeout: Duration::from_millis(500),
+                ..Limits::default()
+            },
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let out = raw_exchange(
+        idle.addr,
+        b"GET /slow/3000 HTTP/1.1\r\nHost: web\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let silent_closed = t.elapsed();
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        silent_closed < Duration::from_millis(1500),
+        "silent connection closed after {silent_closed:?}"
+    );
+    // 8 MiB streamed to a client reading slowly but steadily: never idle, never cut.
+    let mut s = TcpStream::connect(idle.addr).await.expect("connect");
+    s.write_all(b"GET /stream/8388608 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let t = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let streamed = t.elapsed();
+    assert!(
+        got > 8_388_608,
+        "a steadily read response was cut after {got} bytes"
+    );
+    let timed = TestProxy::start_with(
+        &yaml,
+        ProxyOptions {
+            limits: Limits {
+                request_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            },
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let mut c = Client::h2(timed.addr).await;
+    let t = Instant::now();
+    let r = c.get("web", "/slow/3000").await;
+    let late = t.elapsed();
+    assert_eq!(r.status, 408);
+    assert!(late < Duration::from_millis(1500), "408 after {late:?}");
+    assert_eq!(
+        c.get("web", "/").await.status,
+        200,
+        "the connection stays usable"
+    );
+    figure(
+        "timeouts",
+        &format!(
+            "idle 500 ms: silent connection closed after {silent_closed:?}; {got} bytes streamed over {streamed:?} uncut; request timeout 300 ms: 408 after {late:?}"
+        ),
+    );
+}
