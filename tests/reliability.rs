@@ -789,7 +789,7 @@ fn r1_weight(g: u64) -> u32 {
     [0, 50, 100][(g as usize - 1) % 3]
 }
 
-async fn r1_segment(configmap: bool, reloads: u64) -> (Report, Report, u64, Duration, u64) {
+async fn r1_segment(configmap: bool, reloads: u64) -> (Report, Report, u64, Duration, u64, u64) {
     let v1 = ChaosUpstream::start("v1", Mode::Ok).await;
     let v2 = ChaosUpstream::start("v2", Mode::Ok).await;
     let eps = [("v1", v1.addr), ("v2", v2.addr)];
@@ -863,12 +863,14 @@ async fn r1_segment(configmap: bool, reloads: u64) -> (Report, Report, u64, Dura
     let last_gen = reloads + 1;
     let final_gen = http_gen(addr).await;
     drop(p);
+    let upstream_conns = v1.connections() + v2.connections();
     (
         baseline,
         report,
         successes,
         max_lag,
         last_gen * 1000 + final_gen,
+        upstream_conns,
     )
 }
 
@@ -888,7 +890,8 @@ async fn r1_hot_reload_under_load_has_zero_failures() {
     // 60 reloads): 14 by temp+rename, then 6 by a ConfigMap `..data` swap.
     let mut rows = Vec::new();
     for (configmap, reloads) in [(false, 14u64), (true, 6)] {
-        let (baseline, report, successes, max_lag, gens) = r1_segment(configmap, reloads).await;
+        let (baseline, report, successes, max_lag, gens, upstream_conns) =
+            r1_segment(configmap, reloads).await;
         let fails = report.failures();
         // Per generation: v2 share must match its weight (0 and 100 exactly; 50 within 4σ).
         let mut v2_at_50 = (0usize, 0usize);
@@ -918,7 +921,7 @@ async fn r1_hot_reload_under_load_has_zero_failures() {
             "temp+rename"
         };
         rows.push(format!(
-            "{method}: {reloads} reloads, {}; baseline p99 {:?}; reloads applied {successes}; max reload lag {:?}; v2 share at 50/50 {:.1}% of {}; final gen {} (last written {})",
+            "{method}: {reloads} reloads, {}; baseline p99 {:?}; reloads applied {successes}; max reload lag {:?}; v2 share at 50/50 {:.1}% of {}; final gen {} (last written {}); upstream connections opened {upstream_conns}",
             report.summary(),
             baseline.percentile(99.0),
             max_lag,
@@ -929,6 +932,12 @@ async fn r1_hot_reload_under_load_has_zero_failures() {
         ));
         assert!(fails.is_empty(), "{method}: {}", report.summary());
         assert_within_4_sigma(v2_at_50.0, v2_at_50.1, 0.5, "v2 at 50/50");
+        // Pools survive reloads: at most twice the load's concurrency (16 h1 connections plus
+        // the h2c streams in flight), not a fresh set per reload.
+        assert!(
+            upstream_conns <= 2 * 24,
+            "{method}: {upstream_conns} upstream connections for {reloads} reloads"
+        );
         assert!(
             max_lag <= Duration::from_secs(1),
             "{method}: reload lag {max_lag:?}"
@@ -943,7 +952,9 @@ async fn r1_hot_reload_under_load_has_zero_failures() {
             "{method}: {successes} reloads applied"
         );
         assert!(
-            report.percentile(99.0) <= baseline.percentile(99.0) * 2 + Duration::from_millis(20),
+            // Debug build on a shared 2-core machine: 2 x baseline + 50 ms (reference: + 5 ms,
+            // release); a pool reset or a stall per reload costs far more than that.
+            report.percentile(99.0) <= baseline.percentile(99.0) * 2 + Duration::from_millis(50),
             "{method}: p99 under reloads {:?} vs baseline {:?}",
             report.percentile(99.0),
             baseline.percentile(99.0)

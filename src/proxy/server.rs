@@ -442,3 +442,55 @@ pub async fn serve_connection<S>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(version: Version, headers: &[(&str, String)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method("GET")
+            .uri("http://web/abc")
+            .version(version);
+        for (n, v) in headers {
+            b = b.header(*n, v.as_str());
+        }
+        b.body(()).expect("a valid request")
+    }
+
+    #[test]
+    fn the_header_limit_is_the_same_on_both_protocols() {
+        let limits = Limits::default();
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let fits = get(version, &[("x-big", "a".repeat(59 * 1024))]);
+            assert!(over_header_limit(&fits, &limits).is_none(), "{version:?}");
+            let big = get(version, &[("x-big", "a".repeat(61 * 1024))]);
+            let resp = over_header_limit(&big, &limits).expect("refused");
+            assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            assert_eq!(
+                resp.headers().contains_key(header::CONNECTION),
+                version != Version::HTTP_2,
+                "only HTTP/1 closes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_count_limit_counts_every_field() {
+        let limits = Limits::default();
+        let fields =
+            |n: usize| -> Vec<(&str, String)> { (0..n).map(|i| ("x-h", i.to_string())).collect() };
+        assert!(over_header_limit(&get(Version::HTTP_2, &fields(100)), &limits).is_none());
+        assert!(over_header_limit(&get(Version::HTTP_2, &fields(101)), &limits).is_some());
+    }
+
+    #[test]
+    fn head_bytes_counts_method_target_names_and_values() {
+        let req = get(Version::HTTP_11, &[("host", "web".to_string())]);
+        // "GET" + "/abc" + "host" + "web"
+        assert_eq!(head_bytes(&req), 3 + 4 + 4 + 3);
+        // HTTP/2 carries the authority in the URI (`:authority`), so it counts there.
+        let req = get(Version::HTTP_2, &[]);
+        assert_eq!(head_bytes(&req), 3 + 4 + 3);
+    }
+}
