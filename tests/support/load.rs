@@ -31,6 +31,8 @@ pub struct Load {
     /// by a comma).
     pub record_header: &'static str,
     pub timeout: Duration,
+    /// Ends the run early (checked before each scheduled request).
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Load {
@@ -45,6 +47,7 @@ impl Load {
             connections: if proto == Proto::H1 { 16 } else { 2 },
             record_header: "x-upstream",
             timeout: Duration::from_secs(10),
+            stop: Arc::default(),
         }
     }
 }
@@ -197,6 +200,9 @@ pub async fn run(load: Load) -> Report {
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
+        if load.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let at = interval * i as u32;
         tokio::time::sleep_until((start + at).into()).await;
         let slot = conns[i % conns.len()].clone();
@@ -219,11 +225,14 @@ pub async fn run(load: Load) -> Report {
         });
     }
     let mut samples: Vec<Option<Sample>> = vec![None; total];
+    let mut sent = 0;
     while let Some(done) = tasks.join_next().await {
+        sent += 1;
         if let Ok((i, s)) = done {
             samples[i] = Some(s);
         }
     }
+    samples.truncate(sent);
     Report {
         samples: samples
             .into_iter()
@@ -239,7 +248,48 @@ pub async fn run(load: Load) -> Report {
     }
 }
 
+/// One request; a request hyper reports as canceled was never sent (the connection closed
+/// first, e.g. after a GOAWAY), so it is sent again once on a fresh connection, as any HTTP
+/// client does.
 async fn one(load: &Load, slot: &Mutex<Option<Conn>>) -> Result<(u16, String, bool), String> {
+    match attempt(load, slot).await {
+        Err(Failed { unsent: true, .. }) => attempt(load, slot).await.map_err(|f| f.error),
+        other => other.map_err(|f| f.error),
+    }
+}
+
+struct Failed {
+    unsent: bool,
+    error: String,
+}
+
+impl From<String> for Failed {
+    fn from(error: String) -> Failed {
+        Failed {
+            unsent: false,
+            error,
+        }
+    }
+}
+
+fn unsent_if_canceled(e: hyper::Error) -> Failed {
+    Failed {
+        unsent: e.is_canceled(),
+        error: error_chain(&e),
+    }
+}
+
+async fn send_and_read(
+    fut: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+    header: &str,
+) -> Result<(u16, String, bool), Failed> {
+    match fut.await {
+        Err(e) => Err(unsent_if_canceled(e)),
+        Ok(resp) => Ok(exchange(Ok(resp), header).await?),
+    }
+}
+
+async fn attempt(load: &Load, slot: &Mutex<Option<Conn>>) -> Result<(u16, String, bool), Failed> {
     match load.proto {
         Proto::H1 => {
             // One exchange at a time on an HTTP/1 connection: queue on the slot.
@@ -252,11 +302,21 @@ async fn one(load: &Load, slot: &Mutex<Option<Conn>>) -> Result<(u16, String, bo
                 *guard = Some(connect(load.addr, Proto::H1).await?);
             }
             let Some(Conn::H1(send)) = guard.as_mut() else {
-                return Err("no connection".to_string());
+                return Err("no connection".to_string().into());
             };
-            send.ready().await.map_err(|e| error_chain(&e))?;
-            let fut = send.send_request(request(load, Proto::H1));
-            let result = exchange(fut.await, load.record_header).await;
+            let result = match send.ready().await {
+                Err(e) => Err(Failed {
+                    unsent: true,
+                    error: error_chain(&e),
+                }),
+                Ok(()) => {
+                    send_and_read(
+                        send.send_request(request(load, Proto::H1)),
+                        load.record_header,
+                    )
+                    .await
+                }
+            };
             if result.is_err() {
                 *guard = None;
             }
@@ -274,12 +334,20 @@ async fn one(load: &Load, slot: &Mutex<Option<Conn>>) -> Result<(u16, String, bo
                 }
                 match guard.as_ref() {
                     Some(Conn::H2(s)) => s.clone(),
-                    _ => return Err("no connection".to_string()),
+                    _ => return Err("no connection".to_string().into()),
                 }
             };
-            send.ready().await.map_err(|e| error_chain(&e))?;
-            let fut = send.send_request(request(load, Proto::H2));
-            exchange(fut.await, load.record_header).await
+            if let Err(e) = send.ready().await {
+                return Err(Failed {
+                    unsent: true,
+                    error: error_chain(&e),
+                });
+            }
+            send_and_read(
+                send.send_request(request(load, Proto::H2)),
+                load.record_header,
+            )
+            .await
         }
     }
 }
