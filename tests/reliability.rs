@@ -40,6 +40,14 @@ fn spawn(config: &Path, extra: &[&str]) -> ProxyProcess {
     ProxyProcess::spawn(BIN, &args, &[])
 }
 
+/// `yaml` as `web.yaml` in a fresh directory (kept alive by the returned guard).
+fn config_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    (dir, path)
+}
+
 fn metrics_addr(p: &ProxyProcess) -> SocketAddr {
     let text = p.stderr_text();
     let line = text
@@ -584,14 +592,7 @@ async fn r4_stale_keep_alive_connections_are_replayed_safely() {
     // Scaled: 100 + 50 GETs 50 ms apart (reference: 1000 at 100 ms), 50 small POSTs, 10 big.
     let up = ChaosUpstream::start("v1", Mode::CloseAfter { n: 1, after_ms: 20 }).await;
     let p = TestProxy::start(&service_yaml("web", &[("v1", up.addr)])).await;
-    let stale = || {
-        p.proxy
-            .pools
-            .get(up.addr, false)
-            .stats
-            .stale_replays
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let stale = || stale_replays(&p, up.addr);
     let mut c = Client::h1(p.addr).await;
     // Timing race: the upstream closes 20 ms after answering, the next request comes 50 ms
     // later (the proxy usually sees the FIN first).
@@ -599,7 +600,6 @@ async fn r4_stale_keep_alive_connections_are_replayed_safely() {
     up.set_mode(Mode::RstAfter { n: 1, after_ms: 20 });
     let (rst_ok, rst_err) = sequential(&mut c, 50, Duration::from_millis(50), "GET", b"").await;
     let before = up.answered();
-    static SMALL: [u8; 1024] = [b's'; 1024];
     let (post_ok, post_err) =
         sequential(&mut c, 50, Duration::from_millis(50), "POST", &SMALL).await;
     let post_upstream = up.answered() - before;
@@ -627,6 +627,16 @@ async fn r4_stale_keep_alive_connections_are_replayed_safely() {
 }
 
 static BIG: [u8; 1024 * 1024] = [b'b'; 1024 * 1024];
+static SMALL: [u8; 1024] = [b's'; 1024];
+
+fn stale_replays(p: &TestProxy, upstream: SocketAddr) -> u64 {
+    p.proxy
+        .pools
+        .get(upstream, false)
+        .stats
+        .stale_replays
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The deterministic stale keep-alive race: every reused upstream connection dies (FIN or RST)
 /// under the next request, before any response byte. Known bug in the upstream pool: the
@@ -637,14 +647,7 @@ static BIG: [u8; 1024 * 1024] = [b'b'; 1024 * 1024];
 async fn known_bug_stale_keep_alive_dropped_under_the_request_is_replayed() {
     let up = ChaosUpstream::start("v1", Mode::DropReused { rst: false }).await;
     let p = TestProxy::start(&service_yaml("web", &[("v1", up.addr)])).await;
-    let stale = || {
-        p.proxy
-            .pools
-            .get(up.addr, false)
-            .stats
-            .stale_replays
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let stale = || stale_replays(&p, up.addr);
     let mut c = Client::h1(p.addr).await;
     let (fin_ok, fin_err) = sequential(&mut c, 50, Duration::from_millis(20), "GET", b"").await;
     up.set_mode(Mode::DropReused { rst: true });
@@ -652,7 +655,6 @@ async fn known_bug_stale_keep_alive_dropped_under_the_request_is_replayed() {
     let stale_gets = stale();
     up.set_mode(Mode::DropReused { rst: false });
     let before = up.answered();
-    static SMALL: [u8; 1024] = [b's'; 1024];
     let (post_ok, post_err) =
         sequential(&mut c, 50, Duration::from_millis(20), "POST", &SMALL).await;
     let post_upstream = up.answered() - before;
@@ -1300,9 +1302,7 @@ async fn r8_large_bodies_stream_in_bounded_memory() {
         .unwrap_or(1024);
     let size = mib * 1024 * 1024;
     let up = HashUpstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("big", &[("v1", up.addr)])).expect("write");
+    let (_dir, path) = config_file(&service_yaml("big", &[("v1", up.addr)]));
     let p = spawn(&path, &[]);
     let addr = p.proxy.expect("proxy addr");
     let pid = p.pid();
@@ -1369,12 +1369,11 @@ async fn r8_large_bodies_stream_in_bounded_memory() {
 async fn r5_slow_clients_do_not_block_others() {
     // Scaled: header-read and stream-idle timeouts 3 s, request timeout 4 s (reference: 10 s);
     // 500 slow-header + 100 slow-body + 50 slow-reader connections while normal load runs at
-    // 100 req/s for 8 s.
+    // 100 req/s for 8 s. Close times count from before the client's connect, which 600
+    // simultaneous connects on a loaded 2-core machine delay: timeout + 3 s is the bound.
     const HEADER_TIMEOUT: u64 = 3;
     let up = Upstream::start("v1").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let (_dir, path) = config_file(&service_yaml("web", &[("v1", up.addr)]));
     let p = spawn(
         &path,
         &[
@@ -1514,13 +1513,13 @@ async fn r5_slow_clients_do_not_block_others() {
     let (n, latest, never) = closed.get("header").copied().unwrap_or_default();
     assert_eq!((n, never), (500, 0), "slow-header connections closed");
     assert!(
-        latest <= Duration::from_secs(HEADER_TIMEOUT + 2),
+        latest <= Duration::from_secs(HEADER_TIMEOUT + 3),
         "slow header closed after {latest:?}"
     );
     let (n, latest, never) = closed.get("body").copied().unwrap_or_default();
     assert_eq!((n, never), (100, 0), "slow-body connections ended");
     assert!(
-        latest <= Duration::from_secs(6),
+        latest <= Duration::from_secs(7),
         "slow body ended after {latest:?}"
     );
     assert!(
@@ -1732,9 +1731,7 @@ async fn r10_sigterm_drains_gracefully() {
     // Scaled: drain delay 1 s, drain timeout 5 s, 20 long requests (2.5 s) in flight, 100 req/s
     // of h1 + h2c load, SIGTERM at 1.5 s.
     let up = Upstream::start("v1").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let (_dir, path) = config_file(&service_yaml("web", &[("v1", up.addr)]));
     let mut p = spawn(&path, &["--drain-delay", "1s", "--drain-timeout", "5s"]);
     let addr = p.proxy.expect("proxy addr");
     let admin = p.admin.expect("admin addr");
@@ -1878,9 +1875,7 @@ async fn r10_sigterm_drains_gracefully() {
 #[ignore = "reliability suite: run serially with --ignored"]
 async fn connection_limit_closes_extra_connections_logs_once_and_counts() {
     let up = Upstream::start("v1").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let (_dir, path) = config_file(&service_yaml("web", &[("v1", up.addr)]));
     let p = spawn(&path, &["--max-connections", "5"]);
     let addr = p.proxy.expect("proxy addr");
     let maddr = metrics_addr(&p);
@@ -1927,9 +1922,7 @@ async fn connection_limit_closes_extra_connections_logs_once_and_counts() {
 #[ignore = "reliability suite: run serially with --ignored"]
 async fn admin_mutations_are_post_only_and_metrics_is_read_only() {
     let up = Upstream::start("v1").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write");
+    let (_dir, path) = config_file(&service_yaml("web", &[("v1", up.addr)]));
     let mut p = spawn(&path, &[]);
     let admin = p.admin.expect("admin addr");
     let maddr = metrics_addr(&p);
