@@ -2052,3 +2052,41 @@ async fn idle_and_request_timeouts() {
         ),
     );
 }
+
+/// Network faults between the proxy and its upstream (the chaos TCP proxy), answered as Envoy
+/// answers them: slicing and delay are transparent, a reset is a 503, a blackhole hits the
+/// route timeout (504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reliability suite: run serially with --ignored"]
+async fn network_faults_between_proxy_and_upstream() {
+    use support::chaos::{Chaos, ChaosProxy};
+    let up = Upstream::start("v1").await;
+    let rule = "    timeout: 500ms\n    retries:\n      attempts: 0\n";
+    let p = TestProxy::start(&config(&[("v1", up.addr)], "", rule, &[("v1", 100)])).await;
+    let mut rows = Vec::new();
+    for (mode, want, label) in [
+        (Chaos::Slice(7), 200, "slice 7 B"),
+        (Chaos::Delay(150), 200, "delay 150 ms"),
+        (Chaos::Reset, 503, "reset"),
+        (Chaos::Blackhole, 504, "blackhole"),
+    ] {
+        // A chaos proxy per mode, so no pooled connection carries an earlier mode.
+        let chaos = ChaosProxy::start(up.addr, mode).await;
+        p.rewrite(&config(&[("v1", chaos.addr)], "", rule, &[("v1", 100)]))
+            .await
+            .expect("reload");
+        let mut c = Client::h1(p.addr).await;
+        let t = Instant::now();
+        let r = c.get("web", "/stream/2000").await;
+        let took = t.elapsed();
+        rows.push(format!("{label}: {} in {took:?}", r.status));
+        assert_eq!(r.status, want, "{label}: {}", r.text());
+        if want == 200 {
+            assert_eq!(r.body.len(), 2000, "{label}: body");
+        }
+        if label.starts_with("delay") {
+            assert!(took >= Duration::from_millis(150), "{label}: {took:?}");
+        }
+    }
+    figure("chaos", &rows.join("; "));
+}
