@@ -117,12 +117,34 @@ pub struct ServeArgs {
     /// Serve DestinationRules with `tls.mode: ISTIO_MUTUAL` in plaintext (local development).
     #[arg(long, env = "SWITCHYARD_ISTIO_MUTUAL_AS_PLAINTEXT")]
     istio_mutual_as_plaintext: bool,
-    /// Largest request head (request line + headers) in bytes, HTTP/1 and HTTP/2 (431 beyond).
+    /// Largest request head (method, target, header names and values) in bytes, HTTP/1 and
+    /// HTTP/2 alike (431 beyond).
     #[arg(long, env = "SWITCHYARD_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
     max_header_bytes: usize,
     /// Most request headers (431 beyond).
     #[arg(long, env = "SWITCHYARD_MAX_HEADERS", default_value_t = 100)]
     max_headers: usize,
+    /// Time an HTTP/1 client has to send its whole request head (Go duration).
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    header_read_timeout: Duration,
+    /// Close a downstream connection that moves no byte either way this long (`0s` disables).
+    #[arg(long, env = "SWITCHYARD_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = duration_arg)]
+    stream_idle_timeout: Duration,
+    /// Answer 408 if the response head is not ready this long after the request head
+    /// (`0s`, the default as in Envoy, disables it).
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT", default_value = "0s", value_parser = duration_arg)]
+    request_timeout: Duration,
+    /// Concurrent HTTP/2 streams per downstream connection.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    max_concurrent_streams: u32,
+    /// Open downstream connections on the proxy listener; beyond it new ones are closed at
+    /// accept, logged and counted (`0` means no limit).
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
     /// Config watcher settle window: a change is applied once its content hash has held
     /// this long with no new file event (Go duration).
     #[arg(long, env = "SWITCHYARD_WATCH_DEBOUNCE", default_value = "50ms", value_parser = duration_arg)]
@@ -821,7 +843,11 @@ pub async fn run(
     let limits = Limits {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
-        ..Limits::default()
+        header_read_timeout: args.header_read_timeout,
+        stream_idle_timeout: args.stream_idle_timeout,
+        request_timeout: args.request_timeout,
+        h2_max_concurrent_streams: args.max_concurrent_streams,
+        max_connections: args.max_connections,
     };
     let metrics_addr = match metrics_listener {
         Some(l) => Some(switchyard::metrics::server::spawn(

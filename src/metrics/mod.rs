@@ -98,6 +98,11 @@ pub struct ProxyStats {
     pub requests_in_flight: Gauge,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_total: Counter,
+    /// Connections closed at accept because the listener's `--max-connections` was reached
+    /// (Envoy's `downstream_cx_overflow`).
+    pub downstream_cx_overflow: Counter,
+    /// Connections closed because they moved no bytes for `--stream-idle-timeout`.
+    pub downstream_cx_idle_timeout: Counter,
     pub access_log_dropped: Counter,
     pub mirror_sent: Counter,
     pub mirror_dropped: Counter,
@@ -270,7 +275,7 @@ impl Registry {
 
     fn encode_own(&self, out: &mut String) {
         let p = &self.proxy;
-        let lines: [(&str, &str, &str, i64); 9] = [
+        let lines: [(&str, &str, &str, i64); 11] = [
             (
                 "switchyard_mirror_requests_total",
                 "counter",
@@ -318,6 +323,18 @@ impl Registry {
                 "counter",
                 "",
                 p.downstream_cx_total.get() as i64,
+            ),
+            (
+                "switchyard_downstream_cx_overflow_total",
+                "counter",
+                "",
+                p.downstream_cx_overflow.get() as i64,
+            ),
+            (
+                "switchyard_downstream_cx_idle_timeout_total",
+                "counter",
+                "",
+                p.downstream_cx_idle_timeout.get() as i64,
             ),
             (
                 "switchyard_access_log_dropped_total",

@@ -1,12 +1,17 @@
 //! Listeners and connection lifecycles: HTTP/1.1 and h2c prior knowledge on one port, the
-//! header limits, and the drain sequence a sidecar needs on SIGTERM.
+//! header limits, downstream timeouts, the connection limit, and the drain sequence a sidecar
+//! needs on SIGTERM.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,16 +19,31 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::body::ProxyBody;
 use super::{ConnInfo, DrainState, Proxy};
 
+/// Downstream limits, Envoy's defaults unless noted. None of them can cut a healthy gRPC
+/// stream or SSE response: only silence (no byte either way) for `stream_idle_timeout` does.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Request line + headers, HTTP/1 and HTTP/2 alike (431 beyond it).
+    /// Method + target + every header name and value, HTTP/1 and HTTP/2 alike (431 beyond it;
+    /// Envoy's `max_request_headers_kb`, which Envoy enforces on HTTP/2 by resetting the stream
+    /// where we answer 431).
     pub max_header_bytes: usize,
+    /// Header fields, HTTP/1 and HTTP/2 alike (431 beyond it).
     pub max_headers: usize,
-    /// Time a client has to send its request headers (slowloris).
+    /// Time an HTTP/1 client has to send its whole request head (slowloris).
     pub header_read_timeout: Duration,
+    /// A connection that moves no byte in either direction for this long is closed (Envoy's
+    /// `stream_idle_timeout`, counted per connection). Zero disables it.
+    pub stream_idle_timeout: Duration,
+    /// Time from the request head to the response head; 408 beyond it. Zero (the default,
+    /// as in Envoy) disables it.
+    pub request_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// Open connections per listener; beyond it new connections are closed at accept. Zero
+    /// means no limit.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -32,10 +52,22 @@ impl Default for Limits {
             max_header_bytes: 60 * 1024,
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::ZERO,
             h2_max_concurrent_streams: 1024,
+            max_connections: 0,
         }
     }
 }
+
+/// Per-field overhead hyper's HTTP/2 decoder adds to a header list (RFC 7541 §4.1), so the
+/// HTTP/2 codec limit can sit above ours and our check decides on both protocols.
+const H2_FIELD_OVERHEAD: usize = 32;
+/// Room for `: ` and CRLF per field plus the request line's fixed parts in the HTTP/1 read
+/// buffer, for the same reason.
+const H1_SLACK: usize = 4 * 1024;
+/// At most one "connection limit reached" warning per this period.
+const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Drain phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,12 +133,54 @@ impl ProxyListener {
     }
 }
 
+/// Open connections of one listener, released when the connection task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs the first overflow at once and then at most once per `OVERFLOW_LOG_EVERY`, with the
+/// number of connections refused meanwhile: a flood must not flood the log too.
+struct OverflowLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl OverflowLog {
+    fn hit(&mut self, limit: usize, remote: SocketAddr) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < OVERFLOW_LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            limit,
+            %remote,
+            refused_since_last_warning = self.suppressed,
+            "connection limit reached (--max-connections): closing new connections at accept"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: Limits,
     phase: watch::Receiver<Phase>,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut overflow = OverflowLog {
+        last: None,
+        suppressed: 0,
+    };
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
@@ -117,25 +191,149 @@ async fn accept_loop(
                 continue;
             }
         };
+        if limits.max_connections > 0 && open.load(Ordering::Acquire) >= limits.max_connections {
+            // Envoy's overflow behaviour: accept and close at once, so the client sees a
+            // reset rather than a connect that hangs in the backlog.
+            proxy.metrics.proxy.downstream_cx_overflow.inc();
+            overflow.hit(limits.max_connections, remote);
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(open.clone());
         let local = stream.local_addr().unwrap_or(remote);
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let limits = limits.clone();
         let phase = phase.clone();
-        tokio::spawn(serve_connection(
-            stream,
-            ConnInfo { remote, local },
-            proxy,
-            limits,
-            phase,
-        ));
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, ConnInfo { remote, local }, proxy, limits, phase).await;
+        });
     }
 }
 
-struct ConnGuard(Arc<DrainState>);
+/// The byte stream of one connection, stamping the time of its last read or write so the
+/// connection task can close it after `stream_idle_timeout` of silence. A slow reader that
+/// never drains its socket blocks our writes, so it goes silent too.
+struct IdleIo<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> IdleIo<S> {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes a request head counts against `max_header_bytes`: what Envoy's header map counts
+/// (method, target, every name and value), the same on HTTP/1 and HTTP/2.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let authority = if req.version() == Version::HTTP_2 {
+        req.uri().authority().map_or(0, |a| a.as_str().len())
+    } else {
+        0
+    };
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum::<usize>()
+        + req.method().as_str().len()
+        + target
+        + authority
+}
+
+/// 431 when the head is over a limit. hyper's own codec limits sit a little above ours (see
+/// `serve_connection`), so this check is the one that decides on both protocols.
+fn over_header_limit<B>(req: &Request<B>, limits: &Limits) -> Option<Response<ProxyBody>> {
+    if req.headers().len() <= limits.max_headers && head_bytes(req) <= limits.max_header_bytes {
+        return None;
+    }
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(
+        b"request header fields too large\n",
+    )));
+    *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::SERVER, HeaderValue::from_static("envoy"));
+    if req.version() != Version::HTTP_2 {
+        // The body (if any) is unread: closing is simpler and safer than draining it.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Some(resp)
+}
+
+fn request_timed_out() -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(b"request timeout\n")));
+    *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::SERVER, HeaderValue::from_static("envoy"));
+    resp
+}
+
+struct ConnGuard(Arc<DrainState>, Arc<crate::metrics::Registry>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.1.proxy.downstream_cx_active.dec();
         if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -154,28 +352,63 @@ pub async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     proxy.state.connections.fetch_add(1, Ordering::AcqRel);
-    let _guard = ConnGuard(proxy.state.clone());
+    proxy.metrics.proxy.downstream_cx_total.inc();
+    proxy.metrics.proxy.downstream_cx_active.inc();
+    let metrics = proxy.metrics.clone();
+    let _guard = ConnGuard(proxy.state.clone(), metrics.clone());
     let draining_at_accept = *phase.borrow() >= Phase::Draining;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // The read buffer bounds the head hyper will parse; ours is the limit that answers.
+        .max_buf_size((limits.max_header_bytes + H1_SLACK).max(8192))
+        // hyper refuses field number max_headers + 1 itself, with the same 431.
         .max_headers(limits.max_headers)
+        // A client that sends its request and then shuts down its write side still gets the
+        // response (hyper's default drops it about half the time).
+        .half_close(true)
         // Connections accepted during drain serve one request and close.
         .keep_alive(!draining_at_accept);
+    let h2_list = limits.max_header_bytes + H2_FIELD_OVERHEAD * (limits.max_headers + 8);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
+    let request_timeout = limits.request_timeout;
+    let idle_timeout = limits.stream_idle_timeout;
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+        let refused = over_header_limit(&req, &limits);
+        async move {
+            if let Some(resp) = refused {
+                return Ok::<_, Infallible>(resp);
+            }
+            if request_timeout.is_zero() {
+                return Ok(proxy.handle(req, info).await);
+            }
+            Ok(
+                tokio::time::timeout(request_timeout, proxy.handle(req, info))
+                    .await
+                    .unwrap_or_else(|_| request_timed_out()),
+            )
+        }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = IdleIo {
+        inner: stream,
+        epoch,
+        last: last.clone(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // Checking a few times per timeout keeps the overshoot small without a timer per byte.
+    let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut idle_check = tokio::time::interval(check_every);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut asked_to_close = false;
     let trigger = if draining_at_accept {
         Phase::Closing
@@ -190,6 +423,14 @@ pub async fn serve_connection<S>(
                 }
                 break;
             }
+            _ = idle_check.tick(), if !idle_timeout.is_zero() => {
+                let silent = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if silent >= idle_timeout {
+                    metrics.proxy.downstream_cx_idle_timeout.inc();
+                    tracing::debug!(remote = %info.remote, ?silent, "closing an idle downstream connection");
+                    break;
+                }
+            }
             changed = phase.changed(), if !asked_to_close => {
                 if changed.is_err() || *phase.borrow() >= trigger {
                     // HTTP/1: close once idle, `Connection: close` on the response in
@@ -199,5 +440,57 @@ pub async fn serve_connection<S>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(version: Version, headers: &[(&str, String)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method("GET")
+            .uri("http://web/abc")
+            .version(version);
+        for (n, v) in headers {
+            b = b.header(*n, v.as_str());
+        }
+        b.body(()).expect("a valid request")
+    }
+
+    #[test]
+    fn the_header_limit_is_the_same_on_both_protocols() {
+        let limits = Limits::default();
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let fits = get(version, &[("x-big", "a".repeat(59 * 1024))]);
+            assert!(over_header_limit(&fits, &limits).is_none(), "{version:?}");
+            let big = get(version, &[("x-big", "a".repeat(61 * 1024))]);
+            let resp = over_header_limit(&big, &limits).expect("refused");
+            assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            assert_eq!(
+                resp.headers().contains_key(header::CONNECTION),
+                version != Version::HTTP_2,
+                "only HTTP/1 closes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_count_limit_counts_every_field() {
+        let limits = Limits::default();
+        let fields =
+            |n: usize| -> Vec<(&str, String)> { (0..n).map(|i| ("x-h", i.to_string())).collect() };
+        assert!(over_header_limit(&get(Version::HTTP_2, &fields(100)), &limits).is_none());
+        assert!(over_header_limit(&get(Version::HTTP_2, &fields(101)), &limits).is_some());
+    }
+
+    #[test]
+    fn head_bytes_counts_method_target_names_and_values() {
+        let req = get(Version::HTTP_11, &[("host", "web".to_string())]);
+        // "GET" + "/abc" + "host" + "web"
+        assert_eq!(head_bytes(&req), 3 + 4 + 4 + 3);
+        // HTTP/2 carries the authority in the URI (`:authority`), so it counts there.
+        let req = get(Version::HTTP_2, &[]);
+        assert_eq!(head_bytes(&req), 3 + 4 + 3);
     }
 }

@@ -6,8 +6,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod body;
+pub mod chaos;
 mod client;
 pub mod e2e_helpers;
+pub mod load;
 mod process;
 mod proxy;
 mod upstream;
