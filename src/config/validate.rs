@@ -75,9 +75,6 @@ const fn refused(key: &'static str, message: &'static str) -> Gap {
     }
 }
 
-const PLAINTEXT: &str =
-    "TLS origination is not implemented yet: requests would go out in plaintext";
-
 /// Everything switchyard reads but does not act on, so nothing is dropped silently. Tuning that is
 /// ignored is a Warning; anything whose absence would weaken security or send traffic somewhere
 /// the user did not ask for is an Error, so such a config is refused. When a feature lands,
@@ -103,8 +100,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         ..ignored("tls")
     },
     // DestinationRule trafficPolicy (top level, subsets, port level)
-    ignored("connectionPool.http.maxRequestsPerConnection"),
-    ignored("connectionPool.http.idleTimeout"),
     ignored("connectionPool.http.h2UpgradePolicy"),
     ignored("connectionPool.http.useClientProtocol"),
     ignored("connectionPool.http.maxConcurrentStreams"),
@@ -127,8 +122,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         message: "workloadSelector is not implemented yet; ignored (the rule applies to this proxy whatever its labels)",
         ..ignored("DestinationRule.workloadSelector")
     },
-    refused("tls.mode: SIMPLE", PLAINTEXT),
-    refused("tls.mode: MUTUAL", PLAINTEXT),
     refused(
         "tls.mode: ISTIO_MUTUAL",
         "ISTIO_MUTUAL needs a mesh identity switchyard does not have; use --istio-mutual-as-plaintext for local development",
@@ -2276,21 +2269,12 @@ impl Out {
             }
         }
         if gaps {
-            // maxConnections, connectTimeout, http1MaxPendingRequests, http2MaxRequests and
-            // maxRetries are served; these tune connections we do not manage that way yet.
+            // maxConnections, connectTimeout, http1MaxPendingRequests, http2MaxRequests,
+            // maxRetries, maxRequestsPerConnection and http.idleTimeout are served; these tune
+            // connections we do not manage that way yet.
             let http = cp.http.as_ref();
             let tcp = cp.tcp.as_ref();
             let unserved = [
-                (
-                    "connectionPool.http.maxRequestsPerConnection",
-                    http.is_some_and(|h| h.max_requests_per_connection.is_some()),
-                    "http.maxRequestsPerConnection",
-                ),
-                (
-                    "connectionPool.http.idleTimeout",
-                    http.is_some_and(|h| h.idle_timeout.is_some()),
-                    "http.idleTimeout",
-                ),
                 (
                     "connectionPool.http.h2UpgradePolicy",
                     http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
@@ -2438,8 +2422,27 @@ impl Out {
         }
         let key = match mode {
             TlsMode::Disable => return,
-            TlsMode::Simple => "tls.mode: SIMPLE",
-            TlsMode::Mutual => "tls.mode: MUTUAL",
+            TlsMode::Simple | TlsMode::Mutual => {
+                // The same build the table compiler does, so certificate files that cannot be
+                // read or parsed refuse the config (and a reload keeps the last good table).
+                if let Err(e) = crate::upstream::tls::TlsOrigin::build(tls, "", false) {
+                    let code = match e.error {
+                        crate::upstream::tls::TlsError::Read { .. } => {
+                            codes::REFERENCED_RESOURCE_NOT_FOUND
+                        }
+                        crate::upstream::tls::TlsError::CredentialName => codes::NOT_IMPLEMENTED,
+                        _ => codes::SCHEMA_VALIDATION_ERROR,
+                    };
+                    self.push(
+                        dr,
+                        Severity::Error,
+                        code,
+                        format!("{p}.{}", e.field),
+                        e.error.to_string(),
+                    );
+                }
+                return;
+            }
             TlsMode::IstioMutual if self.istio_mutual_as_plaintext => {
                 "tls.mode: ISTIO_MUTUAL as plaintext"
             }

@@ -10,6 +10,7 @@ mod client;
 pub mod e2e_helpers;
 mod process;
 mod proxy;
+pub mod tls;
 mod upstream;
 
 pub use body::{BodySender, TestBody, body_channel, body_from_chunks, empty_body, full_body};
