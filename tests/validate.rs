@@ -522,6 +522,17 @@ fn not_implemented_fields_are_named() {
 }
 
 #[test]
+fn tls_ports_without_tls_origination_are_named() {
+    assert_shown(
+        "tls-ports.yaml",
+        Mode::Serve,
+        &[
+            "tls-ports.yaml:15: Warning SY0002 ServiceEntry/default/api: spec.ports[1].protocol: clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
+        ],
+    );
+}
+
+#[test]
 fn resources_that_do_not_apply_are_noted_not_checked() {
     assert_shown(
         "scope.yaml",

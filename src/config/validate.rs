@@ -133,6 +133,10 @@ const NOT_IMPLEMENTED: &[Gap] = &[
     // ServiceEntry
     ignored("subjectAltNames"),
     Gap {
+        message: "clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
+        ..ignored("ports.protocol: HTTPS/TLS")
+    },
+    Gap {
         message: "resolution DYNAMIC_DNS is not implemented yet; ignored",
         ..ignored("resolution: DYNAMIC_DNS")
     },
@@ -402,6 +406,47 @@ impl Validator<'_> {
         if se.spec.resolution == Some(Resolution::DynamicDns) {
             self.out
                 .gap(se, "resolution: DYNAMIC_DNS", "spec.resolution");
+        }
+        self.tls_ports(se);
+    }
+
+    /// An Istio sidecar passes `HTTPS`/`TLS` ports through, the application doing TLS; our
+    /// clients speak plain HTTP to us, so such a port is only reached over TLS when a
+    /// DestinationRule originates it (SIMPLE/MUTUAL at top, port or subset level).
+    fn tls_ports(&mut self, se: &ServiceEntry) {
+        for (k, port) in se.spec.ports.iter().enumerate() {
+            let protocol = crate::config::registry::Protocol::parse(port.protocol.as_deref());
+            if !matches!(
+                protocol,
+                crate::config::registry::Protocol::Https | crate::config::registry::Protocol::Tls
+            ) {
+                continue;
+            }
+            let Some(number) = port.number.and_then(|n| u16::try_from(n.0).ok()) else {
+                continue;
+            };
+            let originated = se.spec.hosts.iter().all(|host| {
+                let fqdn = resolve_short_name(host, &se.namespace);
+                let drs =
+                    destination_rules_for(self.res, &fqdn, Some(&se.namespace), self.identity);
+                let top = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
+                let subsets = drs
+                    .iter()
+                    .flat_map(|dr| dr.spec.subsets.iter())
+                    .map(|s| s.traffic_policy.as_ref());
+                std::iter::once(None).chain(subsets).any(|subset| {
+                    crate::upstream::policy::ClusterPolicy::resolve(top, subset, number)
+                        .tls
+                        .is_some_and(|t| matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual)))
+                })
+            });
+            if !originated {
+                self.out.gap(
+                    se,
+                    "ports.protocol: HTTPS/TLS",
+                    format!("spec.ports[{k}].protocol"),
+                );
+            }
         }
     }
 
