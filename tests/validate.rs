@@ -528,6 +528,7 @@ fn tls_ports_without_tls_origination_are_named() {
         Mode::Serve,
         &[
             "tls-ports.yaml:15: Warning SY0002 ServiceEntry/default/api: spec.ports[1].protocol: clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
+            "tls-ports.yaml:45: Error SY0002 ServiceEntry/default/passthrough: spec.ports[0].protocol: a DestinationRule sets tls.mode SIMPLE or MUTUAL, but TLS is not originated to the address a request names (resolution NONE without endpoints): use resolution DNS or STATIC",
         ],
     );
 }

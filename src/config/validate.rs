@@ -136,6 +136,10 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         message: "clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
         ..ignored("ports.protocol: HTTPS/TLS")
     },
+    refused(
+        "tls origination with resolution: NONE",
+        "a DestinationRule sets tls.mode SIMPLE or MUTUAL, but TLS is not originated to the address a request names (resolution NONE without endpoints): use resolution DNS or STATIC",
+    ),
     Gap {
         message: "resolution DYNAMIC_DNS is not implemented yet; ignored",
         ..ignored("resolution: DYNAMIC_DNS")
@@ -412,20 +416,21 @@ impl Validator<'_> {
 
     /// An Istio sidecar passes `HTTPS`/`TLS` ports through, the application doing TLS; our
     /// clients speak plain HTTP to us, so such a port is only reached over TLS when a
-    /// DestinationRule originates it (SIMPLE/MUTUAL at top, port or subset level).
+    /// DestinationRule originates it (SIMPLE/MUTUAL at top, port or subset level). And TLS is
+    /// only originated from endpoint pools, which `resolution: NONE` without endpoints (the
+    /// address the request names) does not use, so that combination is refused.
     fn tls_ports(&mut self, se: &ServiceEntry) {
+        use crate::config::registry::Protocol;
         for (k, port) in se.spec.ports.iter().enumerate() {
-            let protocol = crate::config::registry::Protocol::parse(port.protocol.as_deref());
-            if !matches!(
-                protocol,
-                crate::config::registry::Protocol::Https | crate::config::registry::Protocol::Tls
-            ) {
-                continue;
-            }
             let Some(number) = port.number.and_then(|n| u16::try_from(n.0).ok()) else {
                 continue;
             };
-            let originated = se.spec.hosts.iter().all(|host| {
+            let https = matches!(
+                Protocol::parse(port.protocol.as_deref()),
+                Protocol::Https | Protocol::Tls
+            );
+            let (mut all, mut passthrough) = (true, false);
+            for host in &se.spec.hosts {
                 let fqdn = resolve_short_name(host, &se.namespace);
                 let drs =
                     destination_rules_for(self.res, &fqdn, Some(&se.namespace), self.identity);
@@ -434,18 +439,28 @@ impl Validator<'_> {
                     .iter()
                     .flat_map(|dr| dr.spec.subsets.iter())
                     .map(|s| s.traffic_policy.as_ref());
-                std::iter::once(None).chain(subsets).any(|subset| {
-                    crate::upstream::policy::ClusterPolicy::resolve(top, subset, number)
-                        .tls
-                        .is_some_and(|t| matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual)))
-                })
-            });
-            if !originated {
-                self.out.gap(
-                    se,
-                    "ports.protocol: HTTPS/TLS",
-                    format!("spec.ports[{k}].protocol"),
-                );
+                let originates: Vec<bool> = std::iter::once(None)
+                    .chain(subsets)
+                    .map(|subset| {
+                        crate::upstream::policy::ClusterPolicy::resolve(top, subset, number)
+                            .tls
+                            .is_some_and(|t| {
+                                matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual))
+                            })
+                    })
+                    .collect();
+                all &= originates.iter().any(|o| *o);
+                let original_dst = self.reg.service(&fqdn).is_some_and(|svc| {
+                    svc.resolution == Resolution::None && svc.endpoints.is_empty()
+                });
+                passthrough |= original_dst && originates.iter().any(|o| *o);
+            }
+            let path = format!("spec.ports[{k}].protocol");
+            if passthrough {
+                self.out
+                    .gap(se, "tls origination with resolution: NONE", path);
+            } else if https && !all {
+                self.out.gap(se, "ports.protocol: HTTPS/TLS", path);
             }
         }
     }
