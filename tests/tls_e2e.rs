@@ -270,6 +270,28 @@ async fn unreadable_or_broken_certificates_refuse_the_config() {
     let r = get(p.addr, Proto::H1).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
+    // MUTUAL without a key: the webhook's message, once, not a file error on top.
+    let no_key = format!(
+        "{{mode: MUTUAL, caCertificates: {}, clientCertificate: {}}}",
+        path(&pki.ca),
+        path(&pki.client_cert)
+    );
+    let diags = p
+        .rewrite(&config(up.addr, "HTTP", &no_key))
+        .await
+        .expect_err("MUTUAL without a key must be refused");
+    let shown: Vec<String> = diags
+        .iter()
+        .map(|d| d.to_string())
+        .filter(|d| d.contains("Error"))
+        .collect();
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+    assert!(
+        shown[0].contains("spec.trafficPolicy.tls.privateKey")
+            && shown[0].contains("private key required for mutual tls"),
+        "{shown:#?}"
+    );
+
     // credentialName needs Kubernetes secrets: refused with a reason.
     let diags = p
         .rewrite(&config(

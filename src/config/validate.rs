@@ -2482,6 +2482,13 @@ impl Out {
         }
         let key = match mode {
             TlsMode::Disable => return,
+            TlsMode::Mutual
+                if !set(&tls.credential_name)
+                    && (!set(&tls.client_certificate) || !set(&tls.private_key)) =>
+            {
+                // Already reported above as the webhook does.
+                return;
+            }
             TlsMode::Simple | TlsMode::Mutual => {
                 // The same build the table compiler does, so certificate files that cannot be
                 // read or parsed refuse the config (and a reload keeps the last good table).
