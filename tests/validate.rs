@@ -493,7 +493,6 @@ fn not_implemented_fields_are_named() {
     let common = [
         "not-implemented.yaml:14: Warning SY0002 ServiceEntry/default/payments: spec.subjectAltNames: subjectAltNames is not implemented yet; ignored",
         "not-implemented.yaml:27: Warning SY0002 DestinationRule/default/payments: spec.trafficPolicy.connectionPool.tcp.idleTimeout: connectionPool.tcp.idleTimeout is not implemented yet; ignored",
-        "not-implemented.yaml:29: Error SY0002 DestinationRule/default/payments: spec.trafficPolicy.tls.mode: TLS origination is not implemented yet: requests would go out in plaintext",
     ];
     let rest = [
         "not-implemented.yaml:65: Warning IST0002 DestinationRule/default/orders: spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors: Deprecated: \"outlierDetection.consecutiveErrors\" is deprecated; use \"outlierDetection.consecutive5xxErrors\" or \"outlierDetection.consecutiveGatewayErrors\"",
@@ -523,6 +522,18 @@ fn not_implemented_fields_are_named() {
 }
 
 #[test]
+fn tls_ports_without_tls_origination_are_named() {
+    assert_shown(
+        "tls-ports.yaml",
+        Mode::Serve,
+        &[
+            "tls-ports.yaml:15: Warning SY0002 ServiceEntry/default/api: spec.ports[1].protocol: clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
+            "tls-ports.yaml:45: Error SY0002 ServiceEntry/default/passthrough: spec.ports[0].protocol: a DestinationRule sets tls.mode SIMPLE or MUTUAL, but TLS is not originated to the address a request names (resolution NONE without endpoints): use resolution DNS or STATIC",
+        ],
+    );
+}
+
+#[test]
 fn resources_that_do_not_apply_are_noted_not_checked() {
     assert_shown(
         "scope.yaml",
@@ -545,7 +556,6 @@ fn resources_that_do_not_apply_are_noted_not_checked() {
             "scope.yaml:9: Info SY0004 VirtualService/default/edge: spec.gateways: applies to gateways only (istio-system/ingress); not served by a sidecar",
             "scope.yaml:29: Error IST0101 VirtualService/team-a/private: spec.http[0].route[0].destination.host: Referenced host not found: \"billing.team-a.svc.cluster.local\"",
             "scope.yaml:37: Warning IST0174 DestinationRule/team-a/private: spec.host: DestinationRule for non-existent service \"billing.team-a.svc.cluster.local\": no visible ServiceEntry defines it",
-            "scope.yaml:42: Error SY0002 DestinationRule/team-a/private: spec.trafficPolicy.tls.mode: TLS origination is not implemented yet: requests would go out in plaintext",
         ]
     );
 }

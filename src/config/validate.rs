@@ -75,9 +75,6 @@ const fn refused(key: &'static str, message: &'static str) -> Gap {
     }
 }
 
-const PLAINTEXT: &str =
-    "TLS origination is not implemented yet: requests would go out in plaintext";
-
 /// Everything switchyard reads but does not act on, so nothing is dropped silently. Tuning that is
 /// ignored is a Warning; anything whose absence would weaken security or send traffic somewhere
 /// the user did not ask for is an Error, so such a config is refused. When a feature lands,
@@ -103,8 +100,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         ..ignored("tls")
     },
     // DestinationRule trafficPolicy (top level, subsets, port level)
-    ignored("connectionPool.http.maxRequestsPerConnection"),
-    ignored("connectionPool.http.idleTimeout"),
     ignored("connectionPool.http.h2UpgradePolicy"),
     ignored("connectionPool.http.useClientProtocol"),
     ignored("connectionPool.http.maxConcurrentStreams"),
@@ -123,8 +118,6 @@ const NOT_IMPLEMENTED: &[Gap] = &[
         message: "workloadSelector is not implemented yet; ignored (the rule applies to this proxy whatever its labels)",
         ..ignored("DestinationRule.workloadSelector")
     },
-    refused("tls.mode: SIMPLE", PLAINTEXT),
-    refused("tls.mode: MUTUAL", PLAINTEXT),
     refused(
         "tls.mode: ISTIO_MUTUAL",
         "ISTIO_MUTUAL needs a mesh identity switchyard does not have; use --istio-mutual-as-plaintext for local development",
@@ -135,6 +128,14 @@ const NOT_IMPLEMENTED: &[Gap] = &[
     },
     // ServiceEntry
     ignored("subjectAltNames"),
+    Gap {
+        message: "clients speak plain HTTP to switchyard, so without a DestinationRule tls.mode SIMPLE or MUTUAL for this port requests reach it in plaintext",
+        ..ignored("ports.protocol: HTTPS/TLS")
+    },
+    refused(
+        "tls origination with resolution: NONE",
+        "a DestinationRule sets tls.mode SIMPLE or MUTUAL, but TLS is not originated to the address a request names (resolution NONE without endpoints): use resolution DNS or STATIC",
+    ),
     Gap {
         message: "resolution DYNAMIC_DNS is not implemented yet; ignored",
         ..ignored("resolution: DYNAMIC_DNS")
@@ -405,6 +406,58 @@ impl Validator<'_> {
         if se.spec.resolution == Some(Resolution::DynamicDns) {
             self.out
                 .gap(se, "resolution: DYNAMIC_DNS", "spec.resolution");
+        }
+        self.tls_ports(se);
+    }
+
+    /// An Istio sidecar passes `HTTPS`/`TLS` ports through, the application doing TLS; our
+    /// clients speak plain HTTP to us, so such a port is only reached over TLS when a
+    /// DestinationRule originates it (SIMPLE/MUTUAL at top, port or subset level). And TLS is
+    /// only originated from endpoint pools, which `resolution: NONE` without endpoints (the
+    /// address the request names) does not use, so that combination is refused.
+    fn tls_ports(&mut self, se: &ServiceEntry) {
+        use crate::config::registry::Protocol;
+        for (k, port) in se.spec.ports.iter().enumerate() {
+            let Some(number) = port.number.and_then(|n| u16::try_from(n.0).ok()) else {
+                continue;
+            };
+            let https = matches!(
+                Protocol::parse(port.protocol.as_deref()),
+                Protocol::Https | Protocol::Tls
+            );
+            let (mut all, mut passthrough) = (true, false);
+            for host in &se.spec.hosts {
+                let fqdn = resolve_short_name(host, &se.namespace);
+                let drs =
+                    destination_rules_for(self.res, &fqdn, Some(&se.namespace), self.identity);
+                let top = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
+                let subsets = drs
+                    .iter()
+                    .flat_map(|dr| dr.spec.subsets.iter())
+                    .map(|s| s.traffic_policy.as_ref());
+                let originates: Vec<bool> = std::iter::once(None)
+                    .chain(subsets)
+                    .map(|subset| {
+                        crate::upstream::policy::ClusterPolicy::resolve(top, subset, number)
+                            .tls
+                            .is_some_and(|t| {
+                                matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual))
+                            })
+                    })
+                    .collect();
+                all &= originates.iter().any(|o| *o);
+                let original_dst = self.reg.service(&fqdn).is_some_and(|svc| {
+                    svc.resolution == Resolution::None && svc.endpoints.is_empty()
+                });
+                passthrough |= original_dst && originates.iter().any(|o| *o);
+            }
+            let path = format!("spec.ports[{k}].protocol");
+            if passthrough {
+                self.out
+                    .gap(se, "tls origination with resolution: NONE", path);
+            } else if https && !all {
+                self.out.gap(se, "ports.protocol: HTTPS/TLS", path);
+            }
         }
     }
 
@@ -2265,21 +2318,12 @@ impl Out {
             }
         }
         if gaps {
-            // maxConnections, connectTimeout, http1MaxPendingRequests, http2MaxRequests and
-            // maxRetries are served; these tune connections we do not manage that way yet.
+            // maxConnections, connectTimeout, http1MaxPendingRequests, http2MaxRequests,
+            // maxRetries, maxRequestsPerConnection and http.idleTimeout are served; these tune
+            // connections we do not manage that way yet.
             let http = cp.http.as_ref();
             let tcp = cp.tcp.as_ref();
             let unserved = [
-                (
-                    "connectionPool.http.maxRequestsPerConnection",
-                    http.is_some_and(|h| h.max_requests_per_connection.is_some()),
-                    "http.maxRequestsPerConnection",
-                ),
-                (
-                    "connectionPool.http.idleTimeout",
-                    http.is_some_and(|h| h.idle_timeout.is_some()),
-                    "http.idleTimeout",
-                ),
                 (
                     "connectionPool.http.h2UpgradePolicy",
                     http.is_some_and(|h| h.h2_upgrade_policy.is_some()),
@@ -2427,8 +2471,34 @@ impl Out {
         }
         let key = match mode {
             TlsMode::Disable => return,
-            TlsMode::Simple => "tls.mode: SIMPLE",
-            TlsMode::Mutual => "tls.mode: MUTUAL",
+            TlsMode::Mutual
+                if !set(&tls.credential_name)
+                    && (!set(&tls.client_certificate) || !set(&tls.private_key)) =>
+            {
+                // Already reported above as the webhook does.
+                return;
+            }
+            TlsMode::Simple | TlsMode::Mutual => {
+                // The same build the table compiler does, so certificate files that cannot be
+                // read or parsed refuse the config (and a reload keeps the last good table).
+                if let Err(e) = crate::upstream::tls::TlsOrigin::build(tls, "", false) {
+                    let code = match e.error {
+                        crate::upstream::tls::TlsError::Read { .. } => {
+                            codes::REFERENCED_RESOURCE_NOT_FOUND
+                        }
+                        crate::upstream::tls::TlsError::CredentialName => codes::NOT_IMPLEMENTED,
+                        _ => codes::SCHEMA_VALIDATION_ERROR,
+                    };
+                    self.push(
+                        dr,
+                        Severity::Error,
+                        code,
+                        format!("{p}.{}", e.field),
+                        e.error.to_string(),
+                    );
+                }
+                return;
+            }
             TlsMode::IstioMutual if self.istio_mutual_as_plaintext => {
                 "tls.mode: ISTIO_MUTUAL as plaintext"
             }

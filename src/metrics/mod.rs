@@ -64,6 +64,10 @@ pub struct ClusterStats {
     pub upstream_cx_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_connect_fail: Counter,
+    /// Pooled connections closed after `idleTimeout` without a request.
+    pub upstream_cx_idle_timeout: Counter,
+    /// Connections retired after `maxRequestsPerConnection` requests.
+    pub upstream_cx_max_requests: Counter,
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
     pub upstream_rq_retry: Counter,
@@ -226,10 +230,16 @@ impl Registry {
         let mut names: Vec<&String> = clusters.keys().collect();
         names.sort();
         type Get = fn(&ClusterStats) -> i64;
-        let counters: [(&str, Get); 11] = [
+        let counters: [(&str, Get); 13] = [
             ("upstream_cx_total", |c| c.upstream_cx_total.get() as i64),
             ("upstream_cx_connect_fail", |c| {
                 c.upstream_cx_connect_fail.get() as i64
+            }),
+            ("upstream_cx_idle_timeout", |c| {
+                c.upstream_cx_idle_timeout.get() as i64
+            }),
+            ("upstream_cx_max_requests", |c| {
+                c.upstream_cx_max_requests.get() as i64
             }),
             ("upstream_rq_total", |c| c.upstream_rq_total.get() as i64),
             ("upstream_rq_retry", |c| c.upstream_rq_retry.get() as i64),

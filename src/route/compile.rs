@@ -32,7 +32,7 @@ use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::metrics::render_labels;
 use crate::upstream::dns::DnsTarget;
 use crate::upstream::policy::ClusterPolicy;
-use crate::upstream::{Cluster, Discovery, Endpoint, LbPolicy, PoolRegistry};
+use crate::upstream::{Cluster, ConnSettings, Discovery, Endpoint, LbPolicy, PoolRegistry};
 
 /// What to do with a Host that no resource names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -523,6 +523,14 @@ impl<'a> Builder<'a> {
             }
         };
         let policy = ClusterPolicy::resolve(top_policy, subset_policy, port);
+        let h2 = svc.port(port).is_some_and(|p| p.protocol.is_h2());
+        let conn = conn_settings(&policy, &fqdn, h2).map_err(|e| CompileError::Invalid {
+            resource: drs
+                .first()
+                .map_or_else(|| resource.to_string(), |dr| dr.id()),
+            field: format!("trafficPolicy.tls.{}", e.field),
+            message: e.error.to_string(),
+        })?;
         let cluster = self.build_cluster(
             svc,
             &fqdn,
@@ -530,7 +538,7 @@ impl<'a> Builder<'a> {
             subset_name,
             port,
             labels,
-            (lb, policy),
+            (lb, policy, conn),
         );
         let i = self.clusters.len();
         self.clusters.push(Arc::new(cluster));
@@ -547,7 +555,7 @@ impl<'a> Builder<'a> {
         subset: &str,
         port: u16,
         labels: istio::Labels,
-        (simple, policy): (Option<SimpleLb>, ClusterPolicy),
+        (simple, policy, conn): (Option<SimpleLb>, ClusterPolicy, Arc<ConnSettings>),
     ) -> Cluster {
         let lb = simple.map(lb_policy).unwrap_or_default();
         // PASSTHROUGH is Envoy's ORIGINAL_DST: the address the client asked for. With no
@@ -609,6 +617,7 @@ impl<'a> Builder<'a> {
             Vec::new(),
             self.opts.metrics.clone(),
             policy,
+            conn.clone(),
         );
         let eps: Vec<Arc<Endpoint>> = endpoints
             .iter()
@@ -620,7 +629,7 @@ impl<'a> Builder<'a> {
                     e.weight,
                     e.labels.clone(),
                     e.workload_name.clone(),
-                    pools.get(addr, h2),
+                    pools.get_with(addr, h2, &conn),
                 ))
             })
             .collect();
@@ -675,6 +684,26 @@ impl<'a> Builder<'a> {
         push(self, ports.first().copied().unwrap_or(80), false)?;
         Ok(routes)
     }
+}
+
+/// A cluster's connection settings: its TLS client (built here, once, and cached in the
+/// pools) and the connection lifetime limits of its policy.
+fn conn_settings(
+    policy: &ClusterPolicy,
+    fqdn: &str,
+    h2: bool,
+) -> Result<Arc<ConnSettings>, crate::upstream::tls::FieldError> {
+    let tls = match &policy.tls {
+        Some(t) => crate::upstream::tls::TlsOrigin::build(t, fqdn, h2)?,
+        None => None,
+    };
+    Ok(Arc::new(ConnSettings {
+        tls,
+        max_requests_per_connection: policy.max_requests_per_connection.unwrap_or(0),
+        idle_timeout: policy
+            .idle_timeout
+            .unwrap_or(crate::upstream::pool::DEFAULT_IDLE_TIMEOUT),
+    }))
 }
 
 enum ActionError {

@@ -64,7 +64,7 @@ pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Refreshed {
                             t.weight,
                             t.labels.clone(),
                             t.workload_name.clone(),
-                            pools.get(addr, cluster.h2),
+                            pools.get_with(addr, cluster.h2, &cluster.conn),
                         ),
                     });
                 }

@@ -7,6 +7,7 @@ pub mod hash;
 pub mod lb;
 pub mod policy;
 pub mod pool;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::config::istio::Labels;
 use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::metrics::{ClusterStats, Registry};
 pub use lb::LbPolicy;
-pub use pool::{EndpointPool, PoolRegistry, Release, SendError};
+pub use pool::{ConnSettings, EndpointPool, PoolRegistry, Release, SendError};
 
 /// Istio's mesh default `connectTimeout` (Envoy's own default would be 5 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +101,9 @@ pub struct Cluster {
     registry: Arc<Registry>,
     /// Connection-pool limits and outlier detection from the DestinationRule.
     pub policy: policy::ClusterPolicy,
+    /// TLS origination and connection lifetime limits; every endpoint pool of this cluster
+    /// was made with these (built once when the table is compiled).
+    pub conn: Arc<ConnSettings>,
     /// Circuit breakers; `None` with Istio's (unbounded) defaults.
     pub limiter: Option<policy::Limiter>,
     /// Consistent-hash table over the current endpoints, when the policy asks for one.
@@ -121,6 +125,7 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
         registry: Arc<Registry>,
         policy: policy::ClusterPolicy,
+        conn: Arc<ConnSettings>,
     ) -> Cluster {
         let stats = registry.cluster(&name);
         let mut no_endpoint = DestLabels::service_only(&service_host, Some(&service_namespace));
@@ -132,6 +137,7 @@ impl Cluster {
             limiter: policy::Limiter::new(&policy, h2),
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             policy,
+            conn,
             stats,
             no_endpoint: Arc::new(DestMetrics::new(registry.clone(), no_endpoint)),
             registry,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::duration::parse_go_duration;
-use crate::config::istio::{ConnectionPoolSettings, OutlierDetection, TrafficPolicy};
+use crate::config::istio::{
+    ClientTlsSettings, ConnectionPoolSettings, OutlierDetection, TrafficPolicy,
+};
 
 /// The blocks that apply to one cluster: a subset's block replaces the top-level one as a
 /// whole, and a port-level block replaces both for that port (no field-level merge).
@@ -19,10 +21,14 @@ pub struct ClusterPolicy {
     pub max_pending: Option<u32>,
     pub max_requests: Option<u32>,
     pub max_requests_per_connection: Option<u32>,
+    /// `connectionPool.http.idleTimeout` (Istio's default, 1h, when unset).
+    pub idle_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
     pub outlier: Option<OutlierConfig>,
     /// `loadBalancer.consistentHash`: the endpoint follows a request key.
     pub hash: Option<super::hash::HashPolicy>,
+    /// The `tls` block in force (turned into a TLS client when the cluster is built).
+    pub tls: Option<ClientTlsSettings>,
 }
 
 /// Istio treats 0 in these limits as unset ("FIXME: zero is a valid value").
@@ -63,6 +69,11 @@ impl ClusterPolicy {
             .or_else(|| subset.and_then(|s| s.load_balancer.as_ref()))
             .or_else(|| port_level(top, port).and_then(|p| p.load_balancer.as_ref()))
             .or_else(|| top.and_then(|t| t.load_balancer.as_ref()));
+        let tls = port_level(subset, port)
+            .and_then(|p| p.tls.as_ref())
+            .or_else(|| subset.and_then(|s| s.tls.as_ref()))
+            .or_else(|| port_level(top, port).and_then(|p| p.tls.as_ref()))
+            .or_else(|| top.and_then(|t| t.tls.as_ref()));
         let hash = lb
             .and_then(|lb| lb.consistent_hash.as_ref())
             .and_then(hash_policy);
@@ -76,9 +87,13 @@ impl ClusterPolicy {
             max_pending: limit(http.and_then(|h| h.http1_max_pending_requests)),
             max_requests: limit(http.and_then(|h| h.http2_max_requests)),
             max_requests_per_connection: limit(http.and_then(|h| h.max_requests_per_connection)),
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout.as_deref())
+                .and_then(|d| parse_go_duration(d).ok()),
             max_retries: limit(http.and_then(|h| h.max_retries)),
             outlier: outlier.map(OutlierConfig::from_istio),
             hash,
+            tls: tls.cloned(),
         }
     }
 }

@@ -7,8 +7,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
@@ -17,12 +17,132 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::tls::{Stream, TlsOrigin};
 use crate::metrics::ClusterStats;
 pub use crate::proxy::body::RequestBody as UpBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when released.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Istio's default `connectionPool.http.idleTimeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How a cluster's connections are made and retired: TLS origination and the DestinationRule's
+/// `maxRequestsPerConnection` / `idleTimeout`. Endpoints only share a pool when these agree.
+#[derive(Debug)]
+pub struct ConnSettings {
+    pub tls: Option<TlsOrigin>,
+    /// 0: unlimited (Istio's default).
+    pub max_requests_per_connection: u32,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            tls: None,
+            max_requests_per_connection: 0,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// What makes two [`ConnSettings`] interchangeable.
+type ConnKey = (Option<[u8; 32]>, u32, Duration);
+
+impl ConnSettings {
+    fn key(&self) -> ConnKey {
+        (
+            self.tls.as_ref().map(|t| t.key),
+            self.max_requests_per_connection,
+            self.idle_timeout,
+        )
+    }
+}
+
+/// One HTTP/1.1 connection's idle state, shared by the pool and the task driving the
+/// connection, which closes it once it has been idle for the idle timeout.
+struct ConnLife {
+    /// [`BUSY`], [`CLOSED`], or the pool-relative millisecond (+1) it became idle.
+    state: AtomicU64,
+    wake: Notify,
+}
+
+const BUSY: u64 = 0;
+const CLOSED: u64 = u64::MAX;
+
+impl ConnLife {
+    /// Takes an idle connection for a request; false if its driver is closing it.
+    fn claim(&self) -> bool {
+        let s = self.state.load(Ordering::Acquire);
+        s != BUSY
+            && s != CLOSED
+            && self
+                .state
+                .compare_exchange(s, BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn set_idle(&self, epoch: Instant) {
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(CLOSED - 2);
+        self.state.store(ms + 1, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Drives `conn` until it ends, or until it has sat idle for `timeout` (then dropping it
+    /// closes the socket and the cluster's `upstream_cx_idle_timeout` counts it).
+    async fn drive<F: std::future::Future>(
+        &self,
+        conn: F,
+        timeout: Duration,
+        epoch: Instant,
+        stats: Option<&Arc<ClusterStats>>,
+    ) {
+        tokio::pin!(conn);
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s == BUSY {
+                tokio::select! {
+                    _ = &mut conn => return,
+                    _ = self.wake.notified() => continue,
+                }
+            }
+            let deadline = epoch + Duration::from_millis(s - 1) + timeout;
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if self
+                        .state
+                        .compare_exchange(s, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        if let Some(st) = stats {
+                            st.upstream_cx_idle_timeout.inc();
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A pooled HTTP/1.1 connection and how many requests it has carried.
+struct H1Conn {
+    sender: http1::SendRequest<UpBody>,
+    life: Arc<ConnLife>,
+    requests: u32,
+    stats: Option<Arc<ClusterStats>>,
+}
+
+/// The shared HTTP/2 connection and how many streams it has been given.
+struct H2Conn {
+    sender: http2::SendRequest<UpBody>,
+    streams: AtomicU32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -52,8 +172,11 @@ pub struct PoolStats {
 pub struct EndpointPool {
     pub addr: SocketAddr,
     pub h2: bool,
-    idle: ArrayQueue<http1::SendRequest<UpBody>>,
-    shared_h2: ArcSwapOption<http2::SendRequest<UpBody>>,
+    pub settings: Arc<ConnSettings>,
+    idle: ArrayQueue<H1Conn>,
+    shared_h2: ArcSwapOption<H2Conn>,
+    /// Origin of the idle timestamps in [`ConnLife`].
+    epoch: Instant,
     pub stats: PoolStats,
 }
 
@@ -62,6 +185,7 @@ impl std::fmt::Debug for EndpointPool {
         f.debug_struct("EndpointPool")
             .field("addr", &self.addr)
             .field("h2", &self.h2)
+            .field("tls", &self.settings.tls.is_some())
             .field("idle", &self.idle.len())
             .finish()
     }
@@ -70,28 +194,46 @@ impl std::fmt::Debug for EndpointPool {
 /// Gives an HTTP/1.1 connection back to its pool once the response body has been read to the
 /// end; dropping it earlier closes the connection, because it may still carry unread bytes.
 pub struct Release {
-    sender: Option<http1::SendRequest<UpBody>>,
+    conn: Option<H1Conn>,
     pool: Arc<EndpointPool>,
 }
 
 impl Release {
     pub fn release(mut self) {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-        {
-            // A full queue drops the connection: that bounds idle sockets per endpoint.
-            let _ = self.pool.idle.push(sender);
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if conn.sender.is_closed() {
+            return;
         }
+        let max = self.pool.settings.max_requests_per_connection;
+        if max > 0 && conn.requests >= max {
+            // Dropping the sender lets hyper close the connection (Envoy's
+            // `max_requests_per_connection`).
+            if let Some(s) = &conn.stats {
+                s.upstream_cx_max_requests.inc();
+            }
+            return;
+        }
+        conn.life.set_idle(self.pool.epoch);
+        // A full queue drops the connection: that bounds idle sockets per endpoint.
+        let _ = self.pool.idle.push(conn);
     }
 }
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr, h2: bool) -> EndpointPool {
+        Self::with_settings(addr, h2, Arc::new(ConnSettings::default()))
+    }
+
+    pub fn with_settings(addr: SocketAddr, h2: bool, settings: Arc<ConnSettings>) -> EndpointPool {
         EndpointPool {
             addr,
             h2,
+            settings,
             idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
             shared_h2: ArcSwapOption::empty(),
+            epoch: Instant::now(),
             stats: PoolStats::default(),
         }
     }
@@ -124,12 +266,13 @@ impl EndpointPool {
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, Release), SendError> {
-        while let Some(mut sender) = self.idle.pop() {
-            if sender.is_closed() || sender.ready().await.is_err() {
+        while let Some(mut conn) = self.idle.pop() {
+            if !conn.life.claim() || conn.sender.is_closed() || conn.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.release_handle(sender))),
+            conn.requests += 1;
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.release_handle(conn))),
                 Err(mut e) => match e.take_message() {
                     // The upstream closed this idle connection before our request went out:
                     // the request is untouched, so replaying it is always safe.
@@ -156,7 +299,7 @@ impl EndpointPool {
                 });
             }
         };
-        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
+        let (sender, conn) = match http1::Builder::new().handshake(io).await {
             Ok(pair) => pair,
             Err(e) => {
                 return Err(SendError::Connect {
@@ -167,13 +310,28 @@ impl EndpointPool {
             }
         };
         let gauge = ConnGauge::open(stats);
+        let life = Arc::new(ConnLife {
+            state: AtomicU64::new(BUSY),
+            wake: Notify::new(),
+        });
+        let driver = life.clone();
+        let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
+        let cluster_stats = stats.cloned();
         tokio::spawn(async move {
             // Errors end the connection; the request that saw them reports them.
-            let _ = conn.with_upgrades().await;
+            driver
+                .drive(conn.with_upgrades(), timeout, epoch, cluster_stats.as_ref())
+                .await;
             drop(gauge);
         });
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.release_handle(sender))),
+        let mut conn = H1Conn {
+            sender,
+            life,
+            requests: 1,
+            stats: stats.cloned(),
+        };
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, self.release_handle(conn))),
             Err(mut e) => match e.take_message() {
                 Some(back) => Err(SendError::Connect {
                     addr: self.addr,
@@ -188,11 +346,41 @@ impl EndpointPool {
         }
     }
 
-    fn release_handle(self: &Arc<Self>, sender: http1::SendRequest<UpBody>) -> Release {
+    fn release_handle(self: &Arc<Self>, conn: H1Conn) -> Release {
         Release {
-            sender: Some(sender),
+            conn: Some(conn),
             pool: self.clone(),
         }
+    }
+
+    /// The shared HTTP/2 connection if it may take one more stream. The stream that reaches
+    /// `maxRequestsPerConnection` retires it: later requests open a new connection while the
+    /// streams already on it finish.
+    fn shared_sender(
+        &self,
+        stats: Option<&Arc<ClusterStats>>,
+    ) -> Option<http2::SendRequest<UpBody>> {
+        let cur = self.shared_h2.load_full();
+        let conn = cur.as_ref()?;
+        if conn.sender.is_closed() {
+            return None;
+        }
+        let max = self.settings.max_requests_per_connection;
+        let n = conn.streams.fetch_add(1, Ordering::AcqRel) + 1;
+        if max > 0 && n >= max {
+            let prev = self.shared_h2.compare_and_swap(&cur, None);
+            let retired_now = match (&*prev, &cur) {
+                (Some(p), Some(c)) => Arc::ptr_eq(p, c),
+                _ => false,
+            };
+            if retired_now && let Some(s) = stats {
+                s.upstream_cx_max_requests.inc();
+            }
+            if n > max {
+                return None;
+            }
+        }
+        Some(conn.sender.clone())
     }
 
     async fn send_h2(
@@ -203,9 +391,9 @@ impl EndpointPool {
     ) -> Result<Response<Incoming>, SendError> {
         // One replay on a fresh connection if the shared one turned out to be gone.
         for _ in 0..2 {
-            let mut sender = match self.shared_h2.load_full() {
-                Some(s) if !s.is_closed() => (*s).clone(),
-                _ => match self.connect_h2(connect_timeout, stats).await {
+            let mut sender = match self.shared_sender(stats) {
+                Some(s) => s,
+                None => match self.connect_h2(connect_timeout, stats).await {
                     Ok(s) => s,
                     Err(reason) => {
                         return Err(SendError::Connect {
@@ -256,25 +444,44 @@ impl EndpointPool {
             let _ = conn.await;
             drop(gauge);
         });
-        self.shared_h2.store(Some(Arc::new(sender.clone())));
+        // This request is the connection's first stream; with a limit of one it is also its
+        // last, so the connection is never shared.
+        if self.settings.max_requests_per_connection != 1 {
+            self.shared_h2.store(Some(Arc::new(H2Conn {
+                sender: sender.clone(),
+                streams: AtomicU32::new(1),
+            })));
+        } else if let Some(s) = stats {
+            s.upstream_cx_max_requests.inc();
+        }
         Ok(sender)
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, String> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(e.to_string());
-                }
-                Err(_) => {
-                    self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(format!("timed out after {connect_timeout:?}"));
-                }
-            };
-        // Small request/response exchanges must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+    /// TCP connect plus, for a TLS cluster, the handshake, both within the connect timeout
+    /// (Envoy counts a connection as up once its transport socket is).
+    async fn connect(&self, connect_timeout: Duration) -> Result<TokioIo<Stream>, String> {
+        let dial = async {
+            let tcp = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Small request/response exchanges must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+            match &self.settings.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => Ok(Stream::Tls(Box::new(tls.handshake(tcp, self.addr).await?))),
+            }
+        };
+        let stream = match tokio::time::timeout(connect_timeout, dial).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("timed out after {connect_timeout:?}"));
+            }
+        };
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -303,19 +510,36 @@ impl Drop for ConnGauge {
     }
 }
 
-/// Pools outlive route tables: a reload that keeps an endpoint keeps its warm connections.
+/// Pools outlive route tables: a reload that keeps an endpoint and its connection settings
+/// keeps its warm connections.
 #[derive(Default)]
 pub struct PoolRegistry {
-    pools: std::sync::Mutex<std::collections::HashMap<(SocketAddr, bool), Arc<EndpointPool>>>,
+    pools:
+        std::sync::Mutex<std::collections::HashMap<(SocketAddr, bool, ConnKey), Arc<EndpointPool>>>,
 }
 
 impl PoolRegistry {
-    /// Called while compiling a table or refreshing DNS, never per request.
+    /// A pool with the default settings (plaintext, Istio's defaults).
     pub fn get(&self, addr: SocketAddr, h2: bool) -> Arc<EndpointPool> {
+        let key = (addr, h2, (None, 0, DEFAULT_IDLE_TIMEOUT));
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
-            .entry((addr, h2))
+            .entry(key)
             .or_insert_with(|| Arc::new(EndpointPool::new(addr, h2)))
+            .clone()
+    }
+
+    /// Called while compiling a table or refreshing DNS, never per request.
+    pub fn get_with(
+        &self,
+        addr: SocketAddr,
+        h2: bool,
+        settings: &Arc<ConnSettings>,
+    ) -> Arc<EndpointPool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry((addr, h2, settings.key()))
+            .or_insert_with(|| Arc::new(EndpointPool::with_settings(addr, h2, settings.clone())))
             .clone()
     }
 

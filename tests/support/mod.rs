@@ -12,6 +12,7 @@ pub mod e2e_helpers;
 pub mod load;
 mod process;
 mod proxy;
+pub mod tls;
 mod upstream;
 
 pub use body::{BodySender, TestBody, body_channel, body_from_chunks, empty_body, full_body};
