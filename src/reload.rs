@@ -227,6 +227,13 @@ fn build_sync(
     Ok((table, diags))
 }
 
+fn is_empty(res: &Resources) -> bool {
+    res.virtual_services.is_empty()
+        && res.destination_rules.is_empty()
+        && res.service_entries.is_empty()
+        && res.workload_entries.is_empty()
+}
+
 fn internal(path: &std::path::Path, message: String) -> Diagnostic {
     Diagnostic {
         severity: Severity::Error,
@@ -367,6 +374,22 @@ impl Reloader {
         let current_hash = self.table.load().source_hash.clone();
         let source_hash = res.content_hash.clone();
         let next_version = self.version() + 1;
+        let serving = self.table.load();
+        let serving_something = !serving.clusters.is_empty() || !serving.virtual_hosts().is_empty();
+        drop(serving);
+        if is_empty(&res) && serving_something {
+            // An editor's truncating write (or a half-synced volume) looks exactly like this;
+            // dropping every route on it would fail all traffic (reliability.md R2).
+            let diags = vec![internal(
+                &self.ctx.path,
+                "the config holds no VirtualService, DestinationRule, ServiceEntry or \
+                 WorkloadEntry; refusing to replace the serving routes with nothing (to stop \
+                 serving, stop the proxy)"
+                    .to_string(),
+            )];
+            self.refuse(source_hash, trigger, diags.clone());
+            return Err(diags);
+        }
         match build_table_from(&self.ctx, res, next_version).await {
             Err(diags) => {
                 self.refuse(source_hash, trigger, diags.clone());

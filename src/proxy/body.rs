@@ -233,11 +233,17 @@ impl Body for RequestBody {
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(rec)) = (&polled, &this.record)
-            && let Some(data) = frame.data_ref()
-        {
-            rec.request_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let (Poll::Ready(Some(result)), Some(rec)) = (&polled, &this.record) {
+            match result {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        rec.request_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                // Bad chunking and the like: the client's fault, answered 400, not 503.
+                Err(_) => rec.set_downstream_body_failed(),
+            }
         }
         polled
     }

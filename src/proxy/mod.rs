@@ -160,6 +160,11 @@ impl Proxy {
         conn: ConnInfo,
         record: &Arc<RequestRecord>,
     ) -> Result<Response<ProxyBody>, LocalReply> {
+        // Istio routes on the authority: two Host headers make it ambiguous (an HTTP/2
+        // request's `:authority` is not in the map).
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return Err(LocalReply::bad_request("duplicate Host header"));
+        }
         let authority =
             request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
         let (raw_host, addressed_port) = split_authority(authority.as_str());
@@ -473,8 +478,10 @@ impl Proxy {
         let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
         // A body a retry might have to send again is read first, up to Envoy's buffer limit;
         // a bigger or unsized one streams and is never sent twice.
-        let grpc = record.grpc;
-        let needs_replay = !upgrade && (retry.may_resend(grpc) || !plan.mirrors.is_empty());
+        // Also kept when no retry policy would resend it: a pooled connection the upstream
+        // closed under the request is replayed on a new one (pingora's rule: reused, no
+        // response byte, body still whole). Envoy buffers for its retries the same way.
+        let needs_replay = !upgrade;
         let body = if needs_replay && replayable_size(&parts.headers, &body) {
             match collect_bounded(body).await {
                 Ok((data, trailers)) => {
@@ -587,6 +594,11 @@ impl Proxy {
         }
 
         let (mut parts, incoming) = resp.into_parts();
+        // TE.CL from the upstream: hyper decoded the chunks, so the length no longer describes
+        // the body we send (RFC 9112 §6.3: Transfer-Encoding wins).
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut parts.headers, false);
         parts.headers.insert(
             headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
@@ -748,7 +760,37 @@ impl Proxy {
             let last = attempt + 1 == max_attempts;
             let mut active = endpoint.begin();
             let started = Instant::now();
-            let send = endpoint.pool.send(req, connect_timeout, stats);
+            let attempt_header = req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
+            let pool = endpoint.pool.clone();
+            let template = a.template.as_ref();
+            let send = async move {
+                match pool.send(req, connect_timeout, stats).await {
+                    Err(SendError::Exchange {
+                        source,
+                        addr,
+                        reused: true,
+                    }) if is_stale_close(&source) => match template {
+                        Some(t) => {
+                            pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
+                            let mut again = t.build();
+                            if let Some(v) = attempt_header {
+                                again
+                                    .headers_mut()
+                                    .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
+                            }
+                            pool.send_on_new_connection(again, connect_timeout, stats)
+                                .await
+                        }
+                        None => Err(SendError::Exchange {
+                            source,
+                            addr,
+                            reused: true,
+                        }),
+                    },
+                    other => other,
+                }
+            };
             let result = match a.per_try {
                 Some(t) => match tokio::time::timeout(t, send).await {
                     Ok(r) => r,
@@ -806,8 +848,12 @@ impl Proxy {
                     next = Some(*request);
                     retry_wait(a.policy, attempt).await;
                 }
-                Err(SendError::Exchange { source, addr }) => {
+                Err(SendError::Exchange { source, addr, .. }) => {
                     tracing::debug!(%addr, error = %source, "upstream exchange failed");
+                    if a.record.downstream_body_failed() {
+                        // Not the upstream's failure: no outlier strike, no retry.
+                        return Err(LocalReply::bad_request("malformed request body"));
+                    }
                     outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
                     if !last && a.template.is_some() && a.policy.on_reset() {
                         retry_wait(a.policy, attempt).await;
@@ -1142,6 +1188,27 @@ pub const MIRROR_IN_FLIGHT: usize = 1024;
 const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
 
 /// The body is empty, or its declared length fits the retry buffer.
+/// An error that means the upstream closed (or reset) the connection before answering: on a
+/// reused keep-alive connection, the idle-close race.
+fn is_stale_close(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn replayable_size(headers: &http::HeaderMap, body: &Incoming) -> bool {
     use http_body::Body as _;
     if body.is_end_stream() {

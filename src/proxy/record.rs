@@ -42,6 +42,7 @@ pub struct RequestRecord {
     pub response_bytes: AtomicU64,
     status: AtomicU32,
     flags: AtomicU8,
+    downstream_body_failed: std::sync::atomic::AtomicBool,
     /// gRPC status + 1; 0 when none was seen.
     grpc_status: AtomicU16,
     dest: OnceLock<Arc<DestMetrics>>,
@@ -71,6 +72,7 @@ impl RequestRecord {
             response_bytes: AtomicU64::new(0),
             status: AtomicU32::new(0),
             flags: AtomicU8::new(0),
+            downstream_body_failed: std::sync::atomic::AtomicBool::new(false),
             grpc_status: AtomicU16::new(0),
             dest: OnceLock::new(),
             fallback_dest: OnceLock::new(),
@@ -97,6 +99,15 @@ impl RequestRecord {
 
     pub fn set_window(&self, window: &Arc<Window>) {
         let _ = self.window.set(window.clone());
+    }
+
+    /// The downstream request body failed mid-stream (malformed chunking, a reset).
+    pub fn set_downstream_body_failed(&self) {
+        self.downstream_body_failed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn downstream_body_failed(&self) -> bool {
+        self.downstream_body_failed.load(Ordering::Relaxed)
     }
 
     /// The response status recorded so far (0 before any).

@@ -226,25 +226,6 @@ impl RetryPolicy {
             }
     }
 
-    /// Whether a response or a reset could be retried, so the body must be kept for a resend.
-    /// Istio's default policy (no status codes) only retries gRPC statuses after sending.
-    pub fn may_resend(&self, grpc: bool) -> bool {
-        let grpc_bits = RetryOn::GRPC_CANCELLED
-            .with(RetryOn::GRPC_DEADLINE_EXCEEDED)
-            .with(RetryOn::GRPC_INTERNAL)
-            .with(RetryOn::GRPC_RESOURCE_EXHAUSTED)
-            .with(RetryOn::GRPC_UNAVAILABLE);
-        self.retries > 0
-            && (self.on_reset()
-                || self.on.any(
-                    RetryOn::FIVE_XX
-                        .with(RetryOn::GATEWAY_ERROR)
-                        .with(RetryOn::RETRIABLE_4XX),
-                )
-                || !self.status_codes.is_empty()
-                || (grpc && self.on.any(grpc_bits)))
-    }
-
     /// Envoy's fully jittered exponential back-off, capped at ten times the base.
     pub fn backoff(&self, retry: u32, random: u64) -> Duration {
         let cap = self

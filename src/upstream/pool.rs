@@ -158,6 +158,9 @@ pub enum SendError {
     Exchange {
         addr: SocketAddr,
         source: hyper::Error,
+        /// On a pooled keep-alive connection: the upstream may have closed it while idle, just
+        /// as the request went out (the request path replays those on a new connection).
+        reused: bool,
     },
 }
 
@@ -254,10 +257,26 @@ impl EndpointPool {
                 .await
                 .map(|r| (r, None))
         } else {
-            self.send_h1(req, connect_timeout, stats)
+            self.send_h1(req, connect_timeout, stats, true)
                 .await
                 .map(|(r, rel)| (r, Some(rel)))
         }
+    }
+
+    /// Like [`send`](Self::send), on a new HTTP/1 connection: the replay of a request whose
+    /// pooled connection died under it must not meet another stale one.
+    pub async fn send_on_new_connection(
+        self: &Arc<Self>,
+        req: Request<UpBody>,
+        connect_timeout: Duration,
+        stats: Option<&Arc<ClusterStats>>,
+    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
+        if self.h2 {
+            return self.send(req, connect_timeout, stats).await;
+        }
+        self.send_h1(req, connect_timeout, stats, false)
+            .await
+            .map(|(r, rel)| (r, Some(rel)))
     }
 
     async fn send_h1(
@@ -265,8 +284,9 @@ impl EndpointPool {
         mut req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
+        reuse: bool,
     ) -> Result<(Response<Incoming>, Release), SendError> {
-        while let Some(mut conn) = self.idle.pop() {
+        while let Some(mut conn) = if reuse { self.idle.pop() } else { None } {
             if !conn.life.claim() || conn.sender.is_closed() || conn.sender.ready().await.is_err() {
                 continue;
             }
@@ -284,6 +304,7 @@ impl EndpointPool {
                         return Err(SendError::Exchange {
                             addr: self.addr,
                             source: e.into_error(),
+                            reused: true,
                         });
                     }
                 },
@@ -341,6 +362,7 @@ impl EndpointPool {
                 None => Err(SendError::Exchange {
                     addr: self.addr,
                     source: e.into_error(),
+                    reused: false,
                 }),
             },
         }
@@ -416,6 +438,7 @@ impl EndpointPool {
                         return Err(SendError::Exchange {
                             addr: self.addr,
                             source: e.into_error(),
+                            reused: false,
                         });
                     }
                 },
