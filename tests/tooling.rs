@@ -611,9 +611,7 @@ fn probe_exits_0_on_2xx_and_1_otherwise() {
     );
     assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
 
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let closed = support::closed_port();
     let out = run(&["probe", &format!("http://{closed}/")]);
     assert_eq!(out.code, Some(1), "{}", out.describe());
     assert!(out.stderr.contains("cannot connect"), "{}", out.describe());

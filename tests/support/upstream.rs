@@ -417,12 +417,21 @@ fn upgrade(mut req: Request<Incoming>, shared: &Arc<Shared>, echo: &Echo) -> Res
 }
 
 /// Loopback address with nothing listening, so connecting is refused.
+///
+/// The port stays bound (but never listening) for the rest of the test
+/// process: a port merely bound and released could be handed to a parallel
+/// test's `bind(0)` a moment later, and the "refused" connect would succeed.
 pub fn closed_port() -> SocketAddr {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port on 127.0.0.1");
-    listener
+    let socket = tokio::net::TcpSocket::new_v4().expect("create a throwaway socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a throwaway port on 127.0.0.1");
+    let addr = socket
         .local_addr()
-        .expect("read the throwaway port's address")
+        .expect("read the throwaway port's address");
+    // Leaked on purpose: the reservation must outlive every use of `addr`.
+    std::mem::forget(socket);
+    addr
 }
 
 /// Writes `bytes`, then collects whatever comes back until EOF or `timeout`
