@@ -141,8 +141,8 @@ pub struct ServeArgs {
         default_value_t = 1024
     )]
     max_concurrent_streams: u32,
-    /// Open downstream connections on the proxy listener; beyond it new ones are closed at
-    /// accept, logged and counted (`0` means no limit).
+    /// Open downstream connections on the proxy listener, all workers together; beyond it
+    /// new ones are closed at accept, logged and counted (`0` means no limit).
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 0)]
     max_connections: usize,
     /// Config watcher settle window: a change is applied once its content hash has held

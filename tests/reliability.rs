@@ -1869,7 +1869,8 @@ async fn r10_sigterm_drains_gracefully() {
 async fn connection_limit_closes_extra_connections_logs_once_and_counts() {
     let up = Upstream::start("v1").await;
     let (_dir, path) = config_file(&service_yaml("web", &[("v1", up.addr)]));
-    let p = spawn(&path, &["--max-connections", "5"]);
+    // Two workers, each with its own SO_REUSEPORT accept queue: the limit is the address's.
+    let p = spawn(&path, &["--max-connections", "5", "--workers", "2"]);
     let addr = p.proxy.expect("proxy addr");
     let maddr = metrics_addr(&p);
     let mut held = Vec::new();
@@ -2057,11 +2058,15 @@ async fn network_faults_between_proxy_and_upstream() {
     let rule = "    timeout: 500ms\n    retries:\n      attempts: 0\n";
     let p = TestProxy::start(&config(&[("v1", up.addr)], "", rule, &[("v1", 100)])).await;
     let mut rows = Vec::new();
-    for (mode, want, label) in [
-        (Chaos::Slice(7), 200, "slice 7 B"),
-        (Chaos::Delay(150), 200, "delay 150 ms"),
-        (Chaos::Reset, 503, "reset"),
-        (Chaos::Blackhole, 504, "blackhole"),
+    // The 500 ms route timeout covers the response body, as Envoy's does: the sliced
+    // response must fit in it with room to spare. A slice goes out every 2-3 ms (a 1 ms sleep
+    // rounds up to the timer's next tick), so ~500 bytes of head and body take ~150-200 ms;
+    // 2000 bytes took over 500 ms and were (rightly) cut.
+    for (mode, want, label, len) in [
+        (Chaos::Slice(7), 200, "slice 7 B", 200),
+        (Chaos::Delay(150), 200, "delay 150 ms", 2000),
+        (Chaos::Reset, 503, "reset", 2000),
+        (Chaos::Blackhole, 504, "blackhole", 2000),
     ] {
         // A chaos proxy per mode, so no pooled connection carries an earlier mode.
         let chaos = ChaosProxy::start(up.addr, mode).await;
@@ -2070,12 +2075,12 @@ async fn network_faults_between_proxy_and_upstream() {
             .expect("reload");
         let mut c = Client::h1(p.addr).await;
         let t = Instant::now();
-        let r = c.get("web", "/stream/2000").await;
+        let r = c.get("web", &format!("/stream/{len}")).await;
         let took = t.elapsed();
         rows.push(format!("{label}: {} in {took:?}", r.status));
         assert_eq!(r.status, want, "{label}: {}", r.text());
         if want == 200 {
-            assert_eq!(r.body.len(), 2000, "{label}: body");
+            assert_eq!(r.body.len(), len, "{label}: body");
         }
         if label.starts_with("delay") {
             assert!(took >= Duration::from_millis(150), "{label}: {took:?}");

@@ -89,15 +89,28 @@ pub struct ProxyListener {
 }
 
 impl ProxyListener {
+    /// A listener with a connection limit of its own.
     pub fn spawn(
         listener: TcpListener,
         proxy: Arc<Proxy>,
         limits: Limits,
     ) -> std::io::Result<ProxyListener> {
+        let conns = Arc::new(ConnLimit::new(limits.max_connections));
+        Self::spawn_sharing(listener, proxy, limits, conns)
+    }
+
+    /// A listener counting its connections in `conns`: the workers' `SO_REUSEPORT` listeners
+    /// on one address share one, so `--max-connections` caps the address, not each worker.
+    pub fn spawn_sharing(
+        listener: TcpListener,
+        proxy: Arc<Proxy>,
+        limits: Limits,
+        conns: Arc<ConnLimit>,
+    ) -> std::io::Result<ProxyListener> {
         let addr = listener.local_addr()?;
         let (phase, rx) = watch::channel(Phase::Serving);
         let state = proxy.state.clone();
-        let task = tokio::spawn(accept_loop(listener, proxy, limits, rx));
+        let task = tokio::spawn(accept_loop(listener, proxy, limits, conns, rx));
         Ok(ProxyListener {
             addr,
             phase,
@@ -133,40 +146,69 @@ impl ProxyListener {
     }
 }
 
-/// Open connections of one listener, released when the connection task ends.
-struct Slot(Arc<AtomicUsize>);
+/// Open connections on one listening address, and the rate-limited overflow warning.
+pub struct ConnLimit {
+    /// 0: unlimited (connections are still counted).
+    max: usize,
+    open: AtomicUsize,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last warning, plus one (0: never warned).
+    last_warning_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl ConnLimit {
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            max,
+            open: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            last_warning_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
-}
 
-/// Logs the first overflow at once and then at most once per `OVERFLOW_LOG_EVERY`, with the
-/// number of connections refused meanwhile: a flood must not flood the log too.
-struct OverflowLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
+    /// A slot for a new connection, or `None` when the limit is reached. A race between two
+    /// workers can admit one connection beyond the limit for an instant; Envoy's per-worker
+    /// accounting is looser than that.
+    fn acquire(self: &Arc<Self>) -> Option<Slot> {
+        if self.max > 0 && self.open.load(Ordering::Acquire) >= self.max {
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Some(Slot(self.clone()))
+    }
 
-impl OverflowLog {
-    fn hit(&mut self, limit: usize, remote: SocketAddr) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < OVERFLOW_LOG_EVERY)
+    /// Logs the first overflow at once and then at most once per `OVERFLOW_LOG_EVERY`, with
+    /// the number of connections refused meanwhile: a flood must not flood the log too.
+    fn overflowed(&self, remote: SocketAddr) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_warning_ms.load(Ordering::Acquire);
+        let due = last == 0 || now_ms.saturating_sub(last) >= OVERFLOW_LOG_EVERY.as_millis() as u64;
+        if !due
+            || self
+                .last_warning_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
-            self.suppressed += 1;
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         tracing::warn!(
-            limit,
+            limit = self.max,
             %remote,
-            refused_since_last_warning = self.suppressed,
+            refused_since_last_warning = self.suppressed.swap(0, Ordering::Relaxed),
             "connection limit reached (--max-connections): closing new connections at accept"
         );
-        self.last = Some(now);
-        self.suppressed = 0;
+    }
+}
+
+/// One open connection, released when the connection task ends.
+struct Slot(Arc<ConnLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -174,13 +216,9 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: Limits,
+    conns: Arc<ConnLimit>,
     phase: watch::Receiver<Phase>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let mut overflow = OverflowLog {
-        last: None,
-        suppressed: 0,
-    };
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(s) => s,
@@ -191,16 +229,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        if limits.max_connections > 0 && open.load(Ordering::Acquire) >= limits.max_connections {
+        let Some(slot) = conns.acquire() else {
             // Envoy's overflow behaviour: accept and close at once, so the client sees a
             // reset rather than a connect that hangs in the backlog.
             proxy.metrics.proxy.downstream_cx_overflow.inc();
-            overflow.hit(limits.max_connections, remote);
+            conns.overflowed(remote);
             drop(stream);
             continue;
-        }
-        open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(open.clone());
+        };
         let local = stream.local_addr().unwrap_or(remote);
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
 use super::Proxy;
-use super::server::{Limits, ProxyListener};
+use super::server::{ConnLimit, Limits, ProxyListener};
 
 /// How many workers to run when `--workers` is not given: every core this process may use
 /// (a `taskset` or cgroup CPU set counts, as tokio's own default does).
@@ -53,10 +53,12 @@ impl Workers {
         limits: Limits,
     ) -> std::io::Result<Workers> {
         let addr = listener.local_addr()?;
-        let mut listeners = vec![ProxyListener::spawn(
+        let conns = Arc::new(ConnLimit::new(limits.max_connections));
+        let mut listeners = vec![ProxyListener::spawn_sharing(
             listener,
             proxy.clone(),
             limits.clone(),
+            conns.clone(),
         )?];
         let mut threads = Vec::new();
         for index in 1..count.max(1) {
@@ -66,6 +68,7 @@ impl Workers {
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let proxy = proxy.clone();
             let limits = limits.clone();
+            let conns = conns.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
@@ -81,7 +84,7 @@ impl Workers {
                     };
                     runtime.block_on(async move {
                         let started = TcpListener::from_std(own)
-                            .and_then(|l| ProxyListener::spawn(l, proxy, limits));
+                            .and_then(|l| ProxyListener::spawn_sharing(l, proxy, limits, conns));
                         let ok = started.is_ok();
                         let _ = ready_tx.send(started);
                         if ok {
