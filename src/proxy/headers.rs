@@ -19,12 +19,29 @@ pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Removes hop-by-hop headers and any header the `Connection` header names. With `upgrade`
 /// set, `Connection: upgrade` and `Upgrade` survive so the upgrade reaches the upstream.
 /// `te: trailers` survives too: gRPC requires it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
+    // One pass over the (few) names instead of a hashed lookup per hop-by-hop name: most
+    // messages carry none of them, or only `Connection`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
+    if has(&header::CONNECTION)
+        && let Some(conn) = headers.get(header::CONNECTION)
+    {
         // Rare path: only requests that list extra connection options pay for this.
         let listed: Vec<HeaderName> = conn
             .to_str()
@@ -45,14 +62,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = has(&header::TE)
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &HOP_BY_HOP {
         if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
         }
-        headers.remove(name);
+        if has(name) {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -60,6 +80,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// True when the request carries any `x-envoy-*` header: the client controls (timeouts,
+/// retries) are looked up only then, one scan instead of eight hashed lookups per request.
+pub fn has_envoy_controls(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|k| k.as_str().as_bytes().starts_with(b"x-envoy-"))
 }
 
 /// True for an HTTP/1.1 request asking to switch protocols (WebSocket and friends).

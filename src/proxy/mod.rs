@@ -3,6 +3,7 @@
 //! answered the way Envoy answers them (see `error`).
 
 pub mod body;
+mod deadline;
 pub mod error;
 pub mod headers;
 pub mod record;
@@ -33,6 +34,7 @@ use crate::route::policy::{Abort, RetryPolicy, RoutePolicy};
 use crate::route::{Decision, OutboundPolicy, RequestView, RouteTable};
 use crate::upstream::{Cluster, Discovery, PoolRegistry, SendError};
 use body::{ProxyBody, RequestBody};
+use deadline::{Elapsed, MaybeTimeout};
 use error::LocalReply;
 use record::RequestRecord;
 
@@ -378,32 +380,31 @@ impl Proxy {
         }
         // A client may amend the retry policy and the timeouts, as Envoy allows; the headers are
         // for us, not the upstream.
-        let amended_retry = policy.retry.amended_by(&parts.headers);
+        let controls = headers::has_envoy_controls(&parts.headers);
+        let amended_retry = if controls {
+            policy.retry.amended_by(&parts.headers)
+        } else {
+            None
+        };
         let retry: &RetryPolicy = amended_retry.as_ref().unwrap_or(&policy.retry);
-        if amended_retry.is_some() {
-            for name in [
-                "x-envoy-retry-on",
-                "x-envoy-retry-grpc-on",
-                "x-envoy-retriable-status-codes",
-                "x-envoy-max-retries",
-            ] {
-                parts.headers.remove(name);
+        let (mut timeout, mut per_try) = (policy.timeout, retry.per_try_timeout);
+        if controls {
+            if amended_retry.is_some() {
+                for name in RetryPolicy::CLIENT_HEADERS {
+                    parts.headers.remove(name);
+                }
             }
+            if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+                timeout = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+                per_try = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
+            parts
+                .headers
+                .remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
         }
-        let timeout = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => policy.timeout,
-        };
-        let per_try = match header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => retry.per_try_timeout,
-        };
-        parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
-        parts
-            .headers
-            .remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
         if let Some(t) = timeout {
             parts.headers.insert(
                 X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
@@ -462,8 +463,9 @@ impl Proxy {
             Some(c) => {
                 let over = if matches!(c.discovery, Discovery::OriginalDst) {
                     Some(
-                        self.original_destination(up_authority.as_str(), c.port)
-                            .await?,
+                        // Boxed: DNS lookups make a large future, and only PASSTHROUGH
+                        // clusters and ALLOW_ANY traffic need one.
+                        Box::pin(self.original_destination(up_authority.as_str(), c.port)).await?,
                     )
                 } else {
                     None
@@ -472,7 +474,7 @@ impl Proxy {
             }
             None => (
                 None,
-                Some(self.original_destination(up_authority.as_str(), 80).await?),
+                Some(Box::pin(self.original_destination(up_authority.as_str(), 80)).await?),
             ),
         };
         let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
@@ -552,17 +554,14 @@ impl Proxy {
             record,
         };
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let sent = match timeout {
-            Some(t) => match tokio::time::timeout(t, self.send_with_retries(req, attempt)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some(c) = &cluster {
-                        c.stats.upstream_rq_timeout.inc();
-                    }
-                    Err(LocalReply::timeout())
+        let sent = match MaybeTimeout::new(self.send_with_retries(req, attempt), timeout).await {
+            Ok(r) => r,
+            Err(Elapsed) => {
+                if let Some(c) = &cluster {
+                    c.stats.upstream_rq_timeout.inc();
                 }
-            },
-            None => self.send_with_retries(req, attempt).await,
+                Err(LocalReply::timeout())
+            }
         };
         let (mut resp, release, active, started) = sent?;
         let service_time = started.elapsed();
@@ -779,7 +778,9 @@ impl Proxy {
                                     .headers_mut()
                                     .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
                             }
-                            pool.send_on_new_connection(again, connect_timeout, stats)
+                            // Boxed: rare, and a second inlined send would double the
+                            // size of every request's future.
+                            Box::pin(pool.send_on_new_connection(again, connect_timeout, stats))
                                 .await
                         }
                         None => Err(SendError::Exchange {
@@ -791,23 +792,20 @@ impl Proxy {
                     other => other,
                 }
             };
-            let result = match a.per_try {
-                Some(t) => match tokio::time::timeout(t, send).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
-                        if let Some(s) = stats {
-                            s.upstream_rq_timeout.inc();
-                        }
-                        if !last && a.template.is_some() && a.policy.on_reset() {
-                            retry_wait(a.policy, attempt).await;
-                            continue;
-                        }
-                        a.record.set_dest(&endpoint.metrics);
-                        return Err(LocalReply::timeout());
+            let result = match MaybeTimeout::new(send, a.per_try).await {
+                Ok(r) => r,
+                Err(Elapsed) => {
+                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
+                    if let Some(s) = stats {
+                        s.upstream_rq_timeout.inc();
                     }
-                },
-                None => send.await,
+                    if !last && a.template.is_some() && a.policy.on_reset() {
+                        retry_wait(a.policy, attempt).await;
+                        continue;
+                    }
+                    a.record.set_dest(&endpoint.metrics);
+                    return Err(LocalReply::timeout());
+                }
             };
             match result {
                 Ok((resp, release)) => {
@@ -995,7 +993,12 @@ impl Proxy {
 
 /// The gRPC status a response carries in its headers (trailers-only) or trailers.
 pub(crate) fn grpc_status_of(h: &http::HeaderMap) -> Option<u8> {
-    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    h.get(&headers::GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn fill_access(a: &mut record::AccessInfo, req: &Request<Incoming>, conn: ConnInfo) {

@@ -152,17 +152,23 @@ impl RetryPolicy {
         }
     }
 
+    /// The client headers [`amended_by`](Self::amended_by) reads; the proxy strips them.
+    pub const CLIENT_HEADERS: [http::HeaderName; 4] = [
+        http::HeaderName::from_static("x-envoy-retry-on"),
+        http::HeaderName::from_static("x-envoy-retry-grpc-on"),
+        http::HeaderName::from_static("x-envoy-retriable-status-codes"),
+        http::HeaderName::from_static("x-envoy-max-retries"),
+    ];
+
     /// The policy as a client's `x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
     /// `x-envoy-retriable-status-codes` and `x-envoy-max-retries` headers amend it, as Envoy's
     /// router does: conditions are added to the route's, a retry count replaces it. None when
     /// the request carries none of them (the common case: no copy).
     pub fn amended_by(&self, headers: &http::HeaderMap) -> Option<RetryPolicy> {
-        let on_words = [
-            headers.get("x-envoy-retry-on"),
-            headers.get("x-envoy-retry-grpc-on"),
-        ];
-        let codes = headers.get("x-envoy-retriable-status-codes");
-        let max = headers.get("x-envoy-max-retries");
+        let [retry_on, retry_grpc_on, retriable_codes, max_retries] = &Self::CLIENT_HEADERS;
+        let on_words = [headers.get(retry_on), headers.get(retry_grpc_on)];
+        let codes = headers.get(retriable_codes);
+        let max = headers.get(max_retries);
         if on_words.iter().all(Option::is_none) && codes.is_none() && max.is_none() {
             return None;
         }

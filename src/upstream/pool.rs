@@ -310,6 +310,18 @@ impl EndpointPool {
                 },
             }
         }
+        // Boxed: dialing (and a TLS handshake) makes a future several times the size of the
+        // pooled path's, and it would otherwise be copied with every request's future.
+        Box::pin(self.send_h1_new(req, connect_timeout, stats)).await
+    }
+
+    /// [`send_h1`](Self::send_h1) on a connection of its own.
+    async fn send_h1_new(
+        self: &Arc<Self>,
+        req: Request<UpBody>,
+        connect_timeout: Duration,
+        stats: Option<&Arc<ClusterStats>>,
+    ) -> Result<(Response<Incoming>, Release), SendError> {
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(reason) => {
@@ -415,7 +427,8 @@ impl EndpointPool {
         for _ in 0..2 {
             let mut sender = match self.shared_sender(stats) {
                 Some(s) => s,
-                None => match self.connect_h2(connect_timeout, stats).await {
+                // Boxed for the same reason as HTTP/1's new connections.
+                None => match Box::pin(self.connect_h2(connect_timeout, stats)).await {
                     Ok(s) => s,
                     Err(reason) => {
                         return Err(SendError::Connect {

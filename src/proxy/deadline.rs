@@ -1,0 +1,75 @@
+//! A future with an optional deadline, as one type.
+//!
+//! `match t { Some(t) => timeout(t, f).await, None => f.await }` puts two copies of `f` in the
+//! enclosing state machine (one per arm), and the request path's futures are kilobytes:
+//! every request paid for copying the unused one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+pin_project! {
+    pub struct MaybeTimeout<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl<F: Future> MaybeTimeout<F> {
+    /// `inner`, cut off after `timeout` when one is given.
+    pub fn new(inner: F, timeout: Option<Duration>) -> Self {
+        MaybeTimeout {
+            inner,
+            sleep: timeout.map(tokio::time::sleep),
+        }
+    }
+}
+
+impl<F: Future> Future for MaybeTimeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| Err(Elapsed)),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn finishes_first_or_elapses() {
+        let quick = MaybeTimeout::new(async { 7 }, Some(Duration::from_secs(1)));
+        assert_eq!(quick.await, Ok(7));
+        let slow = MaybeTimeout::new(
+            tokio::time::sleep(Duration::from_secs(5)),
+            Some(Duration::from_secs(1)),
+        );
+        assert_eq!(slow.await, Err(Elapsed));
+        let unbounded = MaybeTimeout::new(
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                1
+            },
+            None,
+        );
+        assert_eq!(unbounded.await, Ok(1));
+    }
+}
