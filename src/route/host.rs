@@ -2,6 +2,7 @@
 //! virtual-host lookup order.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
@@ -90,6 +91,31 @@ pub fn lookup_aliases(fqdn: &str, proxy_namespace: &str) -> Vec<String> {
     }
 }
 
+/// FNV-1a for the exact-domain map: host names are short, and SipHash's per-lookup setup was
+/// a tenth of a routing decision. Flooding is not a concern: the keys come from the config,
+/// and a request can only choose which one it looks up.
+#[derive(Default)]
+pub struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Virtual-host domains with Envoy's lookup order (`RouteMatcher::findVirtualHost`): exact,
 /// then `*suffix` (longest first), then `prefix*` (longest first), then `*`. A wildcard must
 /// match at least one character, so `*.foo.com` matches `a.foo.com` and `a.b.foo.com` but not
@@ -98,7 +124,7 @@ pub fn lookup_aliases(fqdn: &str, proxy_namespace: &str) -> Vec<String> {
 pub struct HostIndex<T> {
     /// Values with the (lower-cased) domain they were registered under, in insertion order.
     entries: Vec<(Box<str>, T)>,
-    exact: HashMap<Box<str>, usize>,
+    exact: HashMap<Box<str>, usize, BuildHasherDefault<Fnv1a>>,
     /// `*suffix` domains stored without the `*`, longest suffix first.
     suffixes: Vec<(Box<str>, usize)>,
     /// `prefix*` domains stored without the `*`, longest prefix first.
@@ -116,7 +142,7 @@ impl<T> HostIndex<T> {
     pub fn new() -> Self {
         Self {
             entries: Vec::new(),
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             any: None,

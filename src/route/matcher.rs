@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use memchr::memmem::Finder;
 use regex::bytes::RegexBuilder;
 
@@ -50,13 +50,22 @@ pub struct InvalidHeaderName {
 #[derive(Debug, Clone)]
 pub struct Re2 {
     regex: regex::bytes::Regex,
+    /// A literal every match starts with: `/api/v2/[a-z]+` rejects `/api/v5/...` with one
+    /// comparison.
+    prefix: Option<Box<[u8]>>,
+    /// A literal every match contains, when it is not the prefix itself.
     required: Option<Box<Finder<'static>>>,
 }
 
 impl Re2 {
     pub fn is_match(&self, hay: &[u8]) -> bool {
+        if let Some(p) = &self.prefix
+            && !hay.starts_with(p)
+        {
+            return false;
+        }
         if let Some(lit) = &self.required
-            && lit.find(hay).is_none()
+            && !contains(lit, hay)
         {
             return false;
         }
@@ -66,6 +75,24 @@ impl Re2 {
     pub fn as_str(&self) -> &str {
         self.regex.as_str()
     }
+}
+
+/// Whether `hay` contains the finder's needle. Header values and paths are mostly short, and
+/// for those a scan for the needle's first byte beats setting up the vectorised search.
+fn contains(finder: &Finder<'_>, hay: &[u8]) -> bool {
+    let needle = finder.needle();
+    if hay.len() >= 64 {
+        return finder.find(hay).is_some();
+    }
+    let (&head, tail) = match needle.split_first() {
+        Some(split) => split,
+        None => return true,
+    };
+    let last_start = match hay.len().checked_sub(needle.len()) {
+        Some(n) => n,
+        None => return false,
+    };
+    memchr::memchr_iter(head, &hay[..=last_start]).any(|i| hay[i + 1..].starts_with(tail))
 }
 
 /// The longest literal on the mandatory spine of the pattern (concatenations and groups, not
@@ -93,6 +120,29 @@ fn required_literal(pattern: &str) -> Option<Vec<u8>> {
     (best.len() >= 2).then_some(best)
 }
 
+/// The literal the pattern's mandatory spine starts with, after the start anchor.
+fn required_prefix(pattern: &str) -> Option<Vec<u8>> {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn first(h: &Hir) -> Option<Vec<u8>> {
+        match h.kind() {
+            HirKind::Literal(lit) => Some(lit.0.to_vec()),
+            HirKind::Capture(c) => first(&c.sub),
+            HirKind::Concat(parts) => parts
+                .iter()
+                .find(|p| !matches!(p.kind(), HirKind::Look(_)))
+                .and_then(first),
+            HirKind::Repetition(r) if r.min >= 1 => first(&r.sub),
+            _ => None,
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    first(&hir).filter(|p| !p.is_empty())
+}
+
 /// Compiles an RE2 pattern for a full match, as Envoy's `safe_regex` (RE2::FullMatch) does.
 pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
     if pattern.len() > MAX_REGEX_LEN {
@@ -106,11 +156,18 @@ pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
     }
     let translated = translate_re2(pattern).map_err(|m| RegexError::new(pattern, m))?;
     let full = format!("^(?:{translated})$");
-    let required = required_literal(&full).map(|lit| Box::new(Finder::new(&lit).into_owned()));
+    let prefix = required_prefix(&full);
+    let required = required_literal(&full)
+        .filter(|lit| prefix.as_deref() != Some(lit.as_slice()))
+        .map(|lit| Box::new(Finder::new(&lit).into_owned()));
     RegexBuilder::new(&full)
         .build()
         .map_err(|e| RegexError::new(pattern, e.to_string()))
-        .map(|regex| Re2 { regex, required })
+        .map(|regex| Re2 {
+            regex,
+            prefix: prefix.map(Vec::into_boxed_slice),
+            required,
+        })
 }
 
 const ASCII_DIGIT: &str = "0-9";
@@ -577,6 +634,30 @@ pub struct HeaderMatcher {
     pub invert: bool,
 }
 
+/// Up to this many distinct header names, a header is found by scanning them.
+const SCAN_HEADERS_UP_TO: usize = 12;
+
+/// Envoy's `getAllOfHeaderAsString` over one header's values: repeated headers are joined
+/// with ",". Only that case allocates.
+fn join_values<'v, R>(
+    mut values: impl Iterator<Item = &'v HeaderValue>,
+    f: impl FnOnce(Option<&[u8]>) -> R,
+) -> R {
+    let Some(first) = values.next() else {
+        return f(None);
+    };
+    let Some(second) = values.next() else {
+        return f(Some(first.as_bytes()));
+    };
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 16);
+    joined.extend_from_slice(first.as_bytes());
+    for v in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(v.as_bytes());
+    }
+    f(Some(&joined))
+}
+
 impl HeaderMatcher {
     /// Lower-cases `name` (Istio accepts `Foo:` and matches it case-insensitively).
     pub fn new(
@@ -597,20 +678,16 @@ impl HeaderMatcher {
     /// Envoy's `getAllOfHeaderAsString`: repeated headers are joined with ",". Only that case
     /// allocates.
     fn with_value<R>(&self, headers: &HeaderMap, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        let mut values = headers.get_all(&self.name).iter();
-        let Some(first) = values.next() else {
-            return f(None);
-        };
-        let Some(second) = values.next() else {
-            return f(Some(first.as_bytes()));
-        };
-        let mut joined = Vec::with_capacity(first.len() + second.len() + 16);
-        joined.extend_from_slice(first.as_bytes());
-        for v in std::iter::once(second).chain(values) {
-            joined.push(b',');
-            joined.extend_from_slice(v.as_bytes());
+        // A request with a handful of headers is scanned: comparing a few names is cheaper than
+        // hashing this one, and a route table checks the same names again rule after rule.
+        if headers.keys_len() <= SCAN_HEADERS_UP_TO {
+            let values = headers
+                .iter()
+                .filter(|(name, _)| *name == self.name)
+                .map(|(_, v)| v);
+            return join_values(values, f);
         }
-        f(Some(&joined))
+        join_values(headers.get_all(&self.name).iter(), f)
     }
 
     pub fn matches(&self, headers: &HeaderMap) -> bool {
@@ -801,6 +878,52 @@ impl RequestMatch {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn prefix_and_short_haystack_prefilters_agree_with_the_regex() {
+        assert_eq!(
+            required_prefix("^(?:/api/v2/[a-z]+)$").as_deref(),
+            Some(&b"/api/v2/"[..])
+        );
+        assert_eq!(
+            required_prefix("^(?:(abc)+d)$").as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(required_prefix("^(?:a|ab)$"), None);
+        assert_eq!(required_prefix("^(?:(abc)*d)$"), None);
+        assert_eq!(required_prefix("^(?:(?i)abc)$"), None);
+        for (pattern, hay) in [
+            ("/api/v2/[a-z]+", "/api/v2/abc"),
+            ("/api/v2/[a-z]+", "/api/v5/abc"),
+            ("/api/v2/[a-z]+", "x/api/v2/abc"),
+            ("(abc)+d", "abcabcd"),
+            ("(abc)+d", "abd"),
+            ("(?i)abc", "ABC"),
+            (r"^(.*?;)?(user=dev\d+)(;.*)?$", "a=1; user=dev42; b=2"),
+            (r"^(.*?;)?(user=dev\d+)(;.*)?$", "a=1; user=de"),
+            (r"^(.*?;)?(user=dev\d+)(;.*)?$", "uuser=dev7"),
+            (
+                r"(.*;)?user=dev\d+",
+                &format!("{};user=dev1", "x".repeat(100)),
+            ),
+            (
+                r"(.*;)?user=dev\d+",
+                &format!("{};user=de", "x".repeat(100)),
+            ),
+        ] {
+            let ours = compile_re2(pattern).expect("compiles");
+            let plain = regex::bytes::Regex::new(&format!(
+                "^(?:{})$",
+                translate_re2(pattern).expect("translates")
+            ))
+            .expect("plain");
+            assert_eq!(
+                ours.is_match(hay.as_bytes()),
+                plain.is_match(hay.as_bytes()),
+                "{pattern} on {hay}"
+            );
+        }
+    }
 
     #[test]
     fn required_literal_is_taken_from_the_mandatory_spine_only() {
