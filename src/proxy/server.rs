@@ -423,9 +423,14 @@ pub async fn serve_connection<S>(
                 return Ok::<_, Infallible>(resp);
             }
             let timeout = (!request_timeout.is_zero()).then_some(request_timeout);
-            Ok(MaybeTimeout::new(proxy.handle(req, info), timeout)
-                .await
-                .unwrap_or_else(|_| request_timed_out()))
+            // Boxed per request: hyper keeps a slot the size of this future for the life of
+            // each connection, and the request path's future is ~8 KB. Unboxed, 1,000 idle
+            // keep-alive clients cost 36 MiB instead of 30.
+            Ok(
+                MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
+                    .await
+                    .unwrap_or_else(|_| request_timed_out()),
+            )
         }
     });
     let active = Arc::new(AtomicBool::new(false));
