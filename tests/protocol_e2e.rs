@@ -351,6 +351,43 @@ async fn websocket_upgrade_passes_through_and_echoes() {
     assert_eq!(c.get("web", "/").await.text(), "v1");
 }
 
+/// WebSocket exists only in HTTP/1.1 here: an Upgrade request to a service whose port speaks
+/// HTTP/2 goes out on an HTTP/1.1 connection of its own, and the cluster's other requests
+/// keep using HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_to_an_http2_service_goes_out_as_http1() {
+    let up = Upstream::start("v1").await;
+    let yaml = service_entry(
+        "web",
+        "default",
+        "web.default.svc.cluster.local",
+        "HTTP2",
+        &[("version=v1", up.addr)],
+    );
+    let p = TestProxy::start(&yaml).await;
+    let mut c = Client::h1(p.addr).await;
+    let (reply, io) = c
+        .upgrade("web", "/ws", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(reply.status, 101, "{reply:?}");
+    let mut io = io.expect("101 hands over the connection");
+    io.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back))
+        .await
+        .expect("echo timed out")
+        .expect("read echo");
+    assert_eq!(&back, b"ping");
+    io.shutdown().await.expect("close the tunnel");
+    let r = c.get("web", "/").await;
+    assert_eq!(r.text(), "v1");
+    assert_eq!(
+        r.header("x-echo-version"),
+        Some("HTTP/2.0"),
+        "ordinary requests still reach the upstream over HTTP/2: {r:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_response_trailers_reach_an_h2_client() {
     let up = Upstream::start("v1").await;

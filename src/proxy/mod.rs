@@ -546,6 +546,7 @@ impl Proxy {
         };
         let attempt = Attempt {
             hash: key_hash,
+            upgrade,
             cluster: cluster.as_deref(),
             fixed: endpoint_override,
             policy: retry,
@@ -760,7 +761,11 @@ impl Proxy {
             let mut active = endpoint.begin();
             let started = Instant::now();
             let attempt_header = req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
-            let pool = endpoint.pool.clone();
+            let pool = if a.upgrade {
+                endpoint.pool.for_upgrade()
+            } else {
+                endpoint.pool.clone()
+            };
             let template = a.template.as_ref();
             let send = async move {
                 match pool.send(req, connect_timeout, stats).await {
@@ -1273,6 +1278,8 @@ struct Attempt<'a> {
     record: &'a RequestRecord,
     /// The request's consistent-hash key, when the cluster balances by one.
     hash: Option<u64>,
+    /// An HTTP/1.1 Upgrade: it needs an HTTP/1.1 connection whatever the cluster speaks.
+    upgrade: bool,
 }
 
 type Sent = (

@@ -6,8 +6,8 @@
 //! replayed; and a connect failure must be told apart from a failure after bytes were sent.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -178,6 +178,8 @@ pub struct EndpointPool {
     pub settings: Arc<ConnSettings>,
     idle: ArrayQueue<H1Conn>,
     shared_h2: ArcSwapOption<H2Conn>,
+    /// For an HTTP/2 pool: the HTTP/1.1 pool its Upgrade requests use, made on first use.
+    upgrades: OnceLock<Arc<EndpointPool>>,
     /// Origin of the idle timestamps in [`ConnLife`].
     epoch: Instant,
     pub stats: PoolStats,
@@ -236,9 +238,32 @@ impl EndpointPool {
             settings,
             idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
             shared_h2: ArcSwapOption::empty(),
+            upgrades: OnceLock::new(),
             epoch: Instant::now(),
             stats: PoolStats::default(),
         }
+    }
+
+    /// The pool an Upgrade request (WebSocket and friends) goes out on: Upgrade exists only
+    /// in HTTP/1.1, so an HTTP/2 pool hands it to an HTTP/1.1 sibling with the same settings.
+    pub fn for_upgrade(self: &Arc<Self>) -> Arc<EndpointPool> {
+        if !self.h2 {
+            return self.clone();
+        }
+        self.upgrades
+            .get_or_init(|| {
+                let settings = ConnSettings {
+                    tls: self.settings.tls.as_ref().map(TlsOrigin::for_http1),
+                    max_requests_per_connection: self.settings.max_requests_per_connection,
+                    idle_timeout: self.settings.idle_timeout,
+                };
+                Arc::new(EndpointPool::with_settings(
+                    self.addr,
+                    false,
+                    Arc::new(settings),
+                ))
+            })
+            .clone()
     }
 
     pub fn idle_connections(&self) -> usize {

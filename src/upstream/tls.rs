@@ -79,6 +79,21 @@ impl std::fmt::Debug for TlsOrigin {
 }
 
 impl TlsOrigin {
+    /// The same origin offering only `http/1.1` in ALPN: Upgrade requests to an HTTP/2
+    /// service go out on HTTP/1.1 connections.
+    pub fn for_http1(&self) -> TlsOrigin {
+        let mut config = (**self.connector.config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut key = self.key;
+        // Keeps the two apart wherever origins are compared by key.
+        key[0] ^= 0x01;
+        TlsOrigin {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: self.server_name.clone(),
+            key,
+        }
+    }
+
     /// The origin for `tls`, or `None` when it sends plaintext (DISABLE, and ISTIO_MUTUAL which
     /// validation only lets through as plaintext). `service_host` is the default SNI; `h2`
     /// picks the ALPN offered.
