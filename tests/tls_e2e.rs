@@ -218,6 +218,27 @@ async fn http2_port_negotiates_h2_by_alpn() {
     assert_eq!(up.handshakes(), 1, "one shared h2 connection");
 }
 
+/// An Upgrade request to an HTTP/2 port needs HTTP/1.1: it goes out on a TLS connection of its
+/// own that offers only `http/1.1` in ALPN, while ordinary requests keep the shared h2 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_to_an_http2_port_negotiates_http1_by_alpn() {
+    let pki = Pki::new();
+    let up = TlsUpstream::start(&pki, false).await;
+    let tls = format!("{{mode: SIMPLE, caCertificates: {}}}", path(&pki.ca));
+    let p = TestProxy::start(&config(up.addr, "HTTP2", &tls)).await;
+    let mut c = Client::h1(p.addr).await;
+    // This upstream does not switch protocols: its 200 says how the request arrived.
+    let (reply, _) = c
+        .upgrade(HOST, "/ws", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-alpn"), Some("http/1.1"), "{reply:?}");
+    assert_eq!(reply.header("x-version"), Some("HTTP/1.1"), "{reply:?}");
+    let r = get(p.addr, Proto::H1).await;
+    assert_eq!(r.header("x-alpn"), Some("h2"));
+    assert_eq!(up.handshakes(), 2, "one HTTP/1.1 and one h2 connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_or_broken_certificates_refuse_the_config() {
     let pki = Pki::new();
