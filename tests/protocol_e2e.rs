@@ -19,6 +19,18 @@ async fn proxy_to(up: &Upstream) -> TestProxy {
     TestProxy::start(&service_yaml("web", &[("v1", up.addr)])).await
 }
 
+/// `web` on a ServiceEntry port of protocol HTTP2: the upstream leg is h2c.
+async fn proxy_to_http2(up: &Upstream) -> TestProxy {
+    let yaml = service_entry(
+        "web",
+        "default",
+        "web.default.svc.cluster.local",
+        "HTTP2",
+        &[("version=v1", up.addr)],
+    );
+    TestProxy::start(&yaml).await
+}
+
 fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
@@ -260,14 +272,7 @@ async fn sixty_four_mib_upload_and_download_stream_through() {
 async fn trailers_pass_both_ways_over_h2() {
     // h2c end to end: the ServiceEntry port says HTTP2, so the upstream leg is h2 too.
     let up = Upstream::start("v1").await;
-    let yaml = service_entry(
-        "web",
-        "default",
-        "web.default.svc.cluster.local",
-        "HTTP2",
-        &[("version=v1", up.addr)],
-    );
-    let p = TestProxy::start(&yaml).await;
+    let p = proxy_to_http2(&up).await;
     let mut c = Client::h2(p.addr).await;
     // Response trailers.
     let r = c.get("web", "/stream/100000").await;
@@ -357,14 +362,7 @@ async fn websocket_upgrade_passes_through_and_echoes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_to_an_http2_service_goes_out_as_http1() {
     let up = Upstream::start("v1").await;
-    let yaml = service_entry(
-        "web",
-        "default",
-        "web.default.svc.cluster.local",
-        "HTTP2",
-        &[("version=v1", up.addr)],
-    );
-    let p = TestProxy::start(&yaml).await;
+    let p = proxy_to_http2(&up).await;
     let mut c = Client::h1(p.addr).await;
     let (reply, io) = c
         .upgrade("web", "/ws", &[("sec-websocket-version", "13")])

@@ -1,8 +1,8 @@
-//! A future with an optional deadline, as one type.
-//!
-//! `match t { Some(t) => timeout(t, f).await, None => f.await }` puts two copies of `f` in the
-//! enclosing state machine (one per arm), and the request path's futures are kilobytes:
-//! every request paid for copying the unused one.
+//! A future with an optional deadline, as one type: the route timeout, the per-try timeout and
+//! the downstream request timeout are each optional, and one await with one error arm reads
+//! better than `match t { Some(t) => timeout(t, f).await, None => f.await }` repeated with its
+//! timeout handling. (It does not shrink the enclosing future: measured with
+//! `-Zprint-type-sizes`, rustc already overlaps the two arms' storage.)
 
 use std::future::Future;
 use std::pin::Pin;
