@@ -175,9 +175,15 @@ fn add_vhost(
     index: &mut HostIndex<usize>,
     name: String,
     domains: Vec<String>,
-    routes: Vec<Route>,
+    mut routes: Vec<Route>,
     metrics: Arc<DestMetrics>,
 ) {
+    RequestMatch::assign_memo_slots(
+        &mut routes
+            .iter_mut()
+            .map(|r| &mut r.matches)
+            .collect::<Vec<_>>(),
+    );
     let i = vhosts.len();
     let mut kept = Vec::new();
     for d in domains {

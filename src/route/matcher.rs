@@ -55,12 +55,43 @@ pub struct Re2 {
     prefix: Option<Box<[u8]>>,
     /// A literal every match contains, when it is not the prefix itself.
     required: Option<Box<Finder<'static>>>,
+    /// The bytes a match can end with: `/api/v2/[a-z]+/\d+` rejects `/api/v2/items/42x` by
+    /// its last byte.
+    last: Option<ByteSet>,
+}
+
+/// A set of bytes, as a 256-bit map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn insert_range(&mut self, from: u8, to: u8) {
+        for b in from..=to {
+            self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+
+    fn contains(&self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+    }
+
+    fn union(mut self, other: ByteSet) -> ByteSet {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        self
+    }
 }
 
 impl Re2 {
     pub fn is_match(&self, hay: &[u8]) -> bool {
         if let Some(p) = &self.prefix
             && !hay.starts_with(p)
+        {
+            return false;
+        }
+        if let Some(last) = &self.last
+            && !hay.last().is_some_and(|&b| last.contains(b))
         {
             return false;
         }
@@ -143,6 +174,66 @@ fn required_prefix(pattern: &str) -> Option<Vec<u8>> {
     first(&hir).filter(|p| !p.is_empty())
 }
 
+/// The bytes every match of the pattern can end with, when the end is not optional. A
+/// Unicode class that reaches past ASCII adds every UTF-8 continuation byte, since a
+/// multi-byte character ends with one.
+fn last_bytes(pattern: &str) -> Option<ByteSet> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    fn last(h: &Hir) -> Option<ByteSet> {
+        let mut set = ByteSet::default();
+        match h.kind() {
+            HirKind::Literal(lit) => set.insert_range(*lit.0.last()?, *lit.0.last()?),
+            HirKind::Class(Class::Bytes(c)) => {
+                for r in c.ranges() {
+                    set.insert_range(r.start(), r.end());
+                }
+            }
+            HirKind::Class(Class::Unicode(c)) => {
+                for r in c.ranges() {
+                    let ascii_end = u32::from(r.end()).min(0x7F);
+                    if let (Ok(from), Ok(to)) = (u8::try_from(r.start()), u8::try_from(ascii_end))
+                        && from <= to
+                    {
+                        set.insert_range(from, to);
+                    }
+                    if u32::from(r.end()) > 0x7F {
+                        set.insert_range(0x80, 0xBF);
+                    }
+                }
+            }
+            HirKind::Capture(c) => return last(&c.sub),
+            HirKind::Repetition(r) if r.min >= 1 => return last(&r.sub),
+            HirKind::Concat(parts) => {
+                let tail = parts
+                    .iter()
+                    .rev()
+                    .find(|p| !matches!(p.kind(), HirKind::Look(_)))?;
+                // An end that can be empty leaves the last byte to the parts before it.
+                if tail.properties().minimum_len() == Some(0) {
+                    return None;
+                }
+                return last(tail);
+            }
+            HirKind::Alternation(alts) => {
+                return alts
+                    .iter()
+                    .try_fold(ByteSet::default(), |acc, a| Some(acc.union(last(a)?)));
+            }
+            _ => return None,
+        }
+        Some(set)
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    if hir.properties().minimum_len() == Some(0) {
+        return None;
+    }
+    last(&hir).filter(|set| *set != ByteSet([u64::MAX; 4]))
+}
+
 /// Compiles an RE2 pattern for a full match, as Envoy's `safe_regex` (RE2::FullMatch) does.
 pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
     if pattern.len() > MAX_REGEX_LEN {
@@ -167,6 +258,7 @@ pub fn compile_re2(pattern: &str) -> Result<Re2, RegexError> {
             regex,
             prefix: prefix.map(Vec::into_boxed_slice),
             required,
+            last: last_bytes(&full),
         })
 }
 
@@ -632,6 +724,41 @@ pub struct HeaderMatcher {
     pub name: HeaderName,
     pub matcher: StringMatcher,
     pub invert: bool,
+    /// This name's place in a [`HeaderMemo`], given when the virtual host is built.
+    pub slot: Option<u8>,
+}
+
+/// How many distinct header names of one virtual host are remembered per request; names past
+/// these are looked up at each rule, as without a memo.
+pub const MEMO_SLOTS: usize = 8;
+
+/// The header values one request has for the names its virtual host's rules test, each looked
+/// up at most once. Rules often test the same header (`x-user-group` exact `beta`, then
+/// `alpha`, then a cookie regex and another): without it each rule scans the headers again.
+pub struct HeaderMemo<'h> {
+    known: u8,
+    absent: u8,
+    /// Repeated headers: joining them allocates, so they take the unmemoised path.
+    repeated: u8,
+    values: [&'h [u8]; MEMO_SLOTS],
+}
+
+impl Default for HeaderMemo<'_> {
+    fn default() -> Self {
+        Self {
+            known: 0,
+            absent: 0,
+            repeated: 0,
+            values: [&[]; MEMO_SLOTS],
+        }
+    }
+}
+
+/// One header's presence in a request, before any joining.
+enum Lookup<'h> {
+    Absent,
+    One(&'h [u8]),
+    Repeated,
 }
 
 /// Up to this many distinct header names, a header is found by scanning them.
@@ -672,26 +799,67 @@ impl HeaderMatcher {
             name,
             matcher,
             invert,
+            slot: None,
         })
+    }
+
+    #[inline]
+    fn lookup<'h>(&self, headers: &'h HeaderMap) -> Lookup<'h> {
+        fn classify<'h>(mut values: impl Iterator<Item = &'h HeaderValue>) -> Lookup<'h> {
+            match (values.next(), values.next()) {
+                (None, _) => Lookup::Absent,
+                (Some(v), None) => Lookup::One(v.as_bytes()),
+                (Some(_), Some(_)) => Lookup::Repeated,
+            }
+        }
+        if headers.keys_len() <= SCAN_HEADERS_UP_TO {
+            classify(
+                headers
+                    .iter()
+                    .filter(|(name, _)| *name == self.name)
+                    .map(|(_, v)| v),
+            )
+        } else {
+            classify(headers.get_all(&self.name).iter())
+        }
     }
 
     /// Envoy's `getAllOfHeaderAsString`: repeated headers are joined with ",". Only that case
     /// allocates.
     fn with_value<R>(&self, headers: &HeaderMap, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
-        // A request with a handful of headers is scanned: comparing a few names is cheaper than
-        // hashing this one, and a route table checks the same names again rule after rule.
-        if headers.keys_len() <= SCAN_HEADERS_UP_TO {
-            let values = headers
-                .iter()
-                .filter(|(name, _)| *name == self.name)
-                .map(|(_, v)| v);
-            return join_values(values, f);
+        match self.lookup(headers) {
+            Lookup::Absent => f(None),
+            Lookup::One(v) => f(Some(v)),
+            Lookup::Repeated => join_values(headers.get_all(&self.name).iter(), f),
         }
-        join_values(headers.get_all(&self.name).iter(), f)
     }
 
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         self.with_value(headers, |value| self.decide(value))
+    }
+
+    /// `matches`, looking the header up only if no earlier rule of this virtual host did.
+    #[inline]
+    pub fn matches_memo<'h>(&self, headers: &'h HeaderMap, memo: &mut HeaderMemo<'h>) -> bool {
+        let Some(slot) = self.slot.map(usize::from).filter(|&s| s < MEMO_SLOTS) else {
+            return self.matches(headers);
+        };
+        let bit = 1u8 << slot;
+        if memo.known & bit == 0 {
+            memo.known |= bit;
+            match self.lookup(headers) {
+                Lookup::Absent => memo.absent |= bit,
+                Lookup::One(v) => memo.values[slot] = v,
+                Lookup::Repeated => memo.repeated |= bit,
+            }
+        }
+        if memo.absent & bit != 0 {
+            self.decide(None)
+        } else if memo.repeated & bit != 0 {
+            self.matches(headers)
+        } else {
+            self.decide(Some(memo.values[slot]))
+        }
     }
 
     /// Envoy `matchHeaders` with Istio's settings: plain header matches never match a missing
@@ -808,6 +976,11 @@ pub struct RequestMatch {
 impl RequestMatch {
     /// Cheap comparisons first; allocates only for repeated headers.
     pub fn matches(&self, req: &RequestView) -> bool {
+        self.matches_memo(req, &mut HeaderMemo::default())
+    }
+
+    /// `matches` for one of a virtual host's routes, sharing header lookups with the others.
+    pub fn matches_memo<'h>(&self, req: &RequestView<'h>, memo: &mut HeaderMemo<'h>) -> bool {
         self.port.is_none_or(|p| p == req.port)
             && self
                 .method
@@ -822,9 +995,37 @@ impl RequestMatch {
                 .authority
                 .as_ref()
                 .is_none_or(|m| m.matches(req.authority.as_bytes()))
-            && self.headers.iter().all(|h| h.matches(req.headers))
-            && self.without_headers.iter().all(|h| h.matches(req.headers))
+            && self
+                .headers
+                .iter()
+                .chain(&self.without_headers)
+                .all(|h| h.matches_memo(req.headers, memo))
             && self.query.iter().all(|q| q.matches(req.query))
+    }
+
+    /// Gives a [`HeaderMemo`] slot to each header name that more than one condition of these
+    /// routes tests; a name tested once gains nothing from remembering it.
+    pub fn assign_memo_slots(matches: &mut [&mut RequestMatch]) {
+        let mut uses: Vec<(HeaderName, usize)> = Vec::new();
+        for h in matches
+            .iter()
+            .flat_map(|m| m.headers.iter().chain(&m.without_headers))
+        {
+            match uses.iter_mut().find(|(n, _)| *n == h.name) {
+                Some((_, count)) => *count += 1,
+                None => uses.push((h.name.clone(), 1)),
+            }
+        }
+        uses.retain(|(_, count)| *count > 1);
+        for m in matches.iter_mut() {
+            for h in m.headers.iter_mut().chain(&mut m.without_headers) {
+                h.slot = uses
+                    .iter()
+                    .position(|(n, _)| *n == h.name)
+                    .and_then(|i| u8::try_from(i).ok())
+                    .filter(|&s| usize::from(s) < MEMO_SLOTS);
+            }
+        }
     }
 
     /// The first condition that fails, in the order `matches` checks them, for `explain`.
@@ -880,6 +1081,65 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn memoised_header_lookups_decide_as_fresh_ones() {
+        let block = |headers: Vec<HeaderMatcher>, without: Vec<HeaderMatcher>| RequestMatch {
+            headers,
+            without_headers: without,
+            ..Default::default()
+        };
+        let h = |name: &str, m: StringMatcher| HeaderMatcher::new(name, m, false).unwrap();
+        let w = |name: &str, m: StringMatcher| HeaderMatcher::new(name, m, true).unwrap();
+        let mut blocks = [
+            block(
+                vec![h("x-user-group", StringMatcher::exact("beta"))],
+                vec![],
+            ),
+            block(
+                vec![h("x-user-group", StringMatcher::exact("alpha"))],
+                vec![],
+            ),
+            block(vec![h("cookie", re(".*user=dev.*"))], vec![]),
+            block(vec![], vec![w("x-user-group", StringMatcher::Present)]),
+            block(vec![h("cookie", StringMatcher::Present)], vec![]),
+            block(
+                vec![h("x-once", StringMatcher::Present)],
+                vec![w("x-user-group", StringMatcher::exact("a,b"))],
+            ),
+        ];
+        RequestMatch::assign_memo_slots(&mut blocks.iter_mut().collect::<Vec<_>>());
+        let slot = |b: usize, i: usize| {
+            blocks[b]
+                .headers
+                .iter()
+                .chain(&blocks[b].without_headers)
+                .nth(i)
+                .and_then(|m| m.slot)
+        };
+        assert_eq!(
+            (slot(0, 0), slot(2, 0), slot(3, 0)),
+            (Some(0), Some(1), Some(0))
+        );
+        assert_eq!(slot(5, 0), None, "a name tested once has no slot");
+        for headers in [
+            hm(&[]),
+            hm(&[("x-user-group", "beta")]),
+            hm(&[("x-user-group", "alpha"), ("cookie", "a=1; user=dev7")]),
+            hm(&[("x-user-group", "a"), ("x-user-group", "b"), ("x-once", "")]),
+            hm(&[("cookie", ""), ("x-user-group", "")]),
+        ] {
+            let req = view("/", None, &headers);
+            let mut memo = HeaderMemo::default();
+            for (i, b) in blocks.iter().enumerate() {
+                assert_eq!(
+                    b.matches_memo(&req, &mut memo),
+                    b.matches(&req),
+                    "block {i} on {headers:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn prefix_and_short_haystack_prefilters_agree_with_the_regex() {
         assert_eq!(
             required_prefix("^(?:/api/v2/[a-z]+)$").as_deref(),
@@ -892,7 +1152,26 @@ mod tests {
         assert_eq!(required_prefix("^(?:a|ab)$"), None);
         assert_eq!(required_prefix("^(?:(abc)*d)$"), None);
         assert_eq!(required_prefix("^(?:(?i)abc)$"), None);
+        let digits = last_bytes(r"^(?:/api/v2/[a-z]+/[0-9]+)$").expect("a last-byte set");
+        assert!(digits.contains(b'7') && !digits.contains(b'x') && !digits.contains(0xBF));
+        for optional_end in [r"^(?:a(;.*)?)$", "^(?:ab*)$", "^(?:a|)$", "^(?:.*)$"] {
+            assert_eq!(last_bytes(optional_end), None, "{optional_end}");
+        }
         for (pattern, hay) in [
+            ("/api/v2/[a-z]+/\\d+", "/api/v2/items/42"),
+            ("/api/v2/[a-z]+/\\d+", "/api/v2/items/42x"),
+            ("/api/v2/[a-z]+/\\d+", ""),
+            ("caf.", "café"),
+            ("caf.", "cafe"),
+            ("x[^a]", "xé"),
+            ("(?i)k", "\u{212A}"),
+            ("(?i)K", "k"),
+            ("(ab|c\\d)", "c5"),
+            ("(ab|c\\d)", "ab"),
+            ("(ab|c\\d)", "ac"),
+            ("a(b)+", "abbb"),
+            ("a$", "a"),
+            ("\\x{263a}", "\u{263a}"),
             ("/api/v2/[a-z]+", "/api/v2/abc"),
             ("/api/v2/[a-z]+", "/api/v5/abc"),
             ("/api/v2/[a-z]+", "x/api/v2/abc"),

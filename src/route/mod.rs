@@ -20,7 +20,7 @@ use crate::upstream::Cluster;
 pub use action::{DirectResponse, HeaderOps, Redirect, Rewrite};
 pub use compile::{CompileError, CompileOptions, OutboundPolicy};
 use host::HostIndex;
-pub use matcher::{RequestMatch, RequestView};
+pub use matcher::{HeaderMemo, RequestMatch, RequestView};
 use weighted::WeightedPick;
 
 pub struct RouteTable {
@@ -143,7 +143,12 @@ impl RouteTable {
         let Some(vhost) = self.virtual_host(host) else {
             return Decision::UnknownHost;
         };
-        let Some(route) = vhost.routes.iter().find(|r| r.matches.matches(req)) else {
+        let mut memo = HeaderMemo::default();
+        let Some(route) = vhost
+            .routes
+            .iter()
+            .find(|r| r.matches.matches_memo(req, &mut memo))
+        else {
             return Decision::NoRoute { vhost };
         };
         match &route.action {
