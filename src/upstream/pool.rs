@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::tls::{Stream, TlsOrigin};
 use crate::metrics::ClusterStats;
@@ -67,7 +66,6 @@ impl ConnSettings {
 struct ConnLife {
     /// [`BUSY`], [`CLOSED`], or the pool-relative millisecond (+1) it became idle.
     state: AtomicU64,
-    wake: Notify,
 }
 
 const BUSY: u64 = 0;
@@ -88,11 +86,15 @@ impl ConnLife {
     fn set_idle(&self, epoch: Instant) {
         let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(CLOSED - 2);
         self.state.store(ms + 1, Ordering::Release);
-        self.wake.notify_one();
     }
 
     /// Drives `conn` until it ends, or until it has sat idle for `timeout` (then dropping it
     /// closes the socket and the cluster's `upstream_cx_idle_timeout` counts it).
+    ///
+    /// The timer is never moved when a request takes or returns the connection: it is only
+    /// ever due at or before the earliest moment the connection could expire, and when it
+    /// fires it is set again from the state. A busy connection is checked once per timeout,
+    /// and a request costs no timer work and no wake-up of this task.
     async fn drive<F: std::future::Future>(
         &self,
         conn: F,
@@ -101,29 +103,37 @@ impl ConnLife {
         stats: Option<&Arc<ClusterStats>>,
     ) {
         tokio::pin!(conn);
+        let check = tokio::time::sleep(timeout);
+        tokio::pin!(check);
         loop {
-            let s = self.state.load(Ordering::Acquire);
-            if s == BUSY {
-                tokio::select! {
-                    _ = &mut conn => return,
-                    _ = self.wake.notified() => continue,
-                }
-            }
-            let deadline = epoch + Duration::from_millis(s - 1) + timeout;
             tokio::select! {
+                biased;
                 _ = &mut conn => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if self
-                        .state
-                        .compare_exchange(s, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        if let Some(st) = stats {
-                            st.upstream_cx_idle_timeout.inc();
+                _ = &mut check => {
+                    let s = self.state.load(Ordering::Acquire);
+                    let next = match s {
+                        CLOSED => return,
+                        BUSY => Instant::now() + timeout,
+                        idle => {
+                            let expires = epoch + Duration::from_millis(idle - 1) + timeout;
+                            if Instant::now() < expires {
+                                expires
+                            } else if self
+                                .state
+                                .compare_exchange(idle, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                                .is_ok()
+                            {
+                                if let Some(st) = stats {
+                                    st.upstream_cx_idle_timeout.inc();
+                                }
+                                return;
+                            } else {
+                                // Claimed meanwhile: look again at once.
+                                Instant::now()
+                            }
                         }
-                        return;
-                    }
+                    };
+                    check.as_mut().reset(next.into());
                 }
             }
         }
@@ -370,7 +380,6 @@ impl EndpointPool {
         let gauge = ConnGauge::open(stats);
         let life = Arc::new(ConnLife {
             state: AtomicU64::new(BUSY),
-            wake: Notify::new(),
         });
         let driver = life.clone();
         let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
