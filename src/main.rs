@@ -735,6 +735,11 @@ pub async fn run(
 ) -> Result<ExitCode> {
     let started = Instant::now();
     let identity = args.identity.identity()?;
+    let workers = args
+        .workers
+        .map_or_else(switchyard::proxy::workers::default_workers, usize::from);
+    // Before any pool exists: each keeps one shard of connections per worker.
+    switchyard::upstream::set_worker_count(workers);
     let pools = Arc::new(PoolRegistry::default());
     let metrics = Arc::new(switchyard::metrics::Registry::new(
         switchyard::metrics::SourceLabels::new(
@@ -857,9 +862,6 @@ pub async fn run(
         )?),
         None => None,
     };
-    let workers = args
-        .workers
-        .map_or_else(switchyard::proxy::workers::default_workers, usize::from);
     let server = Workers::start(listener, workers, proxy.clone(), limits)
         .context("cannot start the proxy workers")?;
     let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());

@@ -6,6 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use support::chaos::{ChaosUpstream, Mode};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -141,4 +142,58 @@ fn workers_flag_rejects_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--workers"), "{err}");
+}
+
+/// Each worker keeps its own shard of every upstream pool (as Envoy keeps a pool per worker):
+/// with two workers, sequential keep-alive traffic is still carried by a handful of pooled
+/// upstream connections, at most one per client connection, and none is lost on release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_reuses_its_own_upstream_connections() {
+    let up = ChaosUpstream::start("v1", Mode::Ok).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write config");
+    let config = path.to_str().expect("utf-8 path");
+    let mut proxy = ProxyProcess::spawn(
+        BIN,
+        &[
+            "run",
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--workers",
+            "2",
+        ],
+        &[],
+    );
+    let addr = proxy.proxy.expect("proxy address");
+    const CLIENTS: usize = 8;
+    const EACH: usize = 50;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        tasks.spawn(async move {
+            let mut c = Client::h1(addr).await;
+            for _ in 0..EACH {
+                let r = c.get("web", "/").await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("client task");
+    }
+    assert_eq!(up.requests(), (CLIENTS * EACH) as u64);
+    let conns = up.connections();
+    assert!(
+        (1..=CLIENTS as u64).contains(&conns),
+        "{conns} upstream connections for {CLIENTS} keep-alive clients"
+    );
+    proxy.signal(15);
+    proxy
+        .wait_exit_async(Duration::from_secs(10))
+        .await
+        .expect("exits after SIGTERM");
 }

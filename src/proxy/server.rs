@@ -453,7 +453,9 @@ pub async fn serve_connection<S>(
         Phase::Draining
     };
     loop {
+        // Biased: the connection first, and no random draw on each of its many wake-ups.
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(remote = %info.remote, error = %e, "downstream connection ended with an error");

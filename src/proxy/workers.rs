@@ -72,6 +72,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
+                    crate::upstream::set_worker_index(index);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -20,7 +20,10 @@ use crate::config::istio::Labels;
 use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::metrics::{ClusterStats, Registry};
 pub use lb::LbPolicy;
-pub use pool::{ConnSettings, EndpointPool, PoolRegistry, Release, SendError};
+pub use pool::{
+    ConnSettings, EndpointPool, PoolRegistry, Release, SendError, set_worker_count,
+    set_worker_index,
+};
 
 /// Istio's mesh default `connectTimeout` (Envoy's own default would be 5 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

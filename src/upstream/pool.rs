@@ -5,8 +5,9 @@
 //! that a stale keep-alive connection refused must come back to us untouched so it can be
 //! replayed; and a connect failure must be told apart from a failure after bytes were sent.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,35 @@ use super::tls::{Stream, TlsOrigin};
 use crate::metrics::ClusterStats;
 pub use crate::proxy::body::RequestBody as UpBody;
 
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when released.
+/// Idle HTTP/1.1 connections kept per endpoint, all workers together; more are closed when
+/// released.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Workers to give each new pool a shard for (see [`set_worker_count`]).
+static WORKER_COUNT: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's worker, which picks its shard of every pool.
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many workers will send requests: pools made afterwards keep one shard of connections
+/// per worker, as Envoy keeps a connection pool per worker thread. A connection then only
+/// ever serves the thread whose runtime drives it, and a request never wakes another thread.
+pub fn set_worker_count(count: usize) {
+    WORKER_COUNT.store(count.max(1), Ordering::Relaxed);
+}
+
+/// Marks the calling thread as worker `index` (threads not marked use shard 0).
+pub fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|w| w.set(index));
+}
+
+/// One worker's connections to an endpoint.
+struct Shard {
+    idle: ArrayQueue<H1Conn>,
+    shared_h2: ArcSwapOption<H2Conn>,
+}
 
 /// Istio's default `connectionPool.http.idleTimeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -143,6 +171,8 @@ impl ConnLife {
 /// A pooled HTTP/1.1 connection and how many requests it has carried.
 struct H1Conn {
     sender: http1::SendRequest<UpBody>,
+    /// The shard of the worker whose runtime drives it.
+    shard: usize,
     life: Arc<ConnLife>,
     requests: u32,
     stats: Option<Arc<ClusterStats>>,
@@ -186,8 +216,7 @@ pub struct EndpointPool {
     pub addr: SocketAddr,
     pub h2: bool,
     pub settings: Arc<ConnSettings>,
-    idle: ArrayQueue<H1Conn>,
-    shared_h2: ArcSwapOption<H2Conn>,
+    shards: Box<[Shard]>,
     /// For an HTTP/2 pool: the HTTP/1.1 pool its Upgrade requests use, made on first use.
     upgrades: OnceLock<Arc<EndpointPool>>,
     /// Origin of the idle timestamps in [`ConnLife`].
@@ -201,7 +230,7 @@ impl std::fmt::Debug for EndpointPool {
             .field("addr", &self.addr)
             .field("h2", &self.h2)
             .field("tls", &self.settings.tls.is_some())
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle_connections())
             .finish()
     }
 }
@@ -232,7 +261,9 @@ impl Release {
         }
         conn.life.set_idle(self.pool.epoch);
         // A full queue drops the connection: that bounds idle sockets per endpoint.
-        let _ = self.pool.idle.push(conn);
+        if let Some(shard) = self.pool.shards.get(conn.shard) {
+            let _ = shard.idle.push(conn);
+        }
     }
 }
 
@@ -246,8 +277,15 @@ impl EndpointPool {
             addr,
             h2,
             settings,
-            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-            shared_h2: ArcSwapOption::empty(),
+            shards: {
+                let n = WORKER_COUNT.load(Ordering::Relaxed);
+                (0..n)
+                    .map(|_| Shard {
+                        idle: ArrayQueue::new((MAX_IDLE_PER_ENDPOINT / n).max(16)),
+                        shared_h2: ArcSwapOption::empty(),
+                    })
+                    .collect()
+            },
             upgrades: OnceLock::new(),
             epoch: Instant::now(),
             stats: PoolStats::default(),
@@ -277,7 +315,16 @@ impl EndpointPool {
     }
 
     pub fn idle_connections(&self) -> usize {
-        self.idle.len()
+        self.shards.iter().map(|s| s.idle.len()).sum()
+    }
+
+    /// The calling worker's shard.
+    fn shard_index(&self) -> usize {
+        WORKER_INDEX.with(Cell::get) % self.shards.len()
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[self.shard_index()]
     }
 
     /// Sends `req` (already in origin-form with its Host / authority set) to this endpoint.
@@ -321,7 +368,8 @@ impl EndpointPool {
         stats: Option<&Arc<ClusterStats>>,
         reuse: bool,
     ) -> Result<(Response<Incoming>, Release), SendError> {
-        while let Some(mut conn) = if reuse { self.idle.pop() } else { None } {
+        let shard = self.shard();
+        while let Some(mut conn) = if reuse { shard.idle.pop() } else { None } {
             if !conn.life.claim() || conn.sender.is_closed() || conn.sender.ready().await.is_err() {
                 continue;
             }
@@ -393,6 +441,7 @@ impl EndpointPool {
         });
         let mut conn = H1Conn {
             sender,
+            shard: self.shard_index(),
             life,
             requests: 1,
             stats: stats.cloned(),
@@ -428,7 +477,8 @@ impl EndpointPool {
         &self,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Option<http2::SendRequest<UpBody>> {
-        let cur = self.shared_h2.load_full();
+        let shared_h2 = &self.shard().shared_h2;
+        let cur = shared_h2.load_full();
         let conn = cur.as_ref()?;
         if conn.sender.is_closed() {
             return None;
@@ -436,7 +486,7 @@ impl EndpointPool {
         let max = self.settings.max_requests_per_connection;
         let n = conn.streams.fetch_add(1, Ordering::AcqRel) + 1;
         if max > 0 && n >= max {
-            let prev = self.shared_h2.compare_and_swap(&cur, None);
+            let prev = shared_h2.compare_and_swap(&cur, None);
             let retired_now = match (&*prev, &cur) {
                 (Some(p), Some(c)) => Arc::ptr_eq(p, c),
                 _ => false,
@@ -477,7 +527,7 @@ impl EndpointPool {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(back) => {
-                        self.shared_h2.store(None);
+                        self.shard().shared_h2.store(None);
                         self.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
                         req = back;
                     }
@@ -517,7 +567,7 @@ impl EndpointPool {
         // This request is the connection's first stream; with a limit of one it is also its
         // last, so the connection is never shared.
         if self.settings.max_requests_per_connection != 1 {
-            self.shared_h2.store(Some(Arc::new(H2Conn {
+            self.shard().shared_h2.store(Some(Arc::new(H2Conn {
                 sender: sender.clone(),
                 streams: AtomicU32::new(1),
             })));
