@@ -685,6 +685,68 @@ async fn canary_circuit_breaker_overflows_with_503_uo_and_spares_stable() {
     );
 }
 
+/// A reload that leaves the canary's limits alone (here it only edits a route) keeps the
+/// canary's circuit breaker and what it counts: the request in flight still holds the one
+/// connection slot and the queued one the one pending place, so a third overflows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_keeps_counting_across_a_reload_that_keeps_its_limits() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let policy = "      connectionPool:\n        tcp: {maxConnections: 1}\n        http: {http1MaxPendingRequests: 1}\n";
+    let config = dr_config(&[stable.addr], &[canary.addr], policy);
+    let p = TestProxy::start(&config).await;
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let addr = p.addr;
+        held.spawn(async move {
+            let mut c = Client::h1(addr).await;
+            c.request("GET", "web", "/slow/800", &[("x-canary", "1")])
+                .await
+                .status
+        });
+        // The first takes the slot, the second the pending place.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let edited = config.replace(
+        "  - route: [{destination: {host: web, subset: stable}}]",
+        "  - route: [{destination: {host: web, subset: stable}}]\n    timeout: 30s",
+    );
+    assert_ne!(edited, config, "the edit must change the config");
+    p.rewrite(&edited).await.expect("reload accepted");
+    let mut c = Client::h1(p.addr).await;
+    let t = Instant::now();
+    let r = c
+        .request("GET", "web", "/slow/800", &[("x-canary", "1")])
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().ends_with("reset reason: overflow"), "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    while let Some(status) = held.join_next().await {
+        assert_eq!(status.expect("held request"), 200);
+    }
+    // Changed limits make a new breaker, as Envoy makes a new cluster: with two slots, two
+    // requests at once are both served.
+    let wider = edited.replace("maxConnections: 1", "maxConnections: 2");
+    p.rewrite(&wider).await.expect("reload accepted");
+    let mut both = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let addr = p.addr;
+        both.spawn(async move {
+            let mut c = Client::h1(addr).await;
+            c.request("GET", "web", "/slow/200", &[("x-canary", "1")])
+                .await
+                .status
+        });
+    }
+    while let Some(status) = both.join_next().await {
+        assert_eq!(status.expect("request"), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_ejects_a_failing_canary_endpoint() {
     let good = Upstream::start("canary").await;

@@ -610,6 +610,7 @@ impl<'a> Builder<'a> {
             }
             _ => (Discovery::Static, selected),
         };
+        let limiter = pools.limiter(&name, &policy, h2);
         let cluster = Cluster::new(
             name,
             fqdn.to_string(),
@@ -624,6 +625,7 @@ impl<'a> Builder<'a> {
             self.opts.metrics.clone(),
             policy,
             conn.clone(),
+            limiter,
         );
         let eps: Vec<Arc<Endpoint>> = endpoints
             .iter()

@@ -108,7 +108,7 @@ pub struct Cluster {
     /// was made with these (built once when the table is compiled).
     pub conn: Arc<ConnSettings>,
     /// Circuit breakers; `None` with Istio's (unbounded) defaults.
-    pub limiter: Option<policy::Limiter>,
+    pub limiter: Option<Arc<policy::Limiter>>,
     /// Consistent-hash table over the current endpoints, when the policy asks for one.
     hash_table: arc_swap::ArcSwapOption<hash::Table>,
 }
@@ -129,6 +129,7 @@ impl Cluster {
         registry: Arc<Registry>,
         policy: policy::ClusterPolicy,
         conn: Arc<ConnSettings>,
+        limiter: Option<Arc<policy::Limiter>>,
     ) -> Cluster {
         let stats = registry.cluster(&name);
         let mut no_endpoint = DestLabels::service_only(&service_host, Some(&service_namespace));
@@ -137,7 +138,7 @@ impl Cluster {
         stats.membership_healthy.set(endpoints.len() as i64);
         Cluster {
             hash_table: arc_swap::ArcSwapOption::empty(),
-            limiter: policy::Limiter::new(&policy, h2),
+            limiter,
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             policy,
             conn,

@@ -251,12 +251,18 @@ pub enum Outcome {
 /// to check and this costs nothing.
 #[derive(Debug)]
 pub struct Limiter {
+    /// The limits it enforces: a reload that keeps them keeps the limiter (see
+    /// `PoolRegistry::limiter`).
+    pub(crate) key: LimitKey,
     permits: Arc<Semaphore>,
     pending: AtomicU32,
     max_pending: u32,
     retries_active: AtomicU32,
     max_retries: u32,
 }
+
+/// Request slots, pending queue and retry budget of one [`Limiter`].
+pub(crate) type LimitKey = (Option<u32>, u32, u32);
 
 impl Limiter {
     pub fn new(policy: &ClusterPolicy, h2: bool) -> Option<Limiter> {
@@ -271,14 +277,17 @@ impl Limiter {
         if slots.is_none() && policy.max_retries.is_none() {
             return None;
         }
+        let max_pending = policy.max_pending.unwrap_or(u32::MAX);
+        let max_retries = policy.max_retries.unwrap_or(u32::MAX);
         Some(Limiter {
+            key: (slots, max_pending, max_retries),
             permits: Arc::new(Semaphore::new(
                 slots.map_or(Semaphore::MAX_PERMITS, |s| s as usize),
             )),
             pending: AtomicU32::new(0),
-            max_pending: policy.max_pending.unwrap_or(u32::MAX),
+            max_pending,
             retries_active: AtomicU32::new(0),
-            max_retries: policy.max_retries.unwrap_or(u32::MAX),
+            max_retries,
         })
     }
 

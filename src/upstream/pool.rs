@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -636,6 +636,10 @@ impl Drop for ConnGauge {
 pub struct PoolRegistry {
     pools:
         std::sync::Mutex<std::collections::HashMap<(SocketAddr, bool, ConnKey), Arc<EndpointPool>>>,
+    /// Circuit breakers by cluster name and limits, held by the tables that use them.
+    limiters: std::sync::Mutex<
+        std::collections::HashMap<(String, super::policy::LimitKey), Weak<super::policy::Limiter>>,
+    >,
 }
 
 impl PoolRegistry {
@@ -661,6 +665,28 @@ impl PoolRegistry {
             .entry((addr, h2, settings.key()))
             .or_insert_with(|| Arc::new(EndpointPool::with_settings(addr, h2, settings.clone())))
             .clone()
+    }
+
+    /// The circuit breaker for cluster `name` with `policy`'s limits. A reload that leaves a
+    /// cluster's limits alone keeps its breaker, with the requests it already counts: a new
+    /// one per table would let a weight edit during a canary briefly double the cluster's
+    /// capacity. Envoy likewise keeps a cluster (and its breakers) that CDS did not change.
+    pub fn limiter(
+        &self,
+        name: &str,
+        policy: &super::policy::ClusterPolicy,
+        h2: bool,
+    ) -> Option<Arc<super::policy::Limiter>> {
+        let fresh = super::policy::Limiter::new(policy, h2)?;
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        limiters.retain(|_, l| l.strong_count() > 0);
+        let key = (name.to_string(), fresh.key);
+        if let Some(kept) = limiters.get(&key).and_then(Weak::upgrade) {
+            return Some(kept);
+        }
+        let fresh = Arc::new(fresh);
+        limiters.insert(key, Arc::downgrade(&fresh));
+        Some(fresh)
     }
 
     /// Drops pools no table uses any more (only the registry holds them).
