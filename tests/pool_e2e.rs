@@ -177,3 +177,38 @@ async fn idle_timeout_counts_from_the_last_request() {
     assert!(eventually(Duration::from_secs(2), || up.closed_idle() == 1).await);
     assert_eq!(up.closed_by_peer(), 0);
 }
+
+/// `idleTimeout` on an HTTP/2 upstream counts only time with no stream open: a stream longer
+/// than the timeout keeps its connection; once idle for the timeout it is closed, and the
+/// next request opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_idle_timeout_closes_the_connection_once_no_stream_is_open() {
+    let up = Upstream::start("v1").await;
+    let p = TestProxy::start(&config(up.addr, "HTTP2", "{idleTimeout: 300ms}")).await;
+    let mut c = Client::h1(p.addr).await;
+    let r = c.get(HOST, "/slow/700").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.get(HOST, "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.connections(), 1, "the long stream kept its connection");
+    assert_eq!(cluster_stat(&p, "upstream_cx_idle_timeout").await, 0);
+    assert_eq!(cluster_stat(&p, "upstream_cx_active").await, 1);
+
+    let t = std::time::Instant::now();
+    while cluster_stat(&p, "upstream_cx_idle_timeout").await == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the idle HTTP/2 connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(cluster_stat(&p, "upstream_cx_idle_timeout").await, 1);
+    assert_eq!(cluster_stat(&p, "upstream_cx_active").await, 0);
+    assert_eq!(requests(&p, Proto::H2, 2).await.len(), 2);
+    assert_eq!(up.connections(), 2, "a new connection after the idle close");
+}

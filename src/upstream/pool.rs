@@ -94,6 +94,8 @@ impl ConnSettings {
 struct ConnLife {
     /// [`BUSY`], [`CLOSED`], or the pool-relative millisecond (+1) it became idle.
     state: AtomicU64,
+    /// HTTP/2: streams open on the connection (HTTP/1.1 uses the state alone).
+    active: AtomicU32,
 }
 
 const BUSY: u64 = 0;
@@ -112,8 +114,38 @@ impl ConnLife {
     }
 
     fn set_idle(&self, epoch: Instant) {
-        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(CLOSED - 2);
-        self.state.store(ms + 1, Ordering::Release);
+        self.state.store(idle_mark(epoch), Ordering::Release);
+    }
+
+    /// HTTP/2: one more stream on the connection; false if its driver is closing it.
+    fn begin_stream(&self) -> bool {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s == CLOSED {
+                return false;
+            }
+            if s == BUSY
+                || self
+                    .state
+                    .compare_exchange(s, BUSY, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                self.active.fetch_add(1, Ordering::AcqRel);
+                return true;
+            }
+        }
+    }
+
+    /// HTTP/2: a stream ended; the last one makes the connection idle.
+    fn end_stream(&self, epoch: Instant) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.state.compare_exchange(
+                BUSY,
+                idle_mark(epoch),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
     }
 
     /// Drives `conn` until it ends, or until it has sat idle for `timeout` (then dropping it
@@ -146,6 +178,10 @@ impl ConnLife {
                             let expires = epoch + Duration::from_millis(idle - 1) + timeout;
                             if Instant::now() < expires {
                                 expires
+                            } else if self.active.load(Ordering::Acquire) > 0 {
+                                // A stream began as the last one ended; it marks the
+                                // connection idle again when it ends.
+                                Instant::now() + timeout
                             } else if self
                                 .state
                                 .compare_exchange(idle, CLOSED, Ordering::AcqRel, Ordering::Acquire)
@@ -168,6 +204,24 @@ impl ConnLife {
     }
 }
 
+/// The idle state value for "idle since now".
+fn idle_mark(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(CLOSED - 2) + 1
+}
+
+/// One stream on a shared HTTP/2 connection, held until its response body is done, so the
+/// connection's idle timeout only counts time with no stream open.
+pub struct H2Stream {
+    life: Arc<ConnLife>,
+    epoch: Instant,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.life.end_stream(self.epoch);
+    }
+}
+
 /// A pooled HTTP/1.1 connection and how many requests it has carried.
 struct H1Conn {
     sender: http1::SendRequest<UpBody>,
@@ -182,6 +236,7 @@ struct H1Conn {
 struct H2Conn {
     sender: http2::SendRequest<UpBody>,
     streams: AtomicU32,
+    life: Arc<ConnLife>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +294,8 @@ impl std::fmt::Debug for EndpointPool {
 /// end; dropping it earlier closes the connection, because it may still carry unread bytes.
 pub struct Release {
     conn: Option<H1Conn>,
+    /// HTTP/2: the stream, ended when this is dropped.
+    _stream: Option<H2Stream>,
     pool: Arc<EndpointPool>,
 }
 
@@ -337,7 +394,14 @@ impl EndpointPool {
         if self.h2 {
             self.send_h2(req, connect_timeout, stats)
                 .await
-                .map(|r| (r, None))
+                .map(|(r, stream)| {
+                    let release = Release {
+                        conn: None,
+                        _stream: Some(stream),
+                        pool: self.clone(),
+                    };
+                    (r, Some(release))
+                })
         } else {
             self.send_h1(req, connect_timeout, stats, true)
                 .await
@@ -428,6 +492,7 @@ impl EndpointPool {
         let gauge = ConnGauge::open(stats);
         let life = Arc::new(ConnLife {
             state: AtomicU64::new(BUSY),
+            active: AtomicU32::new(0),
         });
         let driver = life.clone();
         let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
@@ -466,6 +531,7 @@ impl EndpointPool {
     fn release_handle(self: &Arc<Self>, conn: H1Conn) -> Release {
         Release {
             conn: Some(conn),
+            _stream: None,
             pool: self.clone(),
         }
     }
@@ -476,13 +542,17 @@ impl EndpointPool {
     fn shared_sender(
         &self,
         stats: Option<&Arc<ClusterStats>>,
-    ) -> Option<http2::SendRequest<UpBody>> {
+    ) -> Option<(http2::SendRequest<UpBody>, H2Stream)> {
         let shared_h2 = &self.shard().shared_h2;
         let cur = shared_h2.load_full();
         let conn = cur.as_ref()?;
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || !conn.life.begin_stream() {
             return None;
         }
+        let stream = H2Stream {
+            life: conn.life.clone(),
+            epoch: self.epoch,
+        };
         let max = self.settings.max_requests_per_connection;
         let n = conn.streams.fetch_add(1, Ordering::AcqRel) + 1;
         if max > 0 && n >= max {
@@ -498,7 +568,7 @@ impl EndpointPool {
                 return None;
             }
         }
-        Some(conn.sender.clone())
+        Some((conn.sender.clone(), stream))
     }
 
     async fn send_h2(
@@ -506,10 +576,10 @@ impl EndpointPool {
         mut req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, H2Stream), SendError> {
         // One replay on a fresh connection if the shared one turned out to be gone.
         for _ in 0..2 {
-            let mut sender = match self.shared_sender(stats) {
+            let (mut sender, stream) = match self.shared_sender(stats) {
                 Some(s) => s,
                 // Boxed for the same reason as HTTP/1's new connections.
                 None => match Box::pin(self.connect_h2(connect_timeout, stats)).await {
@@ -524,7 +594,7 @@ impl EndpointPool {
                 },
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, stream)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => {
                         self.shard().shared_h2.store(None);
@@ -552,7 +622,7 @@ impl EndpointPool {
         &self,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
-    ) -> Result<http2::SendRequest<UpBody>, String> {
+    ) -> Result<(http2::SendRequest<UpBody>, H2Stream), String> {
         let io = self.connect(connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
@@ -560,21 +630,38 @@ impl EndpointPool {
             .await
             .map_err(|e| e.to_string())?;
         let gauge = ConnGauge::open(stats);
+        // Born busy with the request it is made for.
+        let life = Arc::new(ConnLife {
+            state: AtomicU64::new(BUSY),
+            active: AtomicU32::new(1),
+        });
+        let driver = life.clone();
+        let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
+        let cluster_stats = stats.cloned();
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Ends with the connection, or closes it once no stream has been open for the
+            // idle timeout (Envoy's `idle_timeout` counts time without active streams).
+            driver
+                .drive(conn, timeout, epoch, cluster_stats.as_ref())
+                .await;
             drop(gauge);
         });
+        let stream = H2Stream {
+            life: life.clone(),
+            epoch,
+        };
         // This request is the connection's first stream; with a limit of one it is also its
         // last, so the connection is never shared.
         if self.settings.max_requests_per_connection != 1 {
             self.shard().shared_h2.store(Some(Arc::new(H2Conn {
                 sender: sender.clone(),
                 streams: AtomicU32::new(1),
+                life,
             })));
         } else if let Some(s) = stats {
             s.upstream_cx_max_requests.inc();
         }
-        Ok(sender)
+        Ok((sender, stream))
     }
 
     /// TCP connect plus, for a TLS cluster, the handshake, both within the connect timeout
