@@ -861,14 +861,14 @@ async fn passthrough_load_balancer_forwards_to_the_address_the_client_named() {
     let up = Upstream::start("direct").await;
     let port = up.addr.port();
     let dead = closed_port();
-    let yaml = |lb: &str| {
+    let yaml_for = |lb: &str, protocol: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: local}}
 spec:
   hosts: [localhost]
-  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  ports: [{{number: {port}, name: http, protocol: {protocol}}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
 ---
@@ -882,6 +882,7 @@ spec:
             dead.port()
         )
     };
+    let yaml = |lb: &str| yaml_for(lb, "HTTP");
     let authority = format!("localhost:{port}");
     // The listed endpoint is dead: a normal load balancer fails ...
     let p = TestProxy::start(&yaml("ROUND_ROBIN")).await;
@@ -893,6 +894,17 @@ spec:
         let mut c = Client::connect(p.addr, proto).await;
         let r = c.get(&authority, "/").await;
         assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
+        assert_eq!(r.header("x-echo-version"), Some("HTTP/1.1"), "{proto:?}");
     }
     assert_eq!(up.requests(), 2);
+    // The port's protocol still decides how the upstream is spoken to: HTTP2 goes out as
+    // HTTP/2 to the original destination too.
+    let p = TestProxy::start(&yaml_for("PASSTHROUGH", "HTTP2")).await;
+    for proto in PROTOS {
+        let mut c = Client::connect(p.addr, proto).await;
+        let r = c.get(&authority, "/").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
+        assert_eq!(r.header("x-echo-version"), Some("HTTP/2.0"), "{proto:?}");
+    }
+    assert_eq!(up.requests(), 4);
 }

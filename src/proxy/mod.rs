@@ -465,7 +465,8 @@ impl Proxy {
                     Some(
                         // Boxed: DNS lookups make a large future, and only PASSTHROUGH
                         // clusters and ALLOW_ANY traffic need one.
-                        Box::pin(self.original_destination(up_authority.as_str(), c.port)).await?,
+                        Box::pin(self.original_destination(up_authority.as_str(), Some(&c)))
+                            .await?,
                     )
                 } else {
                     None
@@ -474,7 +475,7 @@ impl Proxy {
             }
             None => (
                 None,
-                Some(Box::pin(self.original_destination(up_authority.as_str(), 80)).await?),
+                Some(Box::pin(self.original_destination(up_authority.as_str(), None)).await?),
             ),
         };
         let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
@@ -955,15 +956,17 @@ impl Proxy {
         }
     }
 
-    /// ALLOW_ANY passthrough and `resolution: NONE`: the address the request names, but never
-    /// one of our own listeners (that would loop forever).
+    /// ALLOW_ANY passthrough (no cluster) and PASSTHROUGH or `resolution: NONE` clusters:
+    /// the address the request names, but never one of our own listeners (that would loop
+    /// forever). A cluster's port decides the default port and the protocol (HTTP/2 for an
+    /// HTTP2 or GRPC port), as for its other endpoints.
     async fn original_destination(
         &self,
         authority: &str,
-        default_port: u16,
+        cluster: Option<&Cluster>,
     ) -> Result<Arc<crate::upstream::Endpoint>, LocalReply> {
         let (host, port) = split_authority(authority);
-        let port = port.unwrap_or(default_port);
+        let port = port.unwrap_or(cluster.map_or(80, |c| c.port));
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addr = match tokio::net::lookup_host((host, port)).await {
             Ok(mut it) => it.next(),
@@ -989,7 +992,10 @@ impl Proxy {
             labels: Default::default(),
             workload_name: None,
             active: Default::default(),
-            pool: self.pools.get(addr, false),
+            pool: match cluster {
+                Some(c) => self.pools.get_with(addr, c.h2, &c.conn),
+                None => self.pools.get(addr, false),
+            },
             metrics: self.passthrough.clone(),
             outlier: Default::default(),
         }))
