@@ -123,7 +123,7 @@ fn envoy_line(
         info.protocol,
         status,
         flags,
-        or_dash(info.details),
+        or_dash(&info.details),
         or_dash(&info.transport_failure),
         rec.request_bytes.load(std::sync::atomic::Ordering::Relaxed),
         rec.response_bytes

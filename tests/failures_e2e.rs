@@ -136,6 +136,13 @@ async fn connect_refused_is_503_uf_urx_after_retries() {
                 "{proto:?}: body {:?}",
                 r.text()
             );
+            // Envoy's wording for a refused connect, which operators search for.
+            assert!(
+                r.text()
+                    .ends_with("transport failure reason: delayed connect error: 111"),
+                "{proto:?}: body {:?}",
+                r.text()
+            );
             assert_eq!(r.header("x-envoy-upstream-service-time"), None, "{proto:?}");
             if addr == tap {
                 // Retries ran out: Envoy logs both UF and URX.

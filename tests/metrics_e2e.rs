@@ -485,6 +485,11 @@ async fn exact_counts_per_label_set_after_a_known_mix() {
     );
     assert_eq!(uf[0]["response_code"], 503);
     assert_eq!(uf[0]["route_name"], "dead");
+    // Envoy's details carry the transport failure reason, spaces made underscores.
+    assert_eq!(
+        uf[0]["response_code_details"],
+        "upstream_reset_before_response_started{connection_failure,delayed_connect_error:_111}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

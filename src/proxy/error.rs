@@ -166,8 +166,30 @@ impl LocalReply {
         }
     }
 
-    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this reply.
-    pub fn details(&self) -> &'static str {
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this reply. A connect failure carries its
+    /// transport failure reason with spaces made underscores, as Envoy's router writes it:
+    /// `upstream_reset_before_response_started{connection_failure,delayed_connect_error:_111}`.
+    pub fn details(&self) -> std::borrow::Cow<'static, str> {
+        let connect_failure = matches!(
+            self.flag,
+            Flag::UpstreamConnectFailure
+                | Flag::UpstreamConnectFailureRetriesExhausted
+                | Flag::UpstreamConnectFailureOnly
+        );
+        match &self.detail {
+            Some(reason) if connect_failure && !reason.is_empty() => {
+                let reason: String = reason
+                    .chars()
+                    .map(|c| if c.is_whitespace() { '_' } else { c })
+                    .collect();
+                format!("upstream_reset_before_response_started{{connection_failure,{reason}}}")
+                    .into()
+            }
+            _ => self.static_details().into(),
+        }
+    }
+
+    fn static_details(&self) -> &'static str {
         match self.flag {
             Flag::NoRoute => "route_not_found",
             Flag::NoHealthyUpstream => "no_healthy_upstream",

@@ -230,7 +230,7 @@ impl Proxy {
                     record.set_status(redirect.code.as_u16(), None);
                     record.access(|a| {
                         a.route_name = route.name.clone();
-                        a.details = "direct_response";
+                        a.details = "direct_response".into();
                     });
                     let location = redirect.location("http", authority.as_str(), &path, query);
                     let mut resp = Response::new(ProxyBody::empty());
@@ -257,7 +257,7 @@ impl Proxy {
                     );
                     record.access(|a| {
                         a.route_name = route.name.clone();
-                        a.details = "direct_response";
+                        a.details = "direct_response".into();
                     });
                     let mut resp = Response::new(match &response.body {
                         Some(b) => ProxyBody::full(b.clone()),
@@ -573,7 +573,7 @@ impl Proxy {
         }
         record.access(|a| {
             a.service_time_ms = Some(service_time.as_millis() as u64);
-            a.details = "via_upstream";
+            a.details = "via_upstream".into();
         });
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -30,7 +30,7 @@ pub struct AccessInfo {
     pub upstream_cluster: String,
     pub route_name: String,
     pub service_time_ms: Option<u64>,
-    pub details: &'static str,
+    pub details: std::borrow::Cow<'static, str>,
     pub transport_failure: String,
 }
 

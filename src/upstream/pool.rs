@@ -204,6 +204,15 @@ impl ConnLife {
     }
 }
 
+/// Envoy's transport failure reason for a failed TCP connect, `delayed connect error: 111`
+/// for a refused one: the text operators search their logs for.
+fn connect_error_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => format!("delayed connect error: {errno}"),
+        None => e.to_string(),
+    }
+}
+
 /// The idle state value for "idle since now".
 fn idle_mark(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(CLOSED - 2) + 1
@@ -670,7 +679,7 @@ impl EndpointPool {
         let dial = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| connect_error_reason(&e))?;
             // Small request/response exchanges must not wait for Nagle.
             let _ = tcp.set_nodelay(true);
             match &self.settings.tls {
