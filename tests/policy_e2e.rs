@@ -695,15 +695,19 @@ async fn circuit_breaker_keeps_counting_across_a_reload_that_keeps_its_limits() 
     let policy = "      connectionPool:\n        tcp: {maxConnections: 1}\n        http: {http1MaxPendingRequests: 1}\n";
     let config = dr_config(&[stable.addr], &[canary.addr], policy);
     let p = TestProxy::start(&config).await;
-    let mut held = tokio::task::JoinSet::new();
-    for _ in 0..2 {
+    // A canary request on its own connection; resolves to its status.
+    let canary_get = |path: &'static str| {
         let addr = p.addr;
-        held.spawn(async move {
+        async move {
             let mut c = Client::h1(addr).await;
-            c.request("GET", "web", "/slow/800", &[("x-canary", "1")])
+            c.request("GET", "web", path, &[("x-canary", "1")])
                 .await
                 .status
-        });
+        }
+    };
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        held.spawn(canary_get("/slow/800"));
         // The first takes the slot, the second the pending place.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -734,13 +738,7 @@ async fn circuit_breaker_keeps_counting_across_a_reload_that_keeps_its_limits() 
     p.rewrite(&wider).await.expect("reload accepted");
     let mut both = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let addr = p.addr;
-        both.spawn(async move {
-            let mut c = Client::h1(addr).await;
-            c.request("GET", "web", "/slow/200", &[("x-canary", "1")])
-                .await
-                .status
-        });
+        both.spawn(canary_get("/slow/200"));
     }
     while let Some(status) = both.join_next().await {
         assert_eq!(status.expect("request"), 200);
@@ -888,23 +886,16 @@ spec:
     let p = TestProxy::start(&yaml("ROUND_ROBIN")).await;
     let mut c = Client::h1(p.addr).await;
     assert_eq!(c.get(&authority, "/").await.status, 503);
-    // ... PASSTHROUGH ignores the endpoints and goes where the client asked.
-    let p = TestProxy::start(&yaml("PASSTHROUGH")).await;
-    for proto in PROTOS {
-        let mut c = Client::connect(p.addr, proto).await;
-        let r = c.get(&authority, "/").await;
-        assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
-        assert_eq!(r.header("x-echo-version"), Some("HTTP/1.1"), "{proto:?}");
-    }
-    assert_eq!(up.requests(), 2);
-    // The port's protocol still decides how the upstream is spoken to: HTTP2 goes out as
-    // HTTP/2 to the original destination too.
-    let p = TestProxy::start(&yaml_for("PASSTHROUGH", "HTTP2")).await;
-    for proto in PROTOS {
-        let mut c = Client::connect(p.addr, proto).await;
-        let r = c.get(&authority, "/").await;
-        assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
-        assert_eq!(r.header("x-echo-version"), Some("HTTP/2.0"), "{proto:?}");
+    // ... PASSTHROUGH ignores the endpoints and goes where the client asked, speaking the
+    // port's protocol: an HTTP2 port is reached over HTTP/2 there too.
+    for (protocol, version) in [("HTTP", "HTTP/1.1"), ("HTTP2", "HTTP/2.0")] {
+        let p = TestProxy::start(&yaml_for("PASSTHROUGH", protocol)).await;
+        for proto in PROTOS {
+            let mut c = Client::connect(p.addr, proto).await;
+            let r = c.get(&authority, "/").await;
+            assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
+            assert_eq!(r.header("x-echo-version"), Some(version), "{proto:?}");
+        }
     }
     assert_eq!(up.requests(), 4);
 }

@@ -32,28 +32,36 @@ fn thread_cpu(pid: u32) -> HashMap<String, u64> {
     out
 }
 
+/// The proxy binary with `workers` workers in front of one `web` endpoint at `up`; the
+/// directory holds its config and must outlive it.
+fn spawn_with_workers(
+    up: std::net::SocketAddr,
+    workers: usize,
+) -> (tempfile::TempDir, ProxyProcess) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, service_yaml("web", &[("v1", up)])).expect("write config");
+    let config = path.to_str().expect("utf-8 path");
+    let workers = workers.to_string();
+    let args = [
+        "run",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--workers",
+        &workers,
+    ];
+    let proxy = ProxyProcess::spawn(BIN, &args, &[]);
+    (dir, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_worker_accepts_and_serves() {
     let up = Upstream::start("v1").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write config");
-    let config = path.to_str().expect("utf-8 path");
-    let mut proxy = ProxyProcess::spawn(
-        BIN,
-        &[
-            "run",
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--workers",
-            "3",
-        ],
-        &[],
-    );
+    let (_dir, mut proxy) = spawn_with_workers(up.addr, 3);
     assert!(
         proxy.stderr_text().contains("workers=3"),
         "{}",
@@ -150,25 +158,7 @@ fn workers_flag_rejects_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_reuses_its_own_upstream_connections() {
     let up = ChaosUpstream::start("v1", Mode::Ok).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, service_yaml("web", &[("v1", up.addr)])).expect("write config");
-    let config = path.to_str().expect("utf-8 path");
-    let mut proxy = ProxyProcess::spawn(
-        BIN,
-        &[
-            "run",
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--workers",
-            "2",
-        ],
-        &[],
-    );
+    let (_dir, mut proxy) = spawn_with_workers(up.addr, 2);
     let addr = proxy.proxy.expect("proxy address");
     const CLIENTS: usize = 8;
     const EACH: usize = 50;

@@ -498,21 +498,8 @@ impl EndpointPool {
                 });
             }
         };
-        let gauge = ConnGauge::open(stats);
-        let life = Arc::new(ConnLife {
-            state: AtomicU64::new(BUSY),
-            active: AtomicU32::new(0),
-        });
-        let driver = life.clone();
-        let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
-        let cluster_stats = stats.cloned();
-        tokio::spawn(async move {
-            // Errors end the connection; the request that saw them reports them.
-            driver
-                .drive(conn.with_upgrades(), timeout, epoch, cluster_stats.as_ref())
-                .await;
-            drop(gauge);
-        });
+        // Errors end the connection; the request that saw them reports them.
+        let life = self.spawn_driver(conn.with_upgrades(), 0, stats);
         let mut conn = H1Conn {
             sender,
             shard: self.shard_index(),
@@ -535,6 +522,35 @@ impl EndpointPool {
                 }),
             },
         }
+    }
+
+    /// Spawns the task that drives a new connection (busy, with `streams` HTTP/2 streams
+    /// open) until it ends or sits idle for the idle timeout; its gauge counts it as active
+    /// meanwhile.
+    fn spawn_driver<F>(
+        &self,
+        conn: F,
+        streams: u32,
+        stats: Option<&Arc<ClusterStats>>,
+    ) -> Arc<ConnLife>
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let gauge = ConnGauge::open(stats);
+        let life = Arc::new(ConnLife {
+            state: AtomicU64::new(BUSY),
+            active: AtomicU32::new(streams),
+        });
+        let driver = life.clone();
+        let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
+        let cluster_stats = stats.cloned();
+        tokio::spawn(async move {
+            driver
+                .drive(conn, timeout, epoch, cluster_stats.as_ref())
+                .await;
+            drop(gauge);
+        });
+        life
     }
 
     fn release_handle(self: &Arc<Self>, conn: H1Conn) -> Release {
@@ -638,26 +654,13 @@ impl EndpointPool {
             .handshake(io)
             .await
             .map_err(|e| e.to_string())?;
-        let gauge = ConnGauge::open(stats);
-        // Born busy with the request it is made for.
-        let life = Arc::new(ConnLife {
-            state: AtomicU64::new(BUSY),
-            active: AtomicU32::new(1),
-        });
-        let driver = life.clone();
-        let (timeout, epoch) = (self.settings.idle_timeout, self.epoch);
-        let cluster_stats = stats.cloned();
-        tokio::spawn(async move {
-            // Ends with the connection, or closes it once no stream has been open for the
-            // idle timeout (Envoy's `idle_timeout` counts time without active streams).
-            driver
-                .drive(conn, timeout, epoch, cluster_stats.as_ref())
-                .await;
-            drop(gauge);
-        });
+        // Born with one stream, the request it is made for. The driver closes it once no
+        // stream has been open for the idle timeout (Envoy's `idle_timeout` counts time
+        // without active streams).
+        let life = self.spawn_driver(conn, 1, stats);
         let stream = H2Stream {
             life: life.clone(),
-            epoch,
+            epoch: self.epoch,
         };
         // This request is the connection's first stream; with a limit of one it is also its
         // last, so the connection is never shared.
