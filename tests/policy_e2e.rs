@@ -896,6 +896,14 @@ spec:
             assert_eq!((r.status, r.text().as_str()), (200, "direct"), "{proto:?}");
             assert_eq!(r.header("x-echo-version"), Some(version), "{proto:?}");
         }
+        // Counted for the service the rule names, not as unknown PassthroughCluster traffic.
+        let service = [
+            ("destination_service_name", "localhost"),
+            ("response_code", "200"),
+        ];
+        assert_eq!(requests_with(&p, &service).await, 2, "{protocol}");
+        let unknown = [("destination_service", "PassthroughCluster")];
+        assert_eq!(requests_with(&p, &unknown).await, 0, "{protocol}");
     }
     assert_eq!(up.requests(), 4);
 }

@@ -996,7 +996,12 @@ impl Proxy {
                 Some(c) => self.pools.get_with(addr, c.h2, &c.conn),
                 None => self.pools.get(addr, false),
             },
-            metrics: self.passthrough.clone(),
+            // A named service's traffic is its own (Istio labels an ORIGINAL_DST cluster of a
+            // ServiceEntry with that service); only ALLOW_ANY traffic is PassthroughCluster.
+            metrics: match cluster {
+                Some(c) => c.no_endpoint.clone(),
+                None => self.passthrough.clone(),
+            },
             outlier: Default::default(),
         }))
     }
