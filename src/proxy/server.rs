@@ -74,8 +74,8 @@ const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Serving,
-    /// Readiness fails; existing connections are asked to close once idle; new connections
-    /// are still accepted but served without keep-alive.
+    /// Readiness fails; HTTP/2 connections get GOAWAY and HTTP/1 responses close their
+    /// connections; new connections are still accepted but served without keep-alive.
     Draining,
     /// The listener is closed; every connection is asked to finish.
     Closing,
@@ -257,6 +257,9 @@ async fn accept_loop(
 struct IdleIo<S> {
     inner: S,
     active: Arc<AtomicBool>,
+    /// Set once the client's first bytes are the HTTP/2 preface (`PRI * HTTP/2.0`).
+    h2: Arc<AtomicBool>,
+    sniffed: bool,
 }
 
 impl<S> IdleIo<S> {
@@ -275,6 +278,12 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleIo<S> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
+            if !self.sniffed {
+                self.sniffed = true;
+                if buf.filled()[before..].starts_with(b"PRI") {
+                    self.h2.store(true, Ordering::Relaxed);
+                }
+            }
         }
         res
     }
@@ -418,6 +427,8 @@ pub async fn serve_connection<S>(
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let refused = over_header_limit(&req, &limits);
+        let h1 = req.version() != Version::HTTP_2;
+        let drain = proxy.state.clone();
         async move {
             if let Some(resp) = refused {
                 return Ok::<_, Infallible>(resp);
@@ -426,17 +437,24 @@ pub async fn serve_connection<S>(
             // Boxed per request: hyper keeps a slot the size of this future for the life of
             // each connection, and the request path's future is ~8 KB. Unboxed, 1,000 idle
             // keep-alive clients cost 36 MiB instead of 30.
-            Ok(
-                MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
-                    .await
-                    .unwrap_or_else(|_| request_timed_out()),
-            )
+            let mut resp = MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
+                .await
+                .unwrap_or_else(|_| request_timed_out());
+            // Draining HTTP/1: the response closes the connection (see the drain below).
+            if h1 && drain.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
         }
     });
     let active = Arc::new(AtomicBool::new(false));
+    let h2 = Arc::new(AtomicBool::new(false));
     let io = IdleIo {
         inner: stream,
         active: active.clone(),
+        h2: h2.clone(),
+        sniffed: false,
     };
     let mut quiet_since = Instant::now();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -475,9 +493,17 @@ pub async fn serve_connection<S>(
                 }
             }
             changed = phase.changed(), if !asked_to_close => {
-                if changed.is_err() || *phase.borrow() >= trigger {
-                    // HTTP/1: close once idle, `Connection: close` on the response in
-                    // progress; HTTP/2: GOAWAY, streams in progress finish.
+                let now = *phase.borrow();
+                // HTTP/2: GOAWAY as soon as the drain starts; streams in progress finish and
+                // the client retries any it sent after it, which the server never processed.
+                // HTTP/1 has no such signal: closing an idle connection races with a request
+                // the client may be sending on it. While the listener is open, each response
+                // closes its connection instead (`Connection: close`); idle ones are closed
+                // when the listener is.
+                if changed.is_err()
+                    || now >= Phase::Closing
+                    || (now >= trigger && h2.load(Ordering::Relaxed))
+                {
                     conn.as_mut().graceful_shutdown();
                     asked_to_close = true;
                 }
