@@ -136,7 +136,8 @@ impl Proxy {
             in_flight,
         ));
         record.access(|a| fill_access(a, &req, conn));
-        match self.forward(req, conn, &record).await {
+        let h1 = req.version() != Version::HTTP_2;
+        let mut resp = match self.forward(req, conn, &record).await {
             Ok(resp) => resp,
             Err(local) => {
                 let flag = local.flag;
@@ -153,7 +154,9 @@ impl Proxy {
                 record.access(|a| a.details = details);
                 resp
             }
-        }
+        };
+        server::close_http1_when_draining(&mut resp, h1, &self.state);
+        resp
     }
 
     async fn forward(

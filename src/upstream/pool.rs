@@ -301,22 +301,29 @@ impl std::fmt::Debug for EndpointPool {
 
 /// Gives an HTTP/1.1 connection back to its pool once the response body has been read to the
 /// end; dropping it earlier closes the connection, because it may still carry unread bytes.
-pub struct Release {
-    conn: Option<H1Conn>,
-    /// HTTP/2: the stream, ended when this is dropped.
-    _stream: Option<H2Stream>,
-    pool: Arc<EndpointPool>,
+/// For HTTP/2 it holds the response's stream, which counts against the connection's idle
+/// timeout until the body is done.
+pub struct Release(Held);
+
+enum Held {
+    /// An HTTP/1.1 connection, for its pool's shard.
+    H1 {
+        conn: H1Conn,
+        pool: Arc<EndpointPool>,
+    },
+    /// A stream on a shared HTTP/2 connection, ended when dropped.
+    H2(#[allow(dead_code)] H2Stream),
 }
 
 impl Release {
-    pub fn release(mut self) {
-        let Some(conn) = self.conn.take() else {
+    pub fn release(self) {
+        let Held::H1 { conn, pool } = self.0 else {
             return;
         };
         if conn.sender.is_closed() {
             return;
         }
-        let max = self.pool.settings.max_requests_per_connection;
+        let max = pool.settings.max_requests_per_connection;
         if max > 0 && conn.requests >= max {
             // Dropping the sender lets hyper close the connection (Envoy's
             // `max_requests_per_connection`).
@@ -325,9 +332,9 @@ impl Release {
             }
             return;
         }
-        conn.life.set_idle(self.pool.epoch);
+        conn.life.set_idle(pool.epoch);
         // A full queue drops the connection: that bounds idle sockets per endpoint.
-        if let Some(shard) = self.pool.shards.get(conn.shard) {
+        if let Some(shard) = pool.shards.get(conn.shard) {
             let _ = shard.idle.push(conn);
         }
     }
@@ -403,14 +410,7 @@ impl EndpointPool {
         if self.h2 {
             self.send_h2(req, connect_timeout, stats)
                 .await
-                .map(|(r, stream)| {
-                    let release = Release {
-                        conn: None,
-                        _stream: Some(stream),
-                        pool: self.clone(),
-                    };
-                    (r, Some(release))
-                })
+                .map(|(r, stream)| (r, Some(Release(Held::H2(stream)))))
         } else {
             self.send_h1(req, connect_timeout, stats, true)
                 .await
@@ -554,11 +554,10 @@ impl EndpointPool {
     }
 
     fn release_handle(self: &Arc<Self>, conn: H1Conn) -> Release {
-        Release {
-            conn: Some(conn),
-            _stream: None,
+        Release(Held::H1 {
+            conn,
             pool: self.clone(),
-        }
+        })
     }
 
     /// The shared HTTP/2 connection if it may take one more stream. The stream that reaches
