@@ -552,3 +552,36 @@ async fn reload_swap_lets_in_flight_requests_finish_on_the_old_destination() {
     }
     assert_eq!(v1.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upstream_response_is_502_upe() {
+    // Conflicting lengths, and a head over Envoy's 60 KiB response-header limit.
+    let conflicting =
+        RawUpstream::start(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello".to_vec()).await;
+    let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..700 {
+        huge.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(80)).as_bytes());
+    }
+    huge.extend_from_slice(b"content-length: 0\r\n\r\n");
+    let oversized = RawUpstream::start(huge).await;
+    let yaml = service_yaml("web", &[("v1", conflicting.addr)])
+        + &route_all_to("v1")
+        + &service_yaml("big", &[("v1", oversized.addr)]);
+    let p = TestProxy::start(&yaml).await;
+    let tap = flag_tap(&p).await;
+    for host in ["web", "big"] {
+        let mut c = Client::h1(tap).await;
+        c.set_timeout(Duration::from_secs(5));
+        let r = c
+            .try_request("GET", host, "/", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status, 502, "{host}: {}", r.text());
+        assert_eq!(flag(&r), Some("UPE"), "{host}");
+        assert_eq!(
+            r.text(),
+            format!("{UPSTREAM_CONNECT_ERROR}. reset reason: protocol error"),
+            "{host}"
+        );
+    }
+}

@@ -212,3 +212,26 @@ async fn http2_idle_timeout_closes_the_connection_once_no_stream_is_open() {
     assert_eq!(requests(&p, Proto::H2, 2).await.len(), 2);
     assert_eq!(up.connections(), 2, "a new connection after the idle close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closes_while_idle_is_closed_and_not_reused() {
+    // The upstream drops idle keep-alive connections after 200ms; the proxy's idle timeout
+    // is Istio's hour.
+    let up = KeepAliveUpstream::start(Duration::from_millis(200)).await;
+    let p = TestProxy::start(&config(up.addr, "HTTP", "")).await;
+    assert_eq!(requests(&p, Proto::H1, 1).await, ["1"]);
+    assert!(eventually(Duration::from_secs(2), || up.closed_idle() == 1).await);
+    // Noticed while idle (not left in CLOSE_WAIT until the next request).
+    let mut active = cluster_stat(&p, "upstream_cx_active").await;
+    for _ in 0..40 {
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        active = cluster_stat(&p, "upstream_cx_active").await;
+    }
+    assert_eq!(active, 0, "the closed connection is still counted as open");
+    // The next request goes out on a new connection, without an error or a replay.
+    assert_eq!(requests(&p, Proto::H1, 1).await, ["2"]);
+    assert_eq!(up.accepted(), 2);
+}

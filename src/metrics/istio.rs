@@ -215,9 +215,9 @@ pub struct ResponseKey {
 }
 
 /// Response-flag texts by index (`ResponseKey::flags`).
-pub const FLAG_TEXTS: [&str; 15] = [
+pub const FLAG_TEXTS: [&str; 16] = [
     "-", "NR", "UH", "UF", "UF,URX", "UR", "UC", "DPE", "DC", "UT", "FI", "DI", "URX", "DI,UT",
-    "UO",
+    "UO", "UPE",
 ];
 
 impl ResponseKey {

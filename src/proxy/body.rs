@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::{ActiveGuard, Release};
+use crate::upstream::{ActiveGuard, ExchangeError, Release, ResponseBody};
 
 use super::record::RequestRecord;
 
@@ -29,7 +29,7 @@ enum Kind {
 }
 
 struct UpstreamBody {
-    inner: Incoming,
+    inner: ResponseBody,
     release: Option<Release>,
     _active: Option<ActiveGuard>,
     record: Arc<RequestRecord>,
@@ -43,7 +43,7 @@ struct UpstreamBody {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] ExchangeError),
     #[error("upstream request timeout while the response body was streaming")]
     Timeout,
 }
@@ -66,7 +66,7 @@ impl ProxyBody {
     }
 
     pub(crate) fn upstream(
-        inner: Incoming,
+        inner: ResponseBody,
         release: Option<Release>,
         active: Option<ActiveGuard>,
         record: Arc<RequestRecord>,

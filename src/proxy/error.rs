@@ -37,6 +37,8 @@ pub enum Flag {
     UpstreamConnectFailureOnly,
     /// A circuit breaker (connection pool limit) refused the request (503).
     UpstreamOverflow,
+    /// The upstream's response was not valid HTTP (502).
+    UpstreamProtocolError,
 }
 
 impl Flag {
@@ -56,6 +58,7 @@ impl Flag {
             Flag::RetriesExhausted => "URX",
             Flag::UpstreamConnectFailureOnly => "UF",
             Flag::UpstreamOverflow => "UO",
+            Flag::UpstreamProtocolError => "UPE",
         }
     }
 }
@@ -124,6 +127,18 @@ impl LocalReply {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
             },
             detail: (!reason.is_empty()).then_some(reason),
+        }
+    }
+
+    /// The upstream answered with something that is not HTTP/1.1 (a malformed head, a bad
+    /// content-length, headers over the limit): Envoy's router answers 502 for a protocol
+    /// error, not the 503 of a reset.
+    pub fn upstream_protocol_error() -> LocalReply {
+        LocalReply {
+            status: StatusCode::BAD_GATEWAY,
+            flag: Flag::UpstreamProtocolError,
+            body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            detail: None,
         }
     }
 
@@ -209,6 +224,7 @@ impl LocalReply {
                 "upstream_reset_before_response_started{connection_failure}"
             }
             Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
+            Flag::UpstreamProtocolError => "upstream_reset_before_response_started{protocol_error}",
         }
     }
 

@@ -777,7 +777,7 @@ impl Proxy {
                         source,
                         addr,
                         reused: true,
-                    }) if is_stale_close(&source) => match template {
+                    }) if source.is_stale_close() => match template {
                         Some(t) => {
                             pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
@@ -867,7 +867,10 @@ impl Proxy {
                         continue;
                     }
                     a.record.set_dest(&endpoint.metrics);
-                    let terminated = source.is_incomplete_message() || source.is_closed();
+                    if source.is_protocol_error() {
+                        return Err(LocalReply::upstream_protocol_error());
+                    }
+                    let terminated = source.is_termination();
                     return Err(LocalReply::upstream_reset(String::new(), terminated));
                 }
             }
@@ -1210,27 +1213,6 @@ pub const MIRROR_IN_FLIGHT: usize = 1024;
 const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
 
 /// The body is empty, or its declared length fits the retry buffer.
-/// An error that means the upstream closed (or reset) the connection before answering: on a
-/// reused keep-alive connection, the idle-close race.
-fn is_stale_close(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            );
-        }
-        cause = c.source();
-    }
-    false
-}
-
 fn replayable_size(headers: &http::HeaderMap, body: &Incoming) -> bool {
     use http_body::Body as _;
     if body.is_end_stream() {
@@ -1297,7 +1279,7 @@ struct Attempt<'a> {
 }
 
 type Sent = (
-    Response<Incoming>,
+    Response<crate::upstream::ResponseBody>,
     Option<crate::upstream::Release>,
     Option<crate::upstream::ActiveGuard>,
     Instant,

@@ -166,6 +166,7 @@ fn flag_index(f: Flag) -> u8 {
         Flag::RetriesExhausted => 12,
         Flag::UpstreamConnectFailureOnly => 3,
         Flag::UpstreamOverflow => 14,
+        Flag::UpstreamProtocolError => 15,
     }
 }
 

@@ -3,10 +3,12 @@
 //! behind an `ArcSwap`; everything else about a cluster is fixed when the table is compiled.
 
 pub mod dns;
+pub mod h1;
 pub mod hash;
 pub mod lb;
 pub mod policy;
 pub mod pool;
+pub mod response;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ pub use pool::{
     ConnSettings, EndpointPool, PoolRegistry, Release, SendError, set_worker_count,
     set_worker_index,
 };
+pub use response::{ExchangeError, ResponseBody};
 
 /// Istio's mesh default `connectTimeout` (Envoy's own default would be 5 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

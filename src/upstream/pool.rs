@@ -1,13 +1,14 @@
-//! Connections to one endpoint. HTTP/1.1 keeps a lock-free queue of idle connections; HTTP/2
-//! shares one multiplexed connection. Built on `hyper::client::conn` rather than hyper-util's
-//! pooled client because the proxy needs three things that client hides: the `:authority` of
-//! an HTTP/2 request must stay the service host while we dial an endpoint address; a request
-//! that a stale keep-alive connection refused must come back to us untouched so it can be
-//! replayed; and a connect failure must be told apart from a failure after bytes were sent.
+//! Connections to one endpoint. HTTP/1.1 keeps a lock-free queue of idle connections per
+//! worker, spoken with our own codec ([`super::h1`]); HTTP/2 shares one multiplexed hyper
+//! connection per worker. Not hyper-util's pooled client, because the proxy needs three things
+//! that client hides: the `:authority` of an HTTP/2 request must stay the service host while
+//! we dial an endpoint address; a request that a stale keep-alive connection refused must be
+//! told apart so it can be replayed; and a connect failure must be told apart from a failure
+//! after bytes were sent.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::h1;
+use super::response::{ExchangeError, ResponseBody};
 use super::tls::{Stream, TlsOrigin};
 use crate::metrics::ClusterStats;
 pub use crate::proxy::body::RequestBody as UpBody;
@@ -49,8 +52,10 @@ pub fn set_worker_index(index: usize) {
 
 /// One worker's connections to an endpoint.
 struct Shard {
-    idle: ArrayQueue<H1Conn>,
+    idle: ArrayQueue<Box<H1Conn>>,
     shared_h2: ArcSwapOption<H2Conn>,
+    /// A sweeper task is watching `idle` (see [`sweep`]).
+    sweeping: AtomicBool,
 }
 
 /// Istio's default `connectionPool.http.idleTimeout`.
@@ -89,12 +94,13 @@ impl ConnSettings {
     }
 }
 
-/// One HTTP/1.1 connection's idle state, shared by the pool and the task driving the
-/// connection, which closes it once it has been idle for the idle timeout.
+/// The idle state of a connection driven by hyper (HTTP/2, Upgrade), shared by the pool and
+/// the task driving the connection, which closes it once it has been idle for the idle
+/// timeout.
 struct ConnLife {
     /// [`BUSY`], [`CLOSED`], or the pool-relative millisecond (+1) it became idle.
     state: AtomicU64,
-    /// HTTP/2: streams open on the connection (HTTP/1.1 uses the state alone).
+    /// HTTP/2: streams open on the connection.
     active: AtomicU32,
 }
 
@@ -102,21 +108,6 @@ const BUSY: u64 = 0;
 const CLOSED: u64 = u64::MAX;
 
 impl ConnLife {
-    /// Takes an idle connection for a request; false if its driver is closing it.
-    fn claim(&self) -> bool {
-        let s = self.state.load(Ordering::Acquire);
-        s != BUSY
-            && s != CLOSED
-            && self
-                .state
-                .compare_exchange(s, BUSY, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-    }
-
-    fn set_idle(&self, epoch: Instant) {
-        self.state.store(idle_mark(epoch), Ordering::Release);
-    }
-
     /// HTTP/2: one more stream on the connection; false if its driver is closing it.
     fn begin_stream(&self) -> bool {
         loop {
@@ -232,13 +223,14 @@ impl Drop for H2Stream {
 }
 
 /// A pooled HTTP/1.1 connection and how many requests it has carried.
-struct H1Conn {
-    sender: http1::SendRequest<UpBody>,
-    /// The shard of the worker whose runtime drives it.
+pub struct H1Conn {
+    pub(super) wire: h1::Conn,
+    /// The shard of the worker whose runtime its socket is registered with.
     shard: usize,
-    life: Arc<ConnLife>,
     requests: u32,
-    stats: Option<Arc<ClusterStats>>,
+    idle_since: Instant,
+    /// Counts the connection as open for the cluster that opened it.
+    gauge: ConnGauge,
 }
 
 /// The shared HTTP/2 connection and how many streams it has been given.
@@ -261,7 +253,7 @@ pub enum SendError {
     #[error("upstream {addr}: {source}")]
     Exchange {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: ExchangeError,
         /// On a pooled keep-alive connection: the upstream may have closed it while idle, just
         /// as the request went out (the request path replays those on a new connection).
         reused: bool,
@@ -280,8 +272,10 @@ pub struct EndpointPool {
     pub addr: SocketAddr,
     pub h2: bool,
     pub settings: Arc<ConnSettings>,
+    /// Carries Upgrade requests (WebSocket and friends): hyper, one connection each.
+    upgrade: bool,
     shards: Box<[Shard]>,
-    /// For an HTTP/2 pool: the HTTP/1.1 pool its Upgrade requests use, made on first use.
+    /// The pool this pool's Upgrade requests use, made on first use.
     upgrades: OnceLock<Arc<EndpointPool>>,
     /// Origin of the idle timestamps in [`ConnLife`].
     epoch: Instant,
@@ -299,43 +293,59 @@ impl std::fmt::Debug for EndpointPool {
     }
 }
 
-/// Gives an HTTP/1.1 connection back to its pool once the response body has been read to the
-/// end; dropping it earlier closes the connection, because it may still carry unread bytes.
-/// For HTTP/2 it holds the response's stream, which counts against the connection's idle
-/// timeout until the body is done.
+/// What a hyper response needs kept until its body is done: for HTTP/2 the response's stream,
+/// which counts against the connection's idle timeout; for an Upgrade request its connection's
+/// sender. (An HTTP/1.1 body from our codec holds its connection itself.)
 pub struct Release(Held);
 
 enum Held {
-    /// An HTTP/1.1 connection, for its pool's shard.
-    H1 {
-        conn: H1Conn,
-        pool: Arc<EndpointPool>,
-    },
+    /// An Upgrade request's connection, never pooled: dropping the sender closes it unless
+    /// it was upgraded.
+    Upgrade(#[allow(dead_code)] http1::SendRequest<UpBody>),
     /// A stream on a shared HTTP/2 connection, ended when dropped.
     H2(#[allow(dead_code)] H2Stream),
 }
 
 impl Release {
+    /// The body is done.
     pub fn release(self) {
-        let Held::H1 { conn, pool } = self.0 else {
+        drop(self.0);
+    }
+}
+
+/// How often a pool's idle HTTP/1.1 connections are checked for an upstream close and for
+/// their idle timeout: an eighth of the timeout, between 10 ms and 1 s.
+fn sweep_tick(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Watches one shard's idle connections while it has any: closes those the upstream closed
+/// (so they do not linger in CLOSE_WAIT) and those idle for the idle timeout. It holds the
+/// pool weakly, so a pool no table uses is still dropped.
+async fn sweep(pool: Weak<EndpointPool>, shard: usize, tick: Duration) {
+    let mut empty_rounds = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(pool) = pool.upgrade() else {
             return;
         };
-        if conn.sender.is_closed() {
+        let Some(s) = pool.shards.get(shard) else {
             return;
+        };
+        pool.sweep_shard(s);
+        if !s.idle.is_empty() {
+            empty_rounds = 0;
+            continue;
         }
-        let max = pool.settings.max_requests_per_connection;
-        if max > 0 && conn.requests >= max {
-            // Dropping the sender lets hyper close the connection (Envoy's
-            // `max_requests_per_connection`).
-            if let Some(s) = &conn.stats {
-                s.upstream_cx_max_requests.inc();
+        empty_rounds += 1;
+        if empty_rounds >= 3 {
+            s.sweeping.store(false, Ordering::Release);
+            // A connection released meanwhile saw the flag still set: keep watching it,
+            // unless a new sweeper already does.
+            if s.idle.is_empty() || s.sweeping.swap(true, Ordering::AcqRel) {
+                return;
             }
-            return;
-        }
-        conn.life.set_idle(pool.epoch);
-        // A full queue drops the connection: that bounds idle sockets per endpoint.
-        if let Some(shard) = pool.shards.get(conn.shard) {
-            let _ = shard.idle.push(conn);
+            empty_rounds = 0;
         }
     }
 }
@@ -350,12 +360,14 @@ impl EndpointPool {
             addr,
             h2,
             settings,
+            upgrade: false,
             shards: {
                 let n = WORKER_COUNT.load(Ordering::Relaxed);
                 (0..n)
                     .map(|_| Shard {
                         idle: ArrayQueue::new((MAX_IDLE_PER_ENDPOINT / n).max(16)),
                         shared_h2: ArcSwapOption::empty(),
+                        sweeping: AtomicBool::new(false),
                     })
                     .collect()
             },
@@ -366,9 +378,10 @@ impl EndpointPool {
     }
 
     /// The pool an Upgrade request (WebSocket and friends) goes out on: Upgrade exists only
-    /// in HTTP/1.1, so an HTTP/2 pool hands it to an HTTP/1.1 sibling with the same settings.
+    /// in HTTP/1.1, and the upgraded connection is handed to the proxy, so a sibling with the
+    /// same settings sends it through hyper on a connection of its own.
     pub fn for_upgrade(self: &Arc<Self>) -> Arc<EndpointPool> {
-        if !self.h2 {
+        if self.upgrade {
             return self.clone();
         }
         self.upgrades
@@ -378,11 +391,9 @@ impl EndpointPool {
                     max_requests_per_connection: self.settings.max_requests_per_connection,
                     idle_timeout: self.settings.idle_timeout,
                 };
-                Arc::new(EndpointPool::with_settings(
-                    self.addr,
-                    false,
-                    Arc::new(settings),
-                ))
+                let mut pool = EndpointPool::with_settings(self.addr, false, Arc::new(settings));
+                pool.upgrade = true;
+                Arc::new(pool)
             })
             .clone()
     }
@@ -406,15 +417,20 @@ impl EndpointPool {
         req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
-    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
-        if self.h2 {
+    ) -> Result<(Response<ResponseBody>, Option<Release>), SendError> {
+        if self.upgrade {
+            // Boxed: rare, and its future would otherwise grow every request's.
+            Box::pin(self.send_upgrade(req, connect_timeout, stats))
+                .await
+                .map(|(r, rel)| (r.map(ResponseBody::Hyper), Some(rel)))
+        } else if self.h2 {
             self.send_h2(req, connect_timeout, stats)
                 .await
-                .map(|(r, stream)| (r, Some(Release(Held::H2(stream)))))
+                .map(|(r, stream)| (r.map(ResponseBody::Hyper), Some(Release(Held::H2(stream)))))
         } else {
             self.send_h1(req, connect_timeout, stats, true)
                 .await
-                .map(|(r, rel)| (r, Some(rel)))
+                .map(|r| (r, None))
         }
     }
 
@@ -425,61 +441,133 @@ impl EndpointPool {
         req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
-    ) -> Result<(Response<Incoming>, Option<Release>), SendError> {
-        if self.h2 {
+    ) -> Result<(Response<ResponseBody>, Option<Release>), SendError> {
+        if self.h2 || self.upgrade {
             return self.send(req, connect_timeout, stats).await;
         }
         self.send_h1(req, connect_timeout, stats, false)
             .await
-            .map(|(r, rel)| (r, Some(rel)))
+            .map(|r| (r, None))
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<UpBody>,
+        req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
         reuse: bool,
-    ) -> Result<(Response<Incoming>, Release), SendError> {
-        let shard = self.shard();
-        while let Some(mut conn) = if reuse { shard.idle.pop() } else { None } {
-            if !conn.life.claim() || conn.sender.is_closed() || conn.sender.ready().await.is_err() {
-                continue;
-            }
-            conn.requests += 1;
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.release_handle(conn))),
-                Err(mut e) => match e.take_message() {
-                    // The upstream closed this idle connection before our request went out:
-                    // the request is untouched, so replaying it is always safe.
-                    Some(back) => {
-                        self.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
-                        req = back;
-                    }
-                    None => {
-                        return Err(SendError::Exchange {
-                            addr: self.addr,
-                            source: e.into_error(),
-                            reused: true,
-                        });
-                    }
-                },
-            }
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let (mut conn, reused) = match if reuse { self.checkout() } else { None } {
+            Some(conn) => (conn, true),
+            // Boxed: dialing (and a TLS handshake) makes a future several times the size of
+            // the pooled path's, and it would otherwise be copied with every request's future.
+            None => match Box::pin(self.connect(connect_timeout)).await {
+                Ok(io) => (
+                    Box::new(H1Conn {
+                        wire: h1::Conn::new(io),
+                        shard: self.shard_index(),
+                        requests: 0,
+                        idle_since: self.epoch,
+                        gauge: ConnGauge::open(stats),
+                    }),
+                    false,
+                ),
+                Err(reason) => {
+                    return Err(SendError::Connect {
+                        addr: self.addr,
+                        reason,
+                        request: Box::new(req),
+                    });
+                }
+            },
+        };
+        conn.requests += 1;
+        match h1::exchange(&mut conn.wire, req).await {
+            Ok(ex) => Ok(h1::Body::response(conn, self.clone(), ex).map(ResponseBody::H1)),
+            // Dropping the connection closes it.
+            Err(e) => Err(SendError::Exchange {
+                addr: self.addr,
+                source: e.into(),
+                reused,
+            }),
         }
-        // Boxed: dialing (and a TLS handshake) makes a future several times the size of the
-        // pooled path's, and it would otherwise be copied with every request's future.
-        Box::pin(self.send_h1_new(req, connect_timeout, stats)).await
     }
 
-    /// [`send_h1`](Self::send_h1) on a connection of its own.
-    async fn send_h1_new(
+    /// An idle connection of this worker's shard that the upstream has not closed.
+    fn checkout(&self) -> Option<Box<H1Conn>> {
+        let shard = self.shard();
+        while let Some(mut conn) = shard.idle.pop() {
+            if conn.wire.is_idle_fit() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Takes back a connection whose response is complete: kept idle for the next request
+    /// of its worker unless it reached `maxRequestsPerConnection` or the idle queue is full.
+    pub(super) fn put_back(self: &Arc<Self>, mut conn: Box<H1Conn>) {
+        let max = self.settings.max_requests_per_connection;
+        if max > 0 && conn.requests >= max {
+            // Envoy's `max_requests_per_connection`: dropping closes it.
+            if let Some(s) = &conn.gauge.0 {
+                s.upstream_cx_max_requests.inc();
+            }
+            return;
+        }
+        let index = conn.shard;
+        let Some(shard) = self.shards.get(index) else {
+            return;
+        };
+        conn.idle_since = Instant::now();
+        // A full queue drops the connection: that bounds idle sockets per endpoint.
+        if shard.idle.push(conn).is_err() {
+            return;
+        }
+        if !shard.sweeping.load(Ordering::Acquire) && !shard.sweeping.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(sweep(
+                        Arc::downgrade(self),
+                        index,
+                        sweep_tick(self.settings.idle_timeout),
+                    ));
+                }
+                // No runtime to watch from: checkouts still test each connection.
+                Err(_) => shard.sweeping.store(false, Ordering::Release),
+            }
+        }
+    }
+
+    /// Closes the shard's idle connections that timed out or that the upstream closed.
+    fn sweep_shard(&self, shard: &Shard) {
+        let now = Instant::now();
+        for _ in 0..shard.idle.len() {
+            let Some(mut conn) = shard.idle.pop() else {
+                break;
+            };
+            if now.saturating_duration_since(conn.idle_since) >= self.settings.idle_timeout {
+                if let Some(s) = &conn.gauge.0 {
+                    s.upstream_cx_idle_timeout.inc();
+                }
+                continue;
+            }
+            if conn.wire.is_idle_fit() {
+                let _ = shard.idle.push(conn);
+            }
+        }
+    }
+
+    /// An Upgrade request, through hyper on a connection of its own: the proxy takes the
+    /// upgraded connection from hyper's response.
+    async fn send_upgrade(
         self: &Arc<Self>,
         req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, Release), SendError> {
         let io = match self.connect(connect_timeout).await {
-            Ok(io) => io,
+            Ok(io) => TokioIo::new(io),
             Err(reason) => {
                 return Err(SendError::Connect {
                     addr: self.addr,
@@ -488,7 +576,7 @@ impl EndpointPool {
                 });
             }
         };
-        let (sender, conn) = match http1::Builder::new().handshake(io).await {
+        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
             Ok(pair) => pair,
             Err(e) => {
                 return Err(SendError::Connect {
@@ -499,16 +587,9 @@ impl EndpointPool {
             }
         };
         // Errors end the connection; the request that saw them reports them.
-        let life = self.spawn_driver(conn.with_upgrades(), 0, stats);
-        let mut conn = H1Conn {
-            sender,
-            shard: self.shard_index(),
-            life,
-            requests: 1,
-            stats: stats.cloned(),
-        };
-        match conn.sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.release_handle(conn))),
+        self.spawn_driver(conn.with_upgrades(), 0, stats);
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Release(Held::Upgrade(sender)))),
             Err(mut e) => match e.take_message() {
                 Some(back) => Err(SendError::Connect {
                     addr: self.addr,
@@ -517,7 +598,7 @@ impl EndpointPool {
                 }),
                 None => Err(SendError::Exchange {
                     addr: self.addr,
-                    source: e.into_error(),
+                    source: e.into_error().into(),
                     reused: false,
                 }),
             },
@@ -551,13 +632,6 @@ impl EndpointPool {
             drop(gauge);
         });
         life
-    }
-
-    fn release_handle(self: &Arc<Self>, conn: H1Conn) -> Release {
-        Release(Held::H1 {
-            conn,
-            pool: self.clone(),
-        })
     }
 
     /// The shared HTTP/2 connection if it may take one more stream. The stream that reaches
@@ -628,7 +702,7 @@ impl EndpointPool {
                     None => {
                         return Err(SendError::Exchange {
                             addr: self.addr,
-                            source: e.into_error(),
+                            source: e.into_error().into(),
                             reused: false,
                         });
                     }
@@ -647,7 +721,7 @@ impl EndpointPool {
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(http2::SendRequest<UpBody>, H2Stream), String> {
-        let io = self.connect(connect_timeout).await?;
+        let io = TokioIo::new(self.connect(connect_timeout).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(io)
@@ -677,7 +751,7 @@ impl EndpointPool {
 
     /// TCP connect plus, for a TLS cluster, the handshake, both within the connect timeout
     /// (Envoy counts a connection as up once its transport socket is).
-    async fn connect(&self, connect_timeout: Duration) -> Result<TokioIo<Stream>, String> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<Stream, String> {
         let dial = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
@@ -703,7 +777,7 @@ impl EndpointPool {
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 }
 
