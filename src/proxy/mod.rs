@@ -159,731 +159,747 @@ impl Proxy {
         resp
     }
 
-    async fn forward(
-        &self,
+    #[allow(clippy::manual_async_fn)] // see the comment in the body
+    fn forward<'a>(
+        &'a self,
         req: Request<Incoming>,
         conn: ConnInfo,
-        record: &Arc<RequestRecord>,
-    ) -> Result<Response<ProxyBody>, LocalReply> {
-        // Istio routes on the authority: two Host headers make it ambiguous (an HTTP/2
-        // request's `:authority` is not in the map).
-        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-            return Err(LocalReply::bad_request("duplicate Host header"));
-        }
-        let authority =
-            request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
-        let (raw_host, addressed_port) = split_authority(authority.as_str());
-        let host: Cow<str> = lowercase(raw_host.trim_end_matches('.'));
-        let port = addressed_port.unwrap_or(80);
-        let (mut parts, body) = req.into_parts();
-        let (raw_path, query) = match parts.uri.path_and_query() {
-            Some(pq) => split_path_query(pq.as_str()),
-            None => ("/", None),
-        };
-        let path = normalize_path(raw_path).map_err(|_| LocalReply::bad_request("invalid path"))?;
-        let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
-        let fmt = FormatContext {
-            downstream_remote: conn.remote,
-            downstream_local: conn.local,
-            protocol: if parts.version == Version::HTTP_2 {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            },
-            hostname: &self.hostname,
-        };
-
-        // Decide under the table guard; keep only what the rest of the request needs.
-        let plan = {
-            let table = self.table.load();
-            let view = RequestView {
-                method: parts.method.as_str(),
-                scheme: "http",
-                authority: authority.as_str(),
-                port,
-                path: &path,
-                query,
-                headers: &parts.headers,
+        record: &'a Arc<RequestRecord>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, LocalReply>> + Send + 'a {
+        // An async block, not an async fn: an async fn keeps a second copy of each argument
+        // in its state, and this state is copied whole when the request's future is boxed.
+        async move {
+            // Istio routes on the authority: two Host headers make it ambiguous (an HTTP/2
+            // request's `:authority` is not in the map).
+            if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+                return Err(LocalReply::bad_request("duplicate Host header"));
+            }
+            let authority =
+                request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
+            let (raw_host, addressed_port) = split_authority(authority.as_str());
+            let host: Cow<str> = lowercase(raw_host.trim_end_matches('.'));
+            let port = addressed_port.unwrap_or(80);
+            let (mut parts, body) = req.into_parts();
+            let (raw_path, query) = match parts.uri.path_and_query() {
+                Some(pq) => split_path_query(pq.as_str()),
+                None => ("/", None),
             };
-            let random: u64 = rand::rng().random();
-            match table.route(&host, &view, random) {
-                Decision::UnknownHost => match table.outbound_policy {
-                    OutboundPolicy::RegistryOnly => {
-                        record.set_dest(&self.blackhole);
-                        record.access(|a| a.upstream_cluster = "BlackHoleCluster".into());
-                        return Err(LocalReply::blocked_host());
-                    }
-                    OutboundPolicy::AllowAny => {
-                        record.set_dest(&self.passthrough);
-                        record.access(|a| a.upstream_cluster = "PassthroughCluster".into());
-                        Plan::passthrough()
-                    }
+            let path =
+                normalize_path(raw_path).map_err(|_| LocalReply::bad_request("invalid path"))?;
+            let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+            let fmt = FormatContext {
+                downstream_remote: conn.remote,
+                downstream_local: conn.local,
+                protocol: if parts.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
                 },
-                Decision::NoRoute { vhost } => {
-                    record.set_dest(&vhost.metrics);
-                    return Err(LocalReply::no_route());
-                }
-                Decision::Redirect {
-                    vhost,
-                    route,
-                    redirect,
-                } => {
-                    route.stats.decisions.inc();
-                    record.set_dest(&vhost.metrics);
-                    record.set_status(redirect.code.as_u16(), None);
-                    record.access(|a| {
-                        a.route_name = route.name.clone();
-                        a.details = "direct_response".into();
-                    });
-                    let location = redirect.location("http", authority.as_str(), &path, query);
-                    let mut resp = Response::new(ProxyBody::empty());
-                    *resp.status_mut() = redirect.code;
-                    if let Ok(v) = HeaderValue::from_str(&location) {
-                        resp.headers_mut().insert(header::LOCATION, v);
-                    }
-                    if let Some(ops) = &route.response_headers {
-                        ops.apply(resp.headers_mut(), &fmt);
-                    }
-                    return Ok(resp);
-                }
-                Decision::Direct {
-                    vhost,
-                    route,
-                    response,
-                } => {
-                    route.stats.decisions.inc();
-                    record.set_dest(&vhost.metrics);
-                    record.set_status(response.status.as_u16(), None);
-                    record.response_bytes.store(
-                        response.body.as_ref().map_or(0, |b| b.len() as u64),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    record.access(|a| {
-                        a.route_name = route.name.clone();
-                        a.details = "direct_response".into();
-                    });
-                    let mut resp = Response::new(match &response.body {
-                        Some(b) => ProxyBody::full(b.clone()),
-                        None => ProxyBody::empty(),
-                    });
-                    *resp.status_mut() = response.status;
-                    if response.body.is_some() {
-                        resp.headers_mut()
-                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    }
-                    if let Some(ops) = &route.response_headers {
-                        ops.apply(resp.headers_mut(), &fmt);
-                    }
-                    return Ok(resp);
-                }
-                Decision::Forward {
-                    route,
-                    target,
-                    cluster,
-                    ..
-                } => {
-                    route.stats.decisions.inc();
-                    record.set_window(&target.window);
-                    record.set_cluster(&cluster.stats);
-                    record.set_fallback_dest(&cluster.no_endpoint);
-                    record.access(|a| {
-                        a.route_name = route.name.clone();
-                        a.upstream_cluster = cluster.name.clone();
-                    });
-                    let several =
-                        matches!(&route.action, crate::route::Action::Forward(p) if p.len() > 1);
-                    let h = &mut parts.headers;
-                    // Envoy applies weighted-cluster ops before route ops, and a lone
-                    // destination's after them (reference §4.5).
-                    if several {
-                        target.request_headers.apply(h, &fmt);
-                        route.request_headers.apply(h, &fmt);
-                    } else {
-                        route.request_headers.apply(h, &fmt);
-                        target.request_headers.apply(h, &fmt);
-                    }
-                    let mut new_path = None;
-                    let mut new_authority = None;
-                    if let Some(rw) = &route.rewrite {
-                        new_path = rw.rewrite_path(&path);
-                        new_authority = rw.authority.clone();
-                    }
-                    let response_ops = match (&target.response_headers, &route.response_headers) {
-                        (None, None) => None,
-                        (t, r) => Some(ResponseOps {
-                            target: t.clone(),
-                            route: r.clone(),
-                            weighted: several,
-                        }),
-                    };
-                    Plan {
-                        cluster: Some(cluster.clone()),
-                        new_path,
-                        new_authority,
-                        response_ops,
-                        policy: Some(route.policy.clone()),
-                        mirrors: route
-                            .policy
-                            .mirrors
-                            .iter()
-                            .map(|m| (table.clusters[m.cluster].clone(), m.per_million))
-                            .collect(),
-                    }
-                }
-            }
-        };
+                hostname: &self.hostname,
+            };
 
-        let default_policy;
-        let policy: &RoutePolicy = match &plan.policy {
-            Some(p) => p,
-            None => {
-                default_policy = RoutePolicy::default();
-                &default_policy
-            }
-        };
-        // The fault filter runs before the router: delay, then abort, each its own draw.
-        if let Some(fault) = &policy.fault {
-            if let Some((delay, share)) = fault.delay
-                && draw_per_million() < share
-            {
-                tokio::time::sleep(delay).await;
-                record.set_delay_injected();
-            }
-            if let Some((abort, share)) = fault.abort
-                && draw_per_million() < share
-            {
-                return match abort {
-                    Abort::Http(status) => Err(LocalReply::fault_abort(status)),
-                    Abort::Grpc(code) => Ok(grpc_fault_abort(code, record)),
+            // Decide under the table guard; keep only what the rest of the request needs.
+            let plan = {
+                let table = self.table.load();
+                let view = RequestView {
+                    method: parts.method.as_str(),
+                    scheme: "http",
+                    authority: authority.as_str(),
+                    port,
+                    path: &path,
+                    query,
+                    headers: &parts.headers,
                 };
-            }
-        }
-        let mut cors_reply: Option<HeaderValue> = None;
-        if let Some(cors) = &policy.cors
-            && let Some(origin) = parts.headers.get(header::ORIGIN).cloned()
-        {
-            let allowed = cors.allows(origin.as_bytes());
-            let preflight = parts.method == http::Method::OPTIONS
-                && parts
-                    .headers
-                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-            if preflight && allowed {
-                return Ok(cors_preflight(cors, origin, record));
-            }
-            if preflight && !cors.forward_unmatched_preflights {
-                let mut resp = Response::new(ProxyBody::empty());
-                resp.headers_mut()
-                    .insert(header::SERVER, HeaderValue::from_static("envoy"));
-                record.set_status(200, None);
-                return Ok(resp);
-            }
-            if allowed {
-                cors_reply = Some(origin);
-            }
-        }
-        // A client may amend the retry policy and the timeouts, as Envoy allows; the headers are
-        // for us, not the upstream.
-        let controls = headers::has_envoy_controls(&parts.headers);
-        let amended_retry = if controls {
-            policy.retry.amended_by(&parts.headers)
-        } else {
-            None
-        };
-        let retry: &RetryPolicy = amended_retry.as_ref().unwrap_or(&policy.retry);
-        let (mut timeout, mut per_try) = (policy.timeout, retry.per_try_timeout);
-        if controls {
-            if amended_retry.is_some() {
-                for name in RetryPolicy::CLIENT_HEADERS {
-                    parts.headers.remove(name);
+                let random: u64 = rand::rng().random();
+                match table.route(&host, &view, random) {
+                    Decision::UnknownHost => match table.outbound_policy {
+                        OutboundPolicy::RegistryOnly => {
+                            record.set_dest(&self.blackhole);
+                            record.access(|a| a.upstream_cluster = "BlackHoleCluster".into());
+                            return Err(LocalReply::blocked_host());
+                        }
+                        OutboundPolicy::AllowAny => {
+                            record.set_dest(&self.passthrough);
+                            record.access(|a| a.upstream_cluster = "PassthroughCluster".into());
+                            Plan::passthrough()
+                        }
+                    },
+                    Decision::NoRoute { vhost } => {
+                        record.set_dest(&vhost.metrics);
+                        return Err(LocalReply::no_route());
+                    }
+                    Decision::Redirect {
+                        vhost,
+                        route,
+                        redirect,
+                    } => {
+                        route.stats.decisions.inc();
+                        record.set_dest(&vhost.metrics);
+                        record.set_status(redirect.code.as_u16(), None);
+                        record.access(|a| {
+                            a.route_name = route.name.clone();
+                            a.details = "direct_response".into();
+                        });
+                        let location = redirect.location("http", authority.as_str(), &path, query);
+                        let mut resp = Response::new(ProxyBody::empty());
+                        *resp.status_mut() = redirect.code;
+                        if let Ok(v) = HeaderValue::from_str(&location) {
+                            resp.headers_mut().insert(header::LOCATION, v);
+                        }
+                        if let Some(ops) = &route.response_headers {
+                            ops.apply(resp.headers_mut(), &fmt);
+                        }
+                        return Ok(resp);
+                    }
+                    Decision::Direct {
+                        vhost,
+                        route,
+                        response,
+                    } => {
+                        route.stats.decisions.inc();
+                        record.set_dest(&vhost.metrics);
+                        record.set_status(response.status.as_u16(), None);
+                        record.response_bytes.store(
+                            response.body.as_ref().map_or(0, |b| b.len() as u64),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        record.access(|a| {
+                            a.route_name = route.name.clone();
+                            a.details = "direct_response".into();
+                        });
+                        let mut resp = Response::new(match &response.body {
+                            Some(b) => ProxyBody::full(b.clone()),
+                            None => ProxyBody::empty(),
+                        });
+                        *resp.status_mut() = response.status;
+                        if response.body.is_some() {
+                            resp.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("text/plain"),
+                            );
+                        }
+                        if let Some(ops) = &route.response_headers {
+                            ops.apply(resp.headers_mut(), &fmt);
+                        }
+                        return Ok(resp);
+                    }
+                    Decision::Forward {
+                        route,
+                        target,
+                        cluster,
+                        ..
+                    } => {
+                        route.stats.decisions.inc();
+                        record.set_window(&target.window);
+                        record.set_cluster(&cluster.stats);
+                        record.set_fallback_dest(&cluster.no_endpoint);
+                        record.access(|a| {
+                            a.route_name = route.name.clone();
+                            a.upstream_cluster = cluster.name.clone();
+                        });
+                        let several = matches!(&route.action, crate::route::Action::Forward(p) if p.len() > 1);
+                        let h = &mut parts.headers;
+                        // Envoy applies weighted-cluster ops before route ops, and a lone
+                        // destination's after them (reference §4.5).
+                        if several {
+                            target.request_headers.apply(h, &fmt);
+                            route.request_headers.apply(h, &fmt);
+                        } else {
+                            route.request_headers.apply(h, &fmt);
+                            target.request_headers.apply(h, &fmt);
+                        }
+                        let mut new_path = None;
+                        let mut new_authority = None;
+                        if let Some(rw) = &route.rewrite {
+                            new_path = rw.rewrite_path(&path);
+                            new_authority = rw.authority.clone();
+                        }
+                        let response_ops = match (&target.response_headers, &route.response_headers)
+                        {
+                            (None, None) => None,
+                            (t, r) => Some(ResponseOps {
+                                target: t.clone(),
+                                route: r.clone(),
+                                weighted: several,
+                            }),
+                        };
+                        Plan {
+                            cluster: Some(cluster.clone()),
+                            new_path,
+                            new_authority,
+                            response_ops,
+                            policy: Some(route.policy.clone()),
+                            mirrors: route
+                                .policy
+                                .mirrors
+                                .iter()
+                                .map(|m| (table.clusters[m.cluster].clone(), m.per_million))
+                                .collect(),
+                        }
+                    }
+                }
+            };
+
+            let default_policy;
+            let policy: &RoutePolicy = match &plan.policy {
+                Some(p) => p,
+                None => {
+                    default_policy = RoutePolicy::default();
+                    &default_policy
+                }
+            };
+            // The fault filter runs before the router: delay, then abort, each its own draw.
+            if let Some(fault) = &policy.fault {
+                if let Some((delay, share)) = fault.delay
+                    && draw_per_million() < share
+                {
+                    tokio::time::sleep(delay).await;
+                    record.set_delay_injected();
+                }
+                if let Some((abort, share)) = fault.abort
+                    && draw_per_million() < share
+                {
+                    return match abort {
+                        Abort::Http(status) => Err(LocalReply::fault_abort(status)),
+                        Abort::Grpc(code) => Ok(grpc_fault_abort(code, record)),
+                    };
                 }
             }
-            if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
-                timeout = (ms > 0).then(|| Duration::from_millis(ms));
-            }
-            if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
-                per_try = (ms > 0).then(|| Duration::from_millis(ms));
-            }
-            parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
-            parts
-                .headers
-                .remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
-        }
-        if let Some(t) = timeout {
-            parts.headers.insert(
-                X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                HeaderValue::from(t.as_millis() as u64),
-            );
-        }
-
-        // Build the upstream request.
-        let down_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
-        let original_pq = parts.uri.path_and_query().cloned();
-        {
-            let h = &mut parts.headers;
-            headers::strip_hop_by_hop(h, upgrade);
-            headers::ensure_request_id(h);
-            headers::ensure_forwarded_proto(h, "http");
-        }
-        record.access(|a| {
-            if let Some(id) = parts
-                .headers
-                .get(&headers::X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
+            let mut cors_reply: Option<HeaderValue> = None;
+            if let Some(cors) = &policy.cors
+                && let Some(origin) = parts.headers.get(header::ORIGIN).cloned()
             {
-                a.request_id = id.to_string();
+                let allowed = cors.allows(origin.as_bytes());
+                let preflight = parts.method == http::Method::OPTIONS
+                    && parts
+                        .headers
+                        .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+                if preflight && allowed {
+                    return Ok(cors_preflight(cors, origin, record));
+                }
+                if preflight && !cors.forward_unmatched_preflights {
+                    let mut resp = Response::new(ProxyBody::empty());
+                    resp.headers_mut()
+                        .insert(header::SERVER, HeaderValue::from_static("envoy"));
+                    record.set_status(200, None);
+                    return Ok(resp);
+                }
+                if allowed {
+                    cors_reply = Some(origin);
+                }
             }
-        });
-        let path_changed = plan.new_path.is_some() || matches!(path, Cow::Owned(_));
-        let pq: PathAndQuery = if path_changed {
-            if plan.new_path.is_some()
-                && let Some(orig) = &original_pq
-                && let Ok(v) = HeaderValue::from_str(orig.as_str())
-            {
+            // A client may amend the retry policy and the timeouts, as Envoy allows; the headers are
+            // for us, not the upstream.
+            let controls = headers::has_envoy_controls(&parts.headers);
+            let amended_retry = if controls {
+                policy.retry.amended_by(&parts.headers)
+            } else {
+                None
+            };
+            let retry: &RetryPolicy = amended_retry.as_ref().unwrap_or(&policy.retry);
+            let (mut timeout, mut per_try) = (policy.timeout, retry.per_try_timeout);
+            if controls {
+                if amended_retry.is_some() {
+                    for name in RetryPolicy::CLIENT_HEADERS {
+                        parts.headers.remove(name);
+                    }
+                }
+                if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+                    timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+                if let Some(ms) = header_ms(&parts.headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS)
+                {
+                    per_try = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+                parts.headers.remove(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
                 parts
                     .headers
-                    .insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
+                    .remove(&X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
             }
-            let p = plan.new_path.as_deref().unwrap_or(&path);
-            let text = match query {
-                Some(q) => format!("{p}?{q}"),
-                None => p.to_string(),
-            };
-            PathAndQuery::try_from(text).map_err(|_| LocalReply::bad_request("invalid path"))?
-        } else {
-            original_pq.unwrap_or_else(|| PathAndQuery::from_static("/"))
-        };
-        let up_authority: Authority = match &plan.new_authority {
-            Some(a) => Authority::try_from(a.as_bytes())
-                .map_err(|_| LocalReply::bad_request("invalid authority"))?,
-            None => authority,
-        };
-
-        let (cluster, endpoint_override) = match plan.cluster {
-            Some(c) => {
-                let over = if matches!(c.discovery, Discovery::OriginalDst) {
-                    Some(
-                        // Boxed: DNS lookups make a large future, and only PASSTHROUGH
-                        // clusters and ALLOW_ANY traffic need one.
-                        Box::pin(self.original_destination(up_authority.as_str(), Some(&c)))
-                            .await?,
-                    )
-                } else {
-                    None
-                };
-                (Some(c), over)
-            }
-            None => (
-                None,
-                Some(Box::pin(self.original_destination(up_authority.as_str(), None)).await?),
-            ),
-        };
-        let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
-        // A body a retry might have to send again is read first, up to Envoy's buffer limit;
-        // a bigger or unsized one streams and is never sent twice.
-        // Also kept when no retry policy would resend it: a pooled connection the upstream
-        // closed under the request is replayed on a new one (pingora's rule: reused, no
-        // response byte, body still whole). Envoy buffers for its retries the same way.
-        let needs_replay = !upgrade;
-        let body = if needs_replay && replayable_size(&parts.headers, &body) {
-            match collect_bounded(body).await {
-                Ok((data, trailers)) => {
-                    record
-                        .request_bytes
-                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    Replay::Buffered(data, trailers)
-                }
-                Err(_) => return Err(LocalReply::bad_request("request body read failed")),
-            }
-        } else {
-            Replay::Stream(RequestBody::new(body, Some(record.clone())))
-        };
-        let (body, replay) = match body {
-            Replay::Stream(b) => (b, None),
-            Replay::Buffered(data, trailers) => (
-                RequestBody::buffered(data.clone(), trailers.clone(), None),
-                Some((data, trailers)),
-            ),
-        };
-        let mut req = Request::from_parts(parts, body);
-        if h2 {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(up_authority.clone());
-            parts.path_and_query = Some(pq);
-            *req.uri_mut() =
-                Uri::from_parts(parts).map_err(|_| LocalReply::bad_request("invalid uri"))?;
-            *req.version_mut() = Version::HTTP_2;
-            req.headers_mut().remove(header::HOST);
-        } else {
-            *req.uri_mut() = Uri::from(pq);
-            *req.version_mut() = Version::HTTP_11;
-            if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-
-        let template = replay.map(|(data, trailers)| Template {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            body: data,
-            trailers,
-        });
-        if !plan.mirrors.is_empty() {
-            self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
-        }
-        let mut set_cookie = None;
-        let key_hash = match cluster.as_deref().and_then(|c| c.policy.hash.as_ref()) {
-            Some(h) => hash_key(
-                &h.key,
-                req.headers(),
-                req.uri().query(),
-                conn,
-                &mut set_cookie,
-            ),
-            None => None,
-        };
-        let attempt = Attempt {
-            hash: key_hash,
-            upgrade,
-            cluster: cluster.as_deref(),
-            fixed: endpoint_override,
-            policy: retry,
-            per_try,
-            template,
-            record,
-        };
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let sent = match MaybeTimeout::new(self.send_with_retries(req, attempt), timeout).await {
-            Ok(r) => r,
-            Err(Elapsed) => {
-                if let Some(c) = &cluster {
-                    c.stats.upstream_rq_timeout.inc();
-                }
-                Err(LocalReply::timeout())
-            }
-        };
-        let (mut resp, release, active, started) = sent?;
-        let service_time = started.elapsed();
-        record.set_status(resp.status().as_u16(), None);
-        if let Some(s) = grpc_status_of(resp.headers()) {
-            record.set_grpc_status(s);
-        }
-        record.access(|a| {
-            a.service_time_ms = Some(service_time.as_millis() as u64);
-            a.details = "via_upstream".into();
-        });
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(down) = down_upgrade
-        {
-            let up = hyper::upgrade::on(&mut resp);
-            let record = record.clone();
-            tokio::spawn(async move {
-                if let (Ok(down), Ok(up)) = (down.await, up.await) {
-                    let mut down = hyper_util::rt::TokioIo::new(down);
-                    let mut up = hyper_util::rt::TokioIo::new(up);
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                }
-                drop(active);
-                drop(record);
-            });
-            let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
-        }
-
-        let (mut parts, incoming) = resp.into_parts();
-        // TE.CL from the upstream: hyper decoded the chunks, so the length no longer describes
-        // the body we send (RFC 9112 §6.3: Transfer-Encoding wins).
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        headers::strip_hop_by_hop(&mut parts.headers, false);
-        parts.headers.insert(
-            headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-            HeaderValue::from(service_time.as_millis() as u64),
-        );
-        parts
-            .headers
-            .insert(header::SERVER, HeaderValue::from_static("envoy"));
-        if let Some(ResponseOps {
-            target: target_ops,
-            route: route_ops,
-            weighted: several,
-        }) = plan.response_ops
-        {
-            let apply = |ops: &Option<Arc<HeaderOps>>, h: &mut http::HeaderMap| {
-                if let Some(o) = ops {
-                    o.apply(h, &fmt);
-                }
-            };
-            if several {
-                apply(&target_ops, &mut parts.headers);
-                apply(&route_ops, &mut parts.headers);
-            } else {
-                apply(&route_ops, &mut parts.headers);
-                apply(&target_ops, &mut parts.headers);
-            }
-        }
-        if let Some(cookie) = set_cookie {
-            parts.headers.append(header::SET_COOKIE, cookie);
-        }
-        if let (Some(origin), Some(cors)) = (cors_reply, &policy.cors) {
-            let h = &mut parts.headers;
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            if let Some(v) = &cors.expose_headers {
-                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
-            }
-            if cors.allow_credentials {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
+            if let Some(t) = timeout {
+                parts.headers.insert(
+                    X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                    HeaderValue::from(t.as_millis() as u64),
                 );
             }
+
+            // Build the upstream request.
+            let down_upgrade = if upgrade {
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            } else {
+                None
+            };
+            let original_pq = parts.uri.path_and_query().cloned();
+            {
+                let h = &mut parts.headers;
+                headers::strip_hop_by_hop(h, upgrade);
+                headers::ensure_request_id(h);
+                headers::ensure_forwarded_proto(h, "http");
+            }
+            record.access(|a| {
+                if let Some(id) = parts
+                    .headers
+                    .get(&headers::X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    a.request_id = id.to_string();
+                }
+            });
+            let path_changed = plan.new_path.is_some() || matches!(path, Cow::Owned(_));
+            let pq: PathAndQuery = if path_changed {
+                if plan.new_path.is_some()
+                    && let Some(orig) = &original_pq
+                    && let Ok(v) = HeaderValue::from_str(orig.as_str())
+                {
+                    parts
+                        .headers
+                        .insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
+                }
+                let p = plan.new_path.as_deref().unwrap_or(&path);
+                let text = match query {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p.to_string(),
+                };
+                PathAndQuery::try_from(text).map_err(|_| LocalReply::bad_request("invalid path"))?
+            } else {
+                original_pq.unwrap_or_else(|| PathAndQuery::from_static("/"))
+            };
+            let up_authority: Authority = match &plan.new_authority {
+                Some(a) => Authority::try_from(a.as_bytes())
+                    .map_err(|_| LocalReply::bad_request("invalid authority"))?,
+                None => authority,
+            };
+
+            let (cluster, endpoint_override) = match plan.cluster {
+                Some(c) => {
+                    let over = if matches!(c.discovery, Discovery::OriginalDst) {
+                        Some(
+                            // Boxed: DNS lookups make a large future, and only PASSTHROUGH
+                            // clusters and ALLOW_ANY traffic need one.
+                            Box::pin(self.original_destination(up_authority.as_str(), Some(&c)))
+                                .await?,
+                        )
+                    } else {
+                        None
+                    };
+                    (Some(c), over)
+                }
+                None => (
+                    None,
+                    Some(Box::pin(self.original_destination(up_authority.as_str(), None)).await?),
+                ),
+            };
+            let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
+            // A body a retry might have to send again is read first, up to Envoy's buffer limit;
+            // a bigger or unsized one streams and is never sent twice.
+            // Also kept when no retry policy would resend it: a pooled connection the upstream
+            // closed under the request is replayed on a new one (pingora's rule: reused, no
+            // response byte, body still whole). Envoy buffers for its retries the same way.
+            let needs_replay = !upgrade;
+            let body = if needs_replay && replayable_size(&parts.headers, &body) {
+                match collect_bounded(body).await {
+                    Ok((data, trailers)) => {
+                        record
+                            .request_bytes
+                            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        Replay::Buffered(data, trailers)
+                    }
+                    Err(_) => return Err(LocalReply::bad_request("request body read failed")),
+                }
+            } else {
+                Replay::Stream(RequestBody::new(body, Some(record.clone())))
+            };
+            let (body, replay) = match body {
+                Replay::Stream(b) => (b, None),
+                Replay::Buffered(data, trailers) => (
+                    RequestBody::buffered(data.clone(), trailers.clone(), None),
+                    Some((data, trailers)),
+                ),
+            };
+            let mut req = Request::from_parts(parts, body);
+            if h2 {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(up_authority.clone());
+                parts.path_and_query = Some(pq);
+                *req.uri_mut() =
+                    Uri::from_parts(parts).map_err(|_| LocalReply::bad_request("invalid uri"))?;
+                *req.version_mut() = Version::HTTP_2;
+                req.headers_mut().remove(header::HOST);
+            } else {
+                *req.uri_mut() = Uri::from(pq);
+                *req.version_mut() = Version::HTTP_11;
+                if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+
+            let template = replay.map(|(data, trailers)| Template {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: req.headers().clone(),
+                body: data,
+                trailers,
+            });
+            if !plan.mirrors.is_empty() {
+                self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
+            }
+            let mut set_cookie = None;
+            let key_hash = match cluster.as_deref().and_then(|c| c.policy.hash.as_ref()) {
+                Some(h) => hash_key(
+                    &h.key,
+                    req.headers(),
+                    req.uri().query(),
+                    conn,
+                    &mut set_cookie,
+                ),
+                None => None,
+            };
+            let attempt = Attempt {
+                hash: key_hash,
+                upgrade,
+                cluster: cluster.as_deref(),
+                fixed: endpoint_override,
+                policy: retry,
+                per_try,
+                template,
+                record,
+            };
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let sent = match MaybeTimeout::new(self.send_with_retries(req, attempt), timeout).await
+            {
+                Ok(r) => r,
+                Err(Elapsed) => {
+                    if let Some(c) = &cluster {
+                        c.stats.upstream_rq_timeout.inc();
+                    }
+                    Err(LocalReply::timeout())
+                }
+            };
+            let (mut resp, release, active, started) = sent?;
+            let service_time = started.elapsed();
+            record.set_status(resp.status().as_u16(), None);
+            if let Some(s) = grpc_status_of(resp.headers()) {
+                record.set_grpc_status(s);
+            }
+            record.access(|a| {
+                a.service_time_ms = Some(service_time.as_millis() as u64);
+                a.details = "via_upstream".into();
+            });
+
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(down) = down_upgrade
+            {
+                let up = hyper::upgrade::on(&mut resp);
+                let record = record.clone();
+                tokio::spawn(async move {
+                    if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                        let mut down = hyper_util::rt::TokioIo::new(down);
+                        let mut up = hyper_util::rt::TokioIo::new(up);
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                    drop(active);
+                    drop(record);
+                });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(parts, ProxyBody::empty()));
+            }
+
+            let (mut parts, incoming) = resp.into_parts();
+            // TE.CL from the upstream: hyper decoded the chunks, so the length no longer describes
+            // the body we send (RFC 9112 §6.3: Transfer-Encoding wins).
+            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            parts.headers.insert(
+                headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                HeaderValue::from(service_time.as_millis() as u64),
+            );
+            parts
+                .headers
+                .insert(header::SERVER, HeaderValue::from_static("envoy"));
+            if let Some(ResponseOps {
+                target: target_ops,
+                route: route_ops,
+                weighted: several,
+            }) = plan.response_ops
+            {
+                let apply = |ops: &Option<Arc<HeaderOps>>, h: &mut http::HeaderMap| {
+                    if let Some(o) = ops {
+                        o.apply(h, &fmt);
+                    }
+                };
+                if several {
+                    apply(&target_ops, &mut parts.headers);
+                    apply(&route_ops, &mut parts.headers);
+                } else {
+                    apply(&route_ops, &mut parts.headers);
+                    apply(&target_ops, &mut parts.headers);
+                }
+            }
+            if let Some(cookie) = set_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            if let (Some(origin), Some(cors)) = (cors_reply, &policy.cors) {
+                let h = &mut parts.headers;
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                if let Some(v) = &cors.expose_headers {
+                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+                }
+                if cors.allow_credentials {
+                    h.insert(
+                        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        HeaderValue::from_static("true"),
+                    );
+                }
+            }
+            parts.version = Version::HTTP_11;
+            Ok(Response::from_parts(
+                parts,
+                ProxyBody::upstream(
+                    incoming,
+                    release,
+                    active,
+                    record.clone(),
+                    deadline.map(|at| body::BodyDeadline {
+                        at,
+                        stats: cluster.as_ref().map(|c| c.stats.clone()),
+                    }),
+                ),
+            ))
         }
-        parts.version = Version::HTTP_11;
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(
-                incoming,
-                release,
-                active,
-                record.clone(),
-                deadline.map(|at| body::BodyDeadline {
-                    at,
-                    stats: cluster.as_ref().map(|c| c.stats.clone()),
-                }),
-            ),
-        ))
     }
 
     /// Sends to an endpoint of the cluster (or to the fixed one), retrying as the route's
     /// policy says: on connect failures always when allowed (nothing was sent), on resets,
     /// per-try timeouts and retriable responses only when the body can be sent again. Other
     /// hosts are preferred for each retry, with Envoy's jittered back-off in between.
-    async fn send_with_retries(
-        &self,
+    #[allow(clippy::manual_async_fn)] // see the comment at `forward`
+    fn send_with_retries<'a>(
+        &'a self,
         first: Request<RequestBody>,
-        a: Attempt<'_>,
-    ) -> Result<Sent, LocalReply> {
-        let connect_timeout = a
-            .cluster
-            .map_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT, |c| {
-                c.connect_timeout
-            });
-        let stats = a.cluster.map(|c| &c.stats);
-        let limiter = a.cluster.and_then(|c| c.limiter.as_ref());
-        // The circuit breaker: a slot for this request, queued if the pending queue has room.
-        let mut slot = None;
-        if let Some(l) = limiter {
-            match l.acquire().await {
-                Some(p) => slot = Some(p),
-                None => {
-                    if let Some(s) = stats {
-                        s.upstream_rq_pending_overflow.inc();
-                    }
-                    if let Some(c) = a.cluster {
-                        a.record.set_dest(&c.no_endpoint);
-                    }
-                    return Err(LocalReply::overflow());
-                }
-            }
-        }
-        let outcome = |e: &crate::upstream::Endpoint, o: crate::upstream::policy::Outcome| {
-            if let Some(c) = a.cluster {
-                c.record_outcome(e, o);
-            }
-        };
-        let mut retry_guard = None;
-        let max_attempts = a.policy.retries as usize + 1;
-        // Hosts already tried, for the previous-hosts predicate; on the stack, because every
-        // request passes here and few are retried more than a handful of times.
-        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 8];
-        let mut tried_len = 0usize;
-        let mut last_reason = String::new();
-        let mut last_endpoint = None;
-        let mut next = Some(first);
-        for attempt in 0..max_attempts {
-            let mut req = match next.take() {
-                Some(r) => r,
-                None => match &a.template {
-                    Some(t) => t.build(),
-                    // Unreachable: a retry after sending only happens with a template.
-                    None => break,
-                },
-            };
-            let endpoint = match (&a.fixed, a.cluster) {
-                (Some(e), _) => e.clone(),
-                (None, Some(c)) => match match a.hash {
-                    // Consistent hash keeps retries on the same host, as Istio omits the
-                    // previous-hosts predicate then.
-                    Some(h) => c.pick_hashed(h, rand::rng().random()),
-                    None => c.pick(rand::rng().random(), &tried[..tried_len]),
-                } {
-                    Some(e) => e,
+        a: Attempt<'a>,
+    ) -> impl Future<Output = Result<Sent, LocalReply>> + Send + 'a {
+        // An async block for the reason given at `forward`.
+        async move {
+            let connect_timeout = a
+                .cluster
+                .map_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT, |c| {
+                    c.connect_timeout
+                });
+            let stats = a.cluster.map(|c| &c.stats);
+            let limiter = a.cluster.and_then(|c| c.limiter.as_ref());
+            // The circuit breaker: a slot for this request, queued if the pending queue has room.
+            let mut slot = None;
+            if let Some(l) = limiter {
+                match l.acquire().await {
+                    Some(p) => slot = Some(p),
                     None => {
-                        a.record.set_dest(&c.no_endpoint);
-                        return Err(LocalReply::no_healthy_upstream());
-                    }
-                },
-                (None, None) => return Err(LocalReply::no_healthy_upstream()),
-            };
-            if attempt > 0 {
-                // Envoy's `max_retries` breaker: retries in flight across the cluster.
-                if let Some(l) = limiter {
-                    match l.try_retry() {
-                        Some(g) => retry_guard = Some(g),
-                        None => break,
-                    }
-                }
-            }
-            if let Some(s) = stats {
-                s.upstream_rq_total.inc();
-                if attempt > 0 {
-                    s.upstream_rq_retry.inc();
-                }
-            }
-            if tried_len < tried.len() {
-                tried[tried_len] = endpoint.addr;
-                tried_len += 1;
-            } else {
-                tried.rotate_left(1);
-                tried[tried.len() - 1] = endpoint.addr;
-            }
-            a.record.access(|x| x.upstream_host = Some(endpoint.addr));
-            last_endpoint = Some(endpoint.clone());
-            req.headers_mut().insert(
-                headers::X_ENVOY_ATTEMPT_COUNT.clone(),
-                HeaderValue::from(attempt as u64 + 1),
-            );
-            let last = attempt + 1 == max_attempts;
-            let mut active = endpoint.begin();
-            let started = Instant::now();
-            let attempt_header = req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
-            let pool = if a.upgrade {
-                endpoint.pool.for_upgrade()
-            } else {
-                endpoint.pool.clone()
-            };
-            let template = a.template.as_ref();
-            let send = async move {
-                match pool.send(req, connect_timeout, stats).await {
-                    Err(SendError::Exchange {
-                        source,
-                        addr,
-                        reused: true,
-                    }) if source.is_stale_close() => match template {
-                        Some(t) => {
-                            pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
-                            let mut again = t.build();
-                            if let Some(v) = attempt_header {
-                                again
-                                    .headers_mut()
-                                    .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
-                            }
-                            // Boxed: rare, and a second inlined send would double the
-                            // size of every request's future.
-                            Box::pin(pool.send_on_new_connection(again, connect_timeout, stats))
-                                .await
+                        if let Some(s) = stats {
+                            s.upstream_rq_pending_overflow.inc();
                         }
-                        None => Err(SendError::Exchange {
+                        if let Some(c) = a.cluster {
+                            a.record.set_dest(&c.no_endpoint);
+                        }
+                        return Err(LocalReply::overflow());
+                    }
+                }
+            }
+            let outcome = |e: &crate::upstream::Endpoint, o: crate::upstream::policy::Outcome| {
+                if let Some(c) = a.cluster {
+                    c.record_outcome(e, o);
+                }
+            };
+            let mut retry_guard = None;
+            let max_attempts = a.policy.retries as usize + 1;
+            // Hosts already tried, for the previous-hosts predicate; on the stack, because every
+            // request passes here and few are retried more than a handful of times.
+            let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); 8];
+            let mut tried_len = 0usize;
+            let mut last_reason = String::new();
+            let mut last_endpoint = None;
+            let mut next = Some(first);
+            for attempt in 0..max_attempts {
+                let mut req = match next.take() {
+                    Some(r) => r,
+                    None => match &a.template {
+                        Some(t) => t.build(),
+                        // Unreachable: a retry after sending only happens with a template.
+                        None => break,
+                    },
+                };
+                let endpoint = match (&a.fixed, a.cluster) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(c)) => match match a.hash {
+                        // Consistent hash keeps retries on the same host, as Istio omits the
+                        // previous-hosts predicate then.
+                        Some(h) => c.pick_hashed(h, rand::rng().random()),
+                        None => c.pick(rand::rng().random(), &tried[..tried_len]),
+                    } {
+                        Some(e) => e,
+                        None => {
+                            a.record.set_dest(&c.no_endpoint);
+                            return Err(LocalReply::no_healthy_upstream());
+                        }
+                    },
+                    (None, None) => return Err(LocalReply::no_healthy_upstream()),
+                };
+                if attempt > 0 {
+                    // Envoy's `max_retries` breaker: retries in flight across the cluster.
+                    if let Some(l) = limiter {
+                        match l.try_retry() {
+                            Some(g) => retry_guard = Some(g),
+                            None => break,
+                        }
+                    }
+                }
+                if let Some(s) = stats {
+                    s.upstream_rq_total.inc();
+                    if attempt > 0 {
+                        s.upstream_rq_retry.inc();
+                    }
+                }
+                if tried_len < tried.len() {
+                    tried[tried_len] = endpoint.addr;
+                    tried_len += 1;
+                } else {
+                    tried.rotate_left(1);
+                    tried[tried.len() - 1] = endpoint.addr;
+                }
+                a.record.access(|x| x.upstream_host = Some(endpoint.addr));
+                last_endpoint = Some(endpoint.clone());
+                req.headers_mut().insert(
+                    headers::X_ENVOY_ATTEMPT_COUNT.clone(),
+                    HeaderValue::from(attempt as u64 + 1),
+                );
+                let last = attempt + 1 == max_attempts;
+                let mut active = endpoint.begin();
+                let started = Instant::now();
+                let attempt_header = req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
+                let pool = if a.upgrade {
+                    endpoint.pool.for_upgrade()
+                } else {
+                    endpoint.pool.clone()
+                };
+                let template = a.template.as_ref();
+                let send = async move {
+                    match pool.send(req, connect_timeout, stats).await {
+                        Err(SendError::Exchange {
                             source,
                             addr,
                             reused: true,
-                        }),
-                    },
-                    other => other,
-                }
-            };
-            let result = match MaybeTimeout::new(send, a.per_try).await {
-                Ok(r) => r,
-                Err(Elapsed) => {
-                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
-                    if let Some(s) = stats {
-                        s.upstream_rq_timeout.inc();
+                        }) if source.is_stale_close() => match template {
+                            Some(t) => {
+                                pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
+                                let mut again = t.build();
+                                if let Some(v) = attempt_header {
+                                    again
+                                        .headers_mut()
+                                        .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
+                                }
+                                // Boxed: rare, and a second inlined send would double the
+                                // size of every request's future.
+                                Box::pin(pool.send_on_new_connection(again, connect_timeout, stats))
+                                    .await
+                            }
+                            None => Err(SendError::Exchange {
+                                source,
+                                addr,
+                                reused: true,
+                            }),
+                        },
+                        other => other,
                     }
-                    if !last && a.template.is_some() && a.policy.on_reset() {
+                };
+                let result = match MaybeTimeout::new(send, a.per_try).await {
+                    Ok(r) => r,
+                    Err(Elapsed) => {
+                        outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
+                        if let Some(s) = stats {
+                            s.upstream_rq_timeout.inc();
+                        }
+                        if !last && a.template.is_some() && a.policy.on_reset() {
+                            retry_wait(a.policy, attempt).await;
+                            continue;
+                        }
+                        a.record.set_dest(&endpoint.metrics);
+                        return Err(LocalReply::timeout());
+                    }
+                };
+                match result {
+                    Ok((resp, release)) => {
+                        let status = resp.status().as_u16();
+                        outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
+                        let retriable = !last
+                            && a.template.is_some()
+                            && a.policy.on_response(status, grpc_status_of(resp.headers()));
+                        if retriable {
+                            drop((resp, release));
+                            retry_wait(a.policy, attempt).await;
+                            continue;
+                        }
+                        a.record.set_dest(&endpoint.metrics);
+                        if attempt > 0
+                            && a.policy.on_response(status, grpc_status_of(resp.headers()))
+                        {
+                            a.record
+                                .set_status(status, Some(error::Flag::RetriesExhausted));
+                        }
+                        drop(retry_guard);
+                        active.hold(slot);
+                        return Ok((resp, release, Some(active), started));
+                    }
+                    Err(SendError::Connect {
+                        request,
+                        reason,
+                        addr,
+                    }) => {
+                        tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
+                        outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
+                        if let Some(s) = stats {
+                            s.upstream_cx_connect_fail.inc();
+                        }
+                        last_reason = reason;
+                        if last || !a.policy.on_connect_failure() {
+                            break;
+                        }
+                        // Nothing was sent: the same request goes to the next host.
+                        next = Some(*request);
                         retry_wait(a.policy, attempt).await;
-                        continue;
                     }
-                    a.record.set_dest(&endpoint.metrics);
-                    return Err(LocalReply::timeout());
-                }
-            };
-            match result {
-                Ok((resp, release)) => {
-                    let status = resp.status().as_u16();
-                    outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
-                    let retriable = !last
-                        && a.template.is_some()
-                        && a.policy.on_response(status, grpc_status_of(resp.headers()));
-                    if retriable {
-                        drop((resp, release));
-                        retry_wait(a.policy, attempt).await;
-                        continue;
+                    Err(SendError::Exchange { source, addr, .. }) => {
+                        tracing::debug!(%addr, error = %source, "upstream exchange failed");
+                        if a.record.downstream_body_failed() {
+                            // Not the upstream's failure: no outlier strike, no retry.
+                            return Err(LocalReply::bad_request("malformed request body"));
+                        }
+                        outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
+                        if !last && a.template.is_some() && a.policy.on_reset() {
+                            retry_wait(a.policy, attempt).await;
+                            continue;
+                        }
+                        a.record.set_dest(&endpoint.metrics);
+                        if source.is_protocol_error() {
+                            return Err(LocalReply::upstream_protocol_error());
+                        }
+                        let terminated = source.is_termination();
+                        return Err(LocalReply::upstream_reset(String::new(), terminated));
                     }
-                    a.record.set_dest(&endpoint.metrics);
-                    if attempt > 0 && a.policy.on_response(status, grpc_status_of(resp.headers())) {
-                        a.record
-                            .set_status(status, Some(error::Flag::RetriesExhausted));
-                    }
-                    drop(retry_guard);
-                    active.hold(slot);
-                    return Ok((resp, release, Some(active), started));
-                }
-                Err(SendError::Connect {
-                    request,
-                    reason,
-                    addr,
-                }) => {
-                    tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
-                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
-                    if let Some(s) = stats {
-                        s.upstream_cx_connect_fail.inc();
-                    }
-                    last_reason = reason;
-                    if last || !a.policy.on_connect_failure() {
-                        break;
-                    }
-                    // Nothing was sent: the same request goes to the next host.
-                    next = Some(*request);
-                    retry_wait(a.policy, attempt).await;
-                }
-                Err(SendError::Exchange { source, addr, .. }) => {
-                    tracing::debug!(%addr, error = %source, "upstream exchange failed");
-                    if a.record.downstream_body_failed() {
-                        // Not the upstream's failure: no outlier strike, no retry.
-                        return Err(LocalReply::bad_request("malformed request body"));
-                    }
-                    outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
-                    if !last && a.template.is_some() && a.policy.on_reset() {
-                        retry_wait(a.policy, attempt).await;
-                        continue;
-                    }
-                    a.record.set_dest(&endpoint.metrics);
-                    if source.is_protocol_error() {
-                        return Err(LocalReply::upstream_protocol_error());
-                    }
-                    let terminated = source.is_termination();
-                    return Err(LocalReply::upstream_reset(String::new(), terminated));
                 }
             }
+            if let Some(e) = last_endpoint {
+                a.record.set_dest(&e.metrics);
+            }
+            a.record
+                .access(|x| x.transport_failure = last_reason.clone());
+            Err(LocalReply::connect_failure(
+                a.policy.retries > 0,
+                last_reason,
+            ))
         }
-        if let Some(e) = last_endpoint {
-            a.record.set_dest(&e.metrics);
-        }
-        a.record
-            .access(|x| x.transport_failure = last_reason.clone());
-        Err(LocalReply::connect_failure(
-            a.policy.retries > 0,
-            last_reason,
-        ))
     }
 
     /// Fire-and-forget copies to the shadow clusters: never awaited, never retried, bounded

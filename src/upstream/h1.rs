@@ -545,18 +545,34 @@ pub struct Exchanged {
 /// Writes `req` on `conn` and reads the response head; the request body keeps being written
 /// while the response is read, so an upstream that answers before reading it all (or streams
 /// its answer) cannot deadlock us.
-pub async fn exchange(conn: &mut Conn, req: Request<RequestBody>) -> Result<Exchanged, Error> {
+///
+/// The head is encoded before the returned future is first polled: the future then holds
+/// only the body, not the request (every byte of an await point's state is copied when the
+/// request's future is boxed).
+pub fn exchange(
+    conn: &mut Conn,
+    req: Request<RequestBody>,
+) -> impl Future<Output = Result<Exchanged, Error>> + '_ {
     let head_request = req.method() == Method::HEAD;
     let (parts, body) = req.into_parts();
     conn.out.clear();
     conn.out_pos = 0;
     let enc = encode_head(&mut conn.out, &parts, &body);
     drop(parts);
-    let mut upload = Some(Upload {
+    let upload = Upload {
         body,
         enc,
         done: enc == Enc::Empty,
-    });
+    };
+    read_head(conn, upload, head_request)
+}
+
+async fn read_head(
+    conn: &mut Conn,
+    upload: Upload,
+    head_request: bool,
+) -> Result<Exchanged, Error> {
+    let mut upload = Some(upload);
     let mut write_error = None;
     let mut seen = false;
     let head = std::future::poll_fn(|cx| {

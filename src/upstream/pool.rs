@@ -450,46 +450,59 @@ impl EndpointPool {
             .map(|r| (r, None))
     }
 
-    async fn send_h1(
+    /// The pooled connection is taken before the returned future first runs, so that future
+    /// carries the request only until the head is written.
+    fn send_h1(
         self: &Arc<Self>,
         req: Request<UpBody>,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
         reuse: bool,
-    ) -> Result<Response<ResponseBody>, SendError> {
-        let (mut conn, reused) = match if reuse { self.checkout() } else { None } {
-            Some(conn) => (conn, true),
-            // Boxed: dialing (and a TLS handshake) makes a future several times the size of
-            // the pooled path's, and it would otherwise be copied with every request's future.
-            None => match Box::pin(self.connect(connect_timeout)).await {
-                Ok(io) => (
-                    Box::new(H1Conn {
-                        wire: h1::Conn::new(io),
-                        shard: self.shard_index(),
-                        requests: 0,
-                        idle_since: self.epoch,
-                        gauge: ConnGauge::open(stats),
-                    }),
-                    false,
-                ),
-                Err(reason) => {
-                    return Err(SendError::Connect {
-                        addr: self.addr,
-                        reason,
-                        request: Box::new(req),
-                    });
-                }
-            },
+    ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + Send + 'static {
+        let pooled = if reuse { self.checkout() } else { None };
+        let pool = self.clone();
+        // Only a new connection needs them, for its gauge.
+        let stats = if pooled.is_none() {
+            stats.cloned()
+        } else {
+            None
         };
-        conn.requests += 1;
-        match h1::exchange(&mut conn.wire, req).await {
-            Ok(ex) => Ok(h1::Body::response(conn, self.clone(), ex).map(ResponseBody::H1)),
-            // Dropping the connection closes it.
-            Err(e) => Err(SendError::Exchange {
-                addr: self.addr,
-                source: e.into(),
-                reused,
-            }),
+        async move {
+            let (mut conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                // Boxed: dialing (and a TLS handshake) makes a future several times the size
+                // of the pooled path's, and it would otherwise be copied with every request's
+                // future.
+                None => match Box::pin(pool.connect(connect_timeout)).await {
+                    Ok(io) => (
+                        Box::new(H1Conn {
+                            wire: h1::Conn::new(io),
+                            shard: pool.shard_index(),
+                            requests: 0,
+                            idle_since: pool.epoch,
+                            gauge: ConnGauge::open(stats.as_ref()),
+                        }),
+                        false,
+                    ),
+                    Err(reason) => {
+                        return Err(SendError::Connect {
+                            addr: pool.addr,
+                            reason,
+                            request: Box::new(req),
+                        });
+                    }
+                },
+            };
+            conn.requests += 1;
+            match h1::exchange(&mut conn.wire, req).await {
+                Ok(ex) => Ok(h1::Body::response(conn, pool, ex).map(ResponseBody::H1)),
+                // Dropping the connection closes it.
+                Err(e) => Err(SendError::Exchange {
+                    addr: pool.addr,
+                    source: e.into(),
+                    reused,
+                }),
+            }
         }
     }
 
