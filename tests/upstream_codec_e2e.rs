@@ -301,3 +301,126 @@ async fn a_request_body_of_unknown_length_goes_out_chunked_and_a_known_one_with_
     assert_eq!(c.get("web", "/").await.text(), "0");
     assert_eq!(up.connections(), 1);
 }
+
+/// Reads from `s` until `pat` appears, the stream ends, or `limit` passes.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    pat: &[u8],
+    limit: Duration,
+) -> (Vec<u8>, &'static str) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if got.windows(pat.len()).any(|w| w == pat) {
+            return (got, "found");
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) => return (got, "timeout"),
+            Ok(Ok(0)) => return (got, "eof"),
+            Ok(Err(_)) => return (got, "error"),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_failing_after_the_response_began_ends_both_connections() {
+    // The upstream starts its (chunked) answer on the request head, then waits for the
+    // rest of the request body before finishing it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let closed = Arc::new(AtomicU64::new(0));
+    let seen_close = closed.clone();
+    let upstream = tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n";
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+        // Waits for the end of the request body, which never comes, or for the close.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    seen_close.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let p = TestProxy::start(&service_yaml("web", &[("v1", addr)])).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST / HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .expect("write");
+    let (got, how) = read_until(&mut s, b"hi\r\n", Duration::from_secs(3)).await;
+    assert_eq!(how, "found", "{}", String::from_utf8_lossy(&got));
+    // A malformed chunk: the client's body fails mid-stream.
+    s.write_all(b"zz\r\n").await.expect("write");
+    let (got, how) = read_until(&mut s, b"0\r\n\r\n", Duration::from_secs(3)).await;
+    assert_ne!(
+        how,
+        "timeout",
+        "the client was left waiting: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_ne!(how, "found", "a failed exchange was delivered as complete");
+    // The upstream connection is closed, not left waiting for the rest of the body.
+    assert!(
+        support::e2e_helpers::eventually(Duration::from_secs(3), || closed.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the upstream connection stayed open"
+    );
+    upstream.abort();
+}
+
+fn connect_then_plain(req: &str) -> (Vec<u8>, bool) {
+    let reply: &[u8] = if req.starts_with("CONNECT ") {
+        b"HTTP/1.1 200 Connection established\r\ncontent-length: 0\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain"
+    };
+    (reply.to_vec(), false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_to_connect_never_puts_its_connection_back_in_the_pool() {
+    let up = ScriptedUpstream::start(connect_then_plain).await;
+    let p = proxy_to(&up).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"CONNECT web:80 HTTP/1.1\r\nhost: web:80\r\n\r\n")
+        .await
+        .expect("write");
+    let _ = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(3)).await;
+    // Whatever the proxy made of the CONNECT, the upstream took it as a tunnel: a later
+    // request must not be written into it.
+    let mut c = Client::h1(p.addr).await;
+    assert_eq!(c.get("web", "/next").await.text(), "plain");
+    let heads = up.requests();
+    if heads.iter().any(|h| h.starts_with("CONNECT ")) {
+        assert!(
+            !heads.iter().any(|h| h.starts_with("CONNECT  ")),
+            "{heads:?}"
+        );
+        assert_eq!(up.connections(), 2, "{heads:?}");
+    }
+}

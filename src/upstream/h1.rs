@@ -117,11 +117,23 @@ impl Conn {
         self.start = 0;
         self.end = 0;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut probe = ReadBuf::new(&mut self.buf[..]);
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        let (io, buf) = (&mut self.io, &mut self.buf);
+        // Outside tokio's cooperative budget: a spent budget would answer Pending without
+        // looking at the socket, and a connection holding unasked-for bytes would pass.
+        let probe = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            Pin::new(&mut *io).poll_read(cx, &mut rb)
+        }));
+        matches!(std::pin::pin!(probe).poll(&mut cx), Poll::Pending)
+    }
+
+    /// Gives back a read buffer a large response head grew, before the connection idles.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > READ_BUF && self.avail() == 0 {
+            self.buf = vec![0; READ_BUF];
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     fn avail(&self) -> usize {
@@ -319,8 +331,10 @@ fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> Enc {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    if parts.method == Method::CONNECT {
-        out.extend_from_slice(parts.uri.authority().map_or("", |a| a.as_str()).as_bytes());
+    if parts.method == Method::CONNECT
+        && let Some(authority) = parts.uri.authority()
+    {
+        out.extend_from_slice(authority.as_str().as_bytes());
     } else {
         out.extend_from_slice(
             parts
@@ -429,14 +443,22 @@ struct Head {
     keep_alive: bool,
 }
 
+/// What the response framing depends on in the request.
+#[derive(Debug, Clone, Copy, Default)]
+struct Asked {
+    head: bool,
+    connect: bool,
+}
+
 /// Parses one response head from `buf`: `Ok(None)` if incomplete, else the head and its
 /// length in bytes.
-fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)>, Error> {
+fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
     {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Error::HeadTooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
@@ -484,25 +506,32 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)>, E
         }
     };
     let code = status.as_u16();
-    let framing = if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
-        Framing::Empty
-    } else if te {
-        if te_chunked {
-            Framing::Chunked(Chunk::Size)
+    // A 2xx to CONNECT opens a tunnel (RFC 9112 §6.3): this codec does not carry one, so
+    // the answer ends at its head and the connection is not reused.
+    let tunnel = asked.connect && status.is_success();
+    let framing =
+        if asked.head || tunnel || code == 204 || code == 304 || (100..200).contains(&code) {
+            Framing::Empty
+        } else if te {
+            if te_chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Close
+            }
         } else {
-            Framing::Close
-        }
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
-    };
+            match length {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        };
+    // Framing that both Transfer-Encoding and Content-Length claim, or Transfer-Encoding in
+    // HTTP/1.0, cannot be trusted to leave the connection in step (RFC 9112 §6.1, §6.3).
     let keep_alive = framing != Framing::Close
         && !close
+        && !tunnel
         && (version == Version::HTTP_11 || keep_alive_token)
-        && !(te && headers.contains_key(header::CONTENT_LENGTH));
+        && !(te && (version == Version::HTTP_10 || headers.contains_key(header::CONTENT_LENGTH)));
     Ok(Some((
         Head {
             status,
@@ -513,6 +542,47 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)>, E
         },
         len,
     )))
+}
+
+/// A chunk-size line (RFC 9112 §7.1): hex digits, optional whitespace, optional extensions,
+/// CRLF. Stricter than httparse's: an empty size, a bare LF or a control character in an
+/// extension is refused, because a lenient reading here is how a pooled connection falls out
+/// of step with the upstream. `Ok(None)` if the line is incomplete.
+fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+    let mut size: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = buf.get(i).and_then(|b| char::from(*b).to_digit(16)) {
+        if i == 16 {
+            return Err(Error::Invalid("chunk size overflows"));
+        }
+        size = (size << 4) | u64::from(d);
+        i += 1;
+    }
+    if i == buf.len() {
+        return Ok(None);
+    }
+    if i == 0 {
+        return Err(Error::Invalid("chunk size missing"));
+    }
+    while buf.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+        i += 1;
+    }
+    if buf.get(i) == Some(&b';') {
+        while let Some(&b) = buf.get(i) {
+            if b == b'\r' {
+                break;
+            }
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                return Err(Error::Invalid("control character in a chunk extension"));
+            }
+            i += 1;
+        }
+    }
+    match (buf.get(i), buf.get(i + 1)) {
+        (None, _) | (Some(b'\r'), None) => Ok(None),
+        (Some(b'\r'), Some(b'\n')) => Ok(Some((i + 2, size))),
+        _ => Err(Error::Invalid("chunk size line")),
+    }
 }
 
 fn parse_trailers(buf: &[u8]) -> Result<Option<(HeaderMap, usize)>, Error> {
@@ -553,7 +623,10 @@ pub fn exchange(
     conn: &mut Conn,
     req: Request<RequestBody>,
 ) -> impl Future<Output = Result<Exchanged, Error>> + '_ {
-    let head_request = req.method() == Method::HEAD;
+    let asked = Asked {
+        head: req.method() == Method::HEAD,
+        connect: req.method() == Method::CONNECT,
+    };
     let (parts, body) = req.into_parts();
     conn.out.clear();
     conn.out_pos = 0;
@@ -564,14 +637,10 @@ pub fn exchange(
         enc,
         done: enc == Enc::Empty,
     };
-    read_head(conn, upload, head_request)
+    read_head(conn, upload, asked)
 }
 
-async fn read_head(
-    conn: &mut Conn,
-    upload: Upload,
-    head_request: bool,
-) -> Result<Exchanged, Error> {
+async fn read_head(conn: &mut Conn, upload: Upload, asked: Asked) -> Result<Exchanged, Error> {
     let mut upload = Some(upload);
     let mut write_error = None;
     let mut seen = false;
@@ -579,7 +648,10 @@ async fn read_head(
         if let Some(up) = &mut upload {
             match up.poll(conn, cx) {
                 Poll::Ready(Ok(())) => upload = None,
-                Poll::Ready(Err(e @ Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                // The request itself is broken: nothing sensible can follow on this connection.
+                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
+                    return Poll::Ready(Err(e));
+                }
                 // The upstream may have answered and stopped reading (a 413, say): read
                 // its response before reporting the write's failure.
                 Poll::Ready(Err(e)) => {
@@ -592,7 +664,7 @@ async fn read_head(
         loop {
             if conn.avail() > 0 {
                 seen = true;
-                match parse_head(&conn.buf[conn.start..conn.end], head_request)? {
+                match parse_head(&conn.buf[conn.start..conn.end], asked)? {
                     Some((head, len)) => {
                         conn.start += len;
                         let code = head.status.as_u16();
@@ -678,11 +750,12 @@ impl Body {
     /// The body is complete: the connection goes back to the pool if nothing is left on it.
     fn finish(&mut self) {
         self.framing = Framing::Empty;
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.keep_alive
             && self.upload.is_none()
             && conn.wire.avail() == 0
         {
+            conn.wire.shrink();
             self.pool.put_back(conn);
         }
         self.upload = None;
@@ -711,7 +784,14 @@ impl http_body::Body for Body {
         if let Some(up) = &mut this.upload {
             match up.poll(&mut conn.wire, cx) {
                 Poll::Ready(Ok(())) => this.upload = None,
-                // The upstream answers regardless; the connection is not reused.
+                // The client's body failed (or broke its length): the exchange is over, as
+                // Envoy resets the upstream stream, and the client must not wait on an
+                // upstream still waiting for the rest of the body.
+                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
+                    return this.fail(e);
+                }
+                // A write failed: the upstream may still answer in full (it stopped reading);
+                // the connection is not reused.
                 Poll::Ready(Err(_)) => {
                     this.upload = None;
                     this.keep_alive = false;
@@ -747,8 +827,8 @@ impl http_body::Body for Body {
                 }
                 Framing::Chunked(state) => match *state {
                     Chunk::Size if io.avail() > 0 => {
-                        match httparse::parse_chunk_size(&io.buf[io.start..io.end]) {
-                            Ok(httparse::Status::Complete((used, size))) => {
+                        match parse_chunk_size(&io.buf[io.start..io.end]) {
+                            Ok(Some((used, size))) => {
                                 io.start += used;
                                 *state = if size == 0 {
                                     Chunk::Trailers
@@ -757,11 +837,11 @@ impl http_body::Body for Body {
                                 };
                                 continue;
                             }
-                            Ok(httparse::Status::Partial) if io.avail() > MAX_CHUNK_LINE => {
+                            Ok(None) if io.avail() > MAX_CHUNK_LINE => {
                                 return this.fail(Error::Invalid("chunk size line too long"));
                             }
-                            Ok(httparse::Status::Partial) => {}
-                            Err(_) => return this.fail(Error::Invalid("chunk size")),
+                            Ok(None) => {}
+                            Err(e) => return this.fail(e),
                         }
                     }
                     Chunk::Data(rest) if io.avail() > 0 => {
@@ -782,23 +862,30 @@ impl http_body::Body for Body {
                         *state = Chunk::Size;
                         continue;
                     }
-                    Chunk::Trailers if io.avail() >= 2 => {
-                        if &io.buf[io.start..io.start + 2] == b"\r\n" {
+                    Chunk::Trailers if io.avail() > 0 => {
+                        let rest = &io.buf[io.start..io.end];
+                        if rest[0] == b'\n' {
+                            return this.fail(Error::Invalid("bare LF ending the trailers"));
+                        }
+                        if rest.starts_with(b"\r\n") {
                             io.start += 2;
                             this.finish();
                             return Poll::Ready(None);
                         }
-                        match parse_trailers(&io.buf[io.start..io.end]) {
-                            Ok(Some((trailers, used))) => {
-                                io.start += used;
-                                this.finish();
-                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        // A lone CR waits for what follows it.
+                        if rest.len() > 1 {
+                            match parse_trailers(rest) {
+                                Ok(Some((trailers, used))) => {
+                                    io.start += used;
+                                    this.finish();
+                                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                                }
+                                Ok(None) if io.avail() >= MAX_HEAD => {
+                                    return this.fail(Error::HeadTooLarge);
+                                }
+                                Ok(None) => {}
+                                Err(e) => return this.fail(e),
                             }
-                            Ok(None) if io.avail() >= MAX_HEAD => {
-                                return this.fail(Error::HeadTooLarge);
-                            }
-                            Ok(None) => {}
-                            Err(e) => return this.fail(e),
                         }
                     }
                     _ => {}
@@ -839,6 +926,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(parse_chunk_size(b"1a\r\nxx").unwrap(), Some((4, 26)));
+        assert_eq!(
+            parse_chunk_size(b"5 ;ext=\"v\"\r\n").unwrap(),
+            Some((12, 5))
+        );
+        assert_eq!(
+            parse_chunk_size(b"FFFFFFFFFFFFFFFF\r\n").unwrap(),
+            Some((18, u64::MAX))
+        );
+        for partial in [&b"5"[..], b"5;ext", b"5\r", b""] {
+            assert_eq!(parse_chunk_size(partial).unwrap(), None, "{partial:?}");
+        }
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"5\n",
+            b"5;x\nJUNK\r\n",
+            b"5x\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn chunked_is_the_last_transfer_coding() {
         assert!(last_token_is_chunked(b"chunked"));
         assert!(last_token_is_chunked(b"gzip, Chunked"));
@@ -867,7 +980,14 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let framing = |raw: &str, head: bool| {
-            parse_head(raw.as_bytes(), head).map(|h| h.map(|(h, n)| (h.framing, h.keep_alive, n)))
+            parse_head(
+                raw.as_bytes(),
+                Asked {
+                    head,
+                    connect: false,
+                },
+            )
+            .map(|h| h.map(|(h, n)| (h.framing, h.keep_alive, n)))
         };
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         assert_eq!(
@@ -916,6 +1036,35 @@ mod tests {
             framing("HTTP/1.1 2000 OK\r\n\r\n", false),
             Err(Error::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn untrustworthy_framing_ends_the_connection() {
+        let asked = |connect| Asked {
+            head: false,
+            connect,
+        };
+        let parse = |raw: &[u8], connect| {
+            parse_head(raw, asked(connect)).map(|h| h.map(|(h, _)| (h.framing, h.keep_alive)))
+        };
+        // Transfer-Encoding in HTTP/1.0: read to the end, but never reused.
+        let old_te =
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse(old_te, false).unwrap(),
+            Some((Framing::Chunked(Chunk::Size), false))
+        );
+        // A 2xx to CONNECT is a tunnel: no body is read and the connection is not reused.
+        let tunnel = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(parse(tunnel, true).unwrap(), Some((Framing::Empty, false)));
+        assert_eq!(parse(tunnel, false).unwrap(), Some((Framing::Empty, true)));
+        // A complete head over the limit is refused even when it arrived in one read.
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= MAX_HEAD {
+            big.extend_from_slice(format!("x-filler: {}\r\n", "y".repeat(1000)).as_bytes());
+        }
+        big.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&big, false), Err(Error::HeadTooLarge)));
     }
 
     #[test]

@@ -339,10 +339,10 @@ async fn sweep(pool: Weak<EndpointPool>, shard: usize, tick: Duration) {
         }
         empty_rounds += 1;
         if empty_rounds >= 3 {
-            s.sweeping.store(false, Ordering::Release);
+            s.sweeping.store(false, Ordering::SeqCst);
             // A connection released meanwhile saw the flag still set: keep watching it,
             // unless a new sweeper already does.
-            if s.idle.is_empty() || s.sweeping.swap(true, Ordering::AcqRel) {
+            if s.idle.is_empty() || s.sweeping.swap(true, Ordering::SeqCst) {
                 return;
             }
             empty_rounds = 0;
@@ -506,10 +506,19 @@ impl EndpointPool {
         }
     }
 
-    /// An idle connection of this worker's shard that the upstream has not closed.
+    /// An idle connection of this worker's shard that the upstream has not closed and that
+    /// has not outlived the idle timeout (the sweeper may not have got to it yet).
     fn checkout(&self) -> Option<Box<H1Conn>> {
         let shard = self.shard();
+        let mut now = None;
         while let Some(mut conn) = shard.idle.pop() {
+            let now = *now.get_or_insert_with(Instant::now);
+            if now.saturating_duration_since(conn.idle_since) >= self.settings.idle_timeout {
+                if let Some(s) = &conn.gauge.0 {
+                    s.upstream_cx_idle_timeout.inc();
+                }
+                continue;
+            }
             if conn.wire.is_idle_fit() {
                 return Some(conn);
             }
@@ -537,7 +546,9 @@ impl EndpointPool {
         if shard.idle.push(conn).is_err() {
             return;
         }
-        if !shard.sweeping.load(Ordering::Acquire) && !shard.sweeping.swap(true, Ordering::AcqRel) {
+        // SeqCst, as the queue's own operations and the sweeper's: either this sees the
+        // sweeper's flag cleared, or the sweeper sees this connection.
+        if !shard.sweeping.load(Ordering::SeqCst) && !shard.sweeping.swap(true, Ordering::SeqCst) {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(sweep(
@@ -547,7 +558,7 @@ impl EndpointPool {
                     ));
                 }
                 // No runtime to watch from: checkouts still test each connection.
-                Err(_) => shard.sweeping.store(false, Ordering::Release),
+                Err(_) => shard.sweeping.store(false, Ordering::SeqCst),
             }
         }
     }
