@@ -23,7 +23,10 @@ use super::tls::Stream;
 use crate::proxy::body::RequestBody;
 
 /// Read buffer of a connection; a response head may grow it up to [`MAX_HEAD`].
-const READ_BUF: usize = 8 * 1024;
+const READ_BUF: usize = 4 * 1024;
+/// A read that fills the buffer doubles it for the next one, up to this: large bodies are
+/// read in fewer system calls, and small exchanges keep small buffers.
+const MAX_BODY_READ: usize = 32 * 1024;
 /// Envoy's default limit on response headers (`max_response_headers_kb`: 60 KiB).
 pub const MAX_HEAD: usize = 60 * 1024;
 /// Response header fields accepted (Envoy's and hyper's default: 100).
@@ -127,7 +130,7 @@ impl Conn {
         matches!(std::pin::pin!(probe).poll(&mut cx), Poll::Pending)
     }
 
-    /// Gives back a read buffer a large response head grew, before the connection idles.
+    /// Gives back a read buffer a large head or body grew, before the connection idles.
     pub fn shrink(&mut self) {
         if self.buf.len() > READ_BUF && self.avail() == 0 {
             self.buf = vec![0; READ_BUF];
@@ -153,14 +156,20 @@ impl Conn {
             } else {
                 // Only a response head (or trailers) needs more than the buffer; the callers
                 // bound it at MAX_HEAD.
-                let grown = (self.buf.len() * 2).min(MAX_HEAD + READ_BUF);
+                let grown = (self.buf.len() * 2)
+                    .min(MAX_HEAD + READ_BUF)
+                    .max(self.buf.len() + 1);
                 self.buf.resize(grown, 0);
             }
         }
+        let space = self.buf.len() - self.end;
         let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         self.end += n;
+        if n == space && self.buf.len() < MAX_BODY_READ {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
         Poll::Ready(Ok(n))
     }
 
