@@ -410,19 +410,30 @@ fn last_token_is_chunked(v: &[u8]) -> bool {
 fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
     let mut found: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Some(Err(()));
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            match found {
-                Some(prev) if prev != n => return Some(Err(())),
-                _ => found = Some(n),
-            }
+        match (found, content_length_value(v.as_bytes())) {
+            (_, None) => return Some(Err(())),
+            (Some(prev), Some(n)) if prev != n => return Some(Err(())),
+            (_, Some(n)) => found = Some(n),
         }
     }
     found.map(Ok)
+}
+
+/// One `content-length` field: a number, or a list of the same number repeated.
+fn content_length_value(v: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match found {
+            Some(prev) if prev != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
 }
 
 /// How the response body is delimited.
@@ -487,13 +498,21 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
     let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
+    let mut lengths: Option<Result<u64, ()>> = None;
     for h in resp.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("header name"))?;
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
             .map_err(|_| Error::Invalid("header value"))?;
-        if name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH {
+            lengths = match (lengths, content_length_value(value.as_bytes())) {
+                (_, None) => Some(Err(())),
+                (None, Some(n)) => Some(Ok(n)),
+                (Some(Ok(prev)), Some(n)) if prev == n => Some(Ok(n)),
+                _ => Some(Err(())),
+            };
+        } else if name == header::TRANSFER_ENCODING {
             te = true;
             te_chunked = last_token_is_chunked(value.as_bytes());
         } else if name == header::CONNECTION {
@@ -508,7 +527,7 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
     let length = if te {
         None
     } else {
-        match content_length(&headers) {
+        match lengths {
             Some(Ok(n)) => Some(n),
             Some(Err(())) => return Err(Error::Invalid("content-length")),
             None => None,
