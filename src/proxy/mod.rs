@@ -340,14 +340,7 @@ impl Proxy {
                 }
             };
 
-            let default_policy;
-            let policy: &RoutePolicy = match &plan.policy {
-                Some(p) => p,
-                None => {
-                    default_policy = RoutePolicy::default();
-                    &default_policy
-                }
-            };
+            let policy: &RoutePolicy = plan.policy.as_deref().unwrap_or(&DEFAULT_ROUTE_POLICY);
             // The fault filter runs before the router: delay, then abort, each its own draw.
             if let Some(fault) = &policy.fault {
                 if let Some((delay, share)) = fault.delay
@@ -509,65 +502,74 @@ impl Proxy {
             } else {
                 Replay::Stream(RequestBody::new(body, Some(record.clone())))
             };
-            let (body, replay) = match body {
-                Replay::Stream(b) => (b, None),
-                Replay::Buffered(data, trailers) => (
-                    RequestBody::buffered(data.clone(), trailers.clone(), None),
-                    Some((data, trailers)),
-                ),
-            };
-            let mut req = Request::from_parts(parts, body);
-            if h2 {
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(Scheme::HTTP);
-                parts.authority = Some(up_authority.clone());
-                parts.path_and_query = Some(pq);
-                *req.uri_mut() =
-                    Uri::from_parts(parts).map_err(|_| LocalReply::bad_request("invalid uri"))?;
-                *req.version_mut() = Version::HTTP_2;
-                req.headers_mut().remove(header::HOST);
-            } else {
-                *req.uri_mut() = Uri::from(pq);
-                *req.version_mut() = Version::HTTP_11;
-                if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
-            }
-
-            let template = replay.map(|(data, trailers)| Template {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-                headers: req.headers().clone(),
-                body: data,
-                trailers,
-            });
-            if !plan.mirrors.is_empty() {
-                self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
-            }
             let mut set_cookie = None;
-            let key_hash = match cluster.as_deref().and_then(|c| c.policy.hash.as_ref()) {
-                Some(h) => hash_key(
-                    &h.key,
-                    req.headers(),
-                    req.uri().query(),
-                    conn,
-                    &mut set_cookie,
-                ),
-                None => None,
-            };
-            let attempt = Attempt {
-                hash: key_hash,
-                upgrade,
-                cluster: cluster.as_deref(),
-                fixed: endpoint_override,
-                policy: retry,
-                per_try,
-                template,
-                record,
-            };
+            // Built in a block: what only the first send needs (the request, its retry
+            // template) then ends before the await instead of being kept in this future's
+            // state, which is copied whole when the request's future is boxed.
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            let sent = match MaybeTimeout::new(self.send_with_retries(req, attempt), timeout).await
+            let sent = match MaybeTimeout::new(
+                {
+                    let (body, replay) = match body {
+                        Replay::Stream(b) => (b, None),
+                        Replay::Buffered(data, trailers) => (
+                            RequestBody::buffered(data.clone(), trailers.clone(), None),
+                            Some((data, trailers)),
+                        ),
+                    };
+                    let mut req = Request::from_parts(parts, body);
+                    if h2 {
+                        let mut parts = http::uri::Parts::default();
+                        parts.scheme = Some(Scheme::HTTP);
+                        parts.authority = Some(up_authority.clone());
+                        parts.path_and_query = Some(pq);
+                        *req.uri_mut() = Uri::from_parts(parts)
+                            .map_err(|_| LocalReply::bad_request("invalid uri"))?;
+                        *req.version_mut() = Version::HTTP_2;
+                        req.headers_mut().remove(header::HOST);
+                    } else {
+                        *req.uri_mut() = Uri::from(pq);
+                        *req.version_mut() = Version::HTTP_11;
+                        if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                    }
+
+                    let template = replay.map(|(data, trailers)| Template {
+                        method: req.method().clone(),
+                        uri: req.uri().clone(),
+                        version: req.version(),
+                        headers: req.headers().clone(),
+                        body: data,
+                        trailers,
+                    });
+                    if !plan.mirrors.is_empty() {
+                        self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
+                    }
+                    let key_hash = match cluster.as_deref().and_then(|c| c.policy.hash.as_ref()) {
+                        Some(h) => hash_key(
+                            &h.key,
+                            req.headers(),
+                            req.uri().query(),
+                            conn,
+                            &mut set_cookie,
+                        ),
+                        None => None,
+                    };
+                    let attempt = Attempt {
+                        hash: key_hash,
+                        upgrade,
+                        cluster: cluster.as_deref(),
+                        fixed: endpoint_override,
+                        policy: retry,
+                        per_try,
+                        template,
+                        record,
+                    };
+                    self.send_with_retries(req, attempt)
+                },
+                timeout,
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(Elapsed) => {
@@ -722,14 +724,10 @@ impl Proxy {
             let mut last_endpoint = None;
             let mut next = Some(first);
             for attempt in 0..max_attempts {
-                let mut req = match next.take() {
-                    Some(r) => r,
-                    None => match &a.template {
-                        Some(t) => t.build(),
-                        // Unreachable: a retry after sending only happens with a template.
-                        None => break,
-                    },
-                };
+                // Unreachable: a retry after sending only happens with a template.
+                if next.is_none() && a.template.is_none() {
+                    break;
+                }
                 let endpoint = match (&a.fixed, a.cluster) {
                     (Some(e), _) => e.clone(),
                     (None, Some(c)) => match match a.hash {
@@ -770,51 +768,66 @@ impl Proxy {
                 }
                 a.record.access(|x| x.upstream_host = Some(endpoint.addr));
                 last_endpoint = Some(endpoint.clone());
-                req.headers_mut().insert(
-                    headers::X_ENVOY_ATTEMPT_COUNT.clone(),
-                    HeaderValue::from(attempt as u64 + 1),
-                );
                 let last = attempt + 1 == max_attempts;
                 let mut active = endpoint.begin();
                 let started = Instant::now();
-                let attempt_header = req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
                 let pool = if a.upgrade {
                     endpoint.pool.for_upgrade()
                 } else {
                     endpoint.pool.clone()
                 };
                 let template = a.template.as_ref();
-                let send = async move {
-                    match pool.send(req, connect_timeout, stats).await {
-                        Err(SendError::Exchange {
-                            source,
-                            addr,
-                            reused: true,
-                        }) if source.is_stale_close() => match template {
-                            Some(t) => {
-                                pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
-                                let mut again = t.build();
-                                if let Some(v) = attempt_header {
-                                    again
-                                        .headers_mut()
-                                        .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
-                                }
-                                // Boxed: rare, and a second inlined send would double the
-                                // size of every request's future.
-                                Box::pin(pool.send_on_new_connection(again, connect_timeout, stats))
-                                    .await
-                            }
-                            None => Err(SendError::Exchange {
+                // The request lives in this block and then only inside the send future, not
+                // also in this future's state across the await.
+                let result = match MaybeTimeout::new({
+                    let mut req = match next.take() {
+                        Some(r) => r,
+                        None => match &a.template {
+                            Some(t) => t.build(),
+                            None => break,
+                        },
+                    };
+                    req.headers_mut().insert(
+                        headers::X_ENVOY_ATTEMPT_COUNT.clone(),
+                        HeaderValue::from(attempt as u64 + 1),
+                    );
+                    let attempt_header =
+                        req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
+                    async move {
+                        match pool.send(req, connect_timeout, stats).await {
+                            Err(SendError::Exchange {
                                 source,
                                 addr,
                                 reused: true,
-                            }),
-                        },
-                        other => other,
+                            }) if source.is_stale_close() => match template {
+                                Some(t) => {
+                                    pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
+                                    let mut again = t.build();
+                                    if let Some(v) = attempt_header {
+                                        again
+                                            .headers_mut()
+                                            .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
+                                    }
+                                    // Boxed: rare, and a second inlined send would double the
+                                    // size of every request's future.
+                                    Box::pin(pool.send_on_new_connection(
+                                        again,
+                                        connect_timeout,
+                                        stats,
+                                    ))
+                                    .await
+                                }
+                                None => Err(SendError::Exchange {
+                                    source,
+                                    addr,
+                                    reused: true,
+                                }),
+                            },
+                            other => other,
+                        }
                     }
-                };
-                let result = match MaybeTimeout::new(send, a.per_try).await {
+                }, a.per_try).await {
                     Ok(r) => r,
                     Err(Elapsed) => {
                         outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
@@ -1221,6 +1234,11 @@ fn hash_key(
         }
     }
 }
+
+/// The policy of a route that sets none (Istio's defaults), shared instead of built per
+/// request.
+static DEFAULT_ROUTE_POLICY: std::sync::LazyLock<RoutePolicy> =
+    std::sync::LazyLock::new(RoutePolicy::default);
 
 /// Mirror requests in flight at once; more are dropped (and counted), never queued.
 pub const MIRROR_IN_FLIGHT: usize = 1024;
