@@ -512,18 +512,24 @@ impl EndpointPool {
         let shard = self.shard();
         let mut now = None;
         while let Some(mut conn) = shard.idle.pop() {
-            let now = *now.get_or_insert_with(Instant::now);
-            if now.saturating_duration_since(conn.idle_since) >= self.settings.idle_timeout {
-                if let Some(s) = &conn.gauge.0 {
-                    s.upstream_cx_idle_timeout.inc();
-                }
-                continue;
-            }
-            if conn.wire.is_idle_fit() {
+            if self.still_fit(&mut conn, *now.get_or_insert_with(Instant::now)) {
                 return Some(conn);
             }
         }
         None
+    }
+
+    /// An idle connection may serve another request: within its idle timeout (past it, it is
+    /// counted as timed out) and neither closed nor written to by the upstream. Dropping an
+    /// unfit one closes it.
+    fn still_fit(&self, conn: &mut H1Conn, now: Instant) -> bool {
+        if now.saturating_duration_since(conn.idle_since) >= self.settings.idle_timeout {
+            if let Some(s) = &conn.gauge.0 {
+                s.upstream_cx_idle_timeout.inc();
+            }
+            return false;
+        }
+        conn.wire.is_idle_fit()
     }
 
     /// Takes back a connection whose response is complete: kept idle for the next request
@@ -570,13 +576,7 @@ impl EndpointPool {
             let Some(mut conn) = shard.idle.pop() else {
                 break;
             };
-            if now.saturating_duration_since(conn.idle_since) >= self.settings.idle_timeout {
-                if let Some(s) = &conn.gauge.0 {
-                    s.upstream_cx_idle_timeout.inc();
-                }
-                continue;
-            }
-            if conn.wire.is_idle_fit() {
+            if self.still_fit(&mut conn, now) {
                 let _ = shard.idle.push(conn);
             }
         }
