@@ -16,6 +16,7 @@ pub mod route;
 pub mod simulate;
 pub mod upstream;
 pub mod watch;
+pub mod wire;
 
 pub use config::{Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, load};
 pub use reload::{ReloadContext, ReloadOutcome, Reloader};

@@ -21,12 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::pool::{EndpointPool, H1Conn};
 use super::tls::Stream;
 use crate::proxy::body::RequestBody;
+use crate::wire::{
+    Chunk, DecodeError, Framing, READ_BUF, RecvBuf, content_length, content_length_value, itoa_u64,
+    last_token_is_chunked, poll_decode, push_field, push_hex,
+};
 
-/// Read buffer of a connection; a response head may grow it up to [`MAX_HEAD`].
-const READ_BUF: usize = 4 * 1024;
-/// A read that fills the buffer doubles it for the next one, up to this: large bodies are
-/// read in fewer system calls, and small exchanges keep small buffers.
-const MAX_BODY_READ: usize = 32 * 1024;
 /// Envoy's default limit on response headers (`max_response_headers_kb`: 60 KiB).
 pub const MAX_HEAD: usize = 60 * 1024;
 /// Response header fields accepted (Envoy's and hyper's default: 100).
@@ -36,8 +35,6 @@ const MAX_HEADERS: usize = 100;
 const COPY_LIMIT: usize = 4 * 1024;
 /// Bytes gathered before they are written.
 const OUT_SOFT_LIMIT: usize = 16 * 1024;
-/// A chunk-size line longer than this is refused (a size plus generous extensions).
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,6 +54,17 @@ pub enum Error {
     RequestLength,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Error {
+        match e {
+            DecodeError::Invalid(what) => Error::Invalid(what),
+            DecodeError::TooLarge => Error::HeadTooLarge,
+            DecodeError::Incomplete => Error::IncompleteBody,
+            DecodeError::Io(e) => Error::Io(e),
+        }
+    }
 }
 
 impl Error {
@@ -87,10 +95,7 @@ impl Error {
 /// One upstream connection's socket and buffers.
 pub struct Conn {
     io: Stream,
-    /// Always initialised (no `unsafe` to read into spare capacity); `start..end` is unread.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    rb: RecvBuf,
     /// The head and small body pieces waiting to be written, from `out_pos`.
     out: Vec<u8>,
     out_pos: usize,
@@ -102,9 +107,7 @@ impl Conn {
     pub fn new(io: Stream) -> Conn {
         Conn {
             io,
-            buf: vec![0; READ_BUF],
-            start: 0,
-            end: 0,
+            rb: RecvBuf::new(MAX_HEAD + READ_BUF),
             out: Vec::new(),
             out_pos: 0,
             big: Bytes::new(),
@@ -114,13 +117,11 @@ impl Conn {
     /// An idle connection is fit for another request: the upstream has neither closed it
     /// nor sent anything unasked. Costs no system call unless the socket became readable.
     pub fn is_idle_fit(&mut self) -> bool {
-        if self.start != self.end {
+        if self.rb.avail() != 0 {
             return false;
         }
-        self.start = 0;
-        self.end = 0;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let (io, buf) = (&mut self.io, &mut self.buf);
+        let (io, buf) = (&mut self.io, &mut self.rb.buf);
         // Outside tokio's cooperative budget: a spent budget would answer Pending without
         // looking at the socket, and a connection holding unasked-for bytes would pass.
         let probe = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
@@ -132,53 +133,15 @@ impl Conn {
 
     /// Gives back a read buffer a large head or body grew, before the connection idles.
     pub fn shrink(&mut self) {
-        if self.buf.len() > READ_BUF && self.avail() == 0 {
-            self.buf = vec![0; READ_BUF];
-            self.start = 0;
-            self.end = 0;
-        }
+        self.rb.shrink();
     }
 
     fn avail(&self) -> usize {
-        self.end - self.start
+        self.rb.avail()
     }
 
-    /// Reads more bytes after the unread ones; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else {
-                // Only a response head (or trailers) needs more than the buffer; the callers
-                // bound it at MAX_HEAD.
-                let grown = (self.buf.len() * 2)
-                    .min(MAX_HEAD + READ_BUF)
-                    .max(self.buf.len() + 1);
-                self.buf.resize(grown, 0);
-            }
-        }
-        let space = self.buf.len() - self.end;
-        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        self.end += n;
-        if n == space && self.buf.len() < MAX_BODY_READ {
-            self.buf.resize(self.buf.len() * 2, 0);
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    /// Copies out up to `max` unread bytes as a data frame.
-    fn take(&mut self, max: u64) -> Bytes {
-        let n = usize::try_from(max).unwrap_or(usize::MAX).min(self.avail());
-        let data = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        data
+        self.rb.poll_fill(&mut self.io, cx)
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -313,27 +276,6 @@ impl Upload {
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes the request line and header block, choosing the body's framing as hyper does: the
 /// caller's `content-length` or `transfer-encoding` if set, none for a body known to be
 /// empty, a `content-length` for a body of known size, chunked otherwise.
@@ -384,74 +326,6 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
     }
     out.extend_from_slice(b"\r\n");
     enc
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
-fn last_token_is_chunked(v: &[u8]) -> bool {
-    v.rsplit(|b| *b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The `content-length` of a message: `None` when absent; an error when invalid, or when
-/// several values disagree.
-fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        match (found, content_length_value(v.as_bytes())) {
-            (_, None) => return Some(Err(())),
-            (Some(prev), Some(n)) if prev != n => return Some(Err(())),
-            (_, Some(n)) => found = Some(n),
-        }
-    }
-    found.map(Ok)
-}
-
-/// One `content-length` field: a number, or a list of the same number repeated.
-fn content_length_value(v: &[u8]) -> Option<u64> {
-    let mut found: Option<u64> = None;
-    for part in v.split(|b| *b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        match found {
-            Some(prev) if prev != n => return None,
-            _ => found = Some(n),
-        }
-    }
-    found
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 /// A parsed response head and what it says about the body and the connection.
@@ -572,66 +446,6 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
     )))
 }
 
-/// A chunk-size line (RFC 9112 §7.1): hex digits, optional whitespace, optional extensions,
-/// CRLF. Stricter than httparse's: an empty size, a bare LF or a control character in an
-/// extension is refused, because a lenient reading here is how a pooled connection falls out
-/// of step with the upstream. `Ok(None)` if the line is incomplete.
-fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
-    let mut size: u64 = 0;
-    let mut i = 0;
-    while let Some(d) = buf.get(i).and_then(|b| char::from(*b).to_digit(16)) {
-        if i == 16 {
-            return Err(Error::Invalid("chunk size overflows"));
-        }
-        size = (size << 4) | u64::from(d);
-        i += 1;
-    }
-    if i == buf.len() {
-        return Ok(None);
-    }
-    if i == 0 {
-        return Err(Error::Invalid("chunk size missing"));
-    }
-    while buf.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
-        i += 1;
-    }
-    if buf.get(i) == Some(&b';') {
-        while let Some(&b) = buf.get(i) {
-            if b == b'\r' {
-                break;
-            }
-            if (b < 0x20 && b != b'\t') || b == 0x7f {
-                return Err(Error::Invalid("control character in a chunk extension"));
-            }
-            i += 1;
-        }
-    }
-    match (buf.get(i), buf.get(i + 1)) {
-        (None, _) | (Some(b'\r'), None) => Ok(None),
-        (Some(b'\r'), Some(b'\n')) => Ok(Some((i + 2, size))),
-        _ => Err(Error::Invalid("chunk size line")),
-    }
-}
-
-fn parse_trailers(buf: &[u8]) -> Result<Option<(HeaderMap, usize)>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete((n, fields))) => {
-            let mut map = HeaderMap::with_capacity(fields.len());
-            for f in fields.iter() {
-                let name = HeaderName::from_bytes(f.name.as_bytes())
-                    .map_err(|_| Error::Invalid("trailer name"))?;
-                let value = HeaderValue::from_bytes(f.value)
-                    .map_err(|_| Error::Invalid("trailer value"))?;
-                map.append(name, value);
-            }
-            Ok(Some((map, n)))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(Error::Invalid("trailers")),
-    }
-}
-
 /// A response's head, and what its body needs to be read.
 pub struct Exchanged {
     parts: http::response::Parts,
@@ -692,9 +506,9 @@ async fn read_head(conn: &mut Conn, upload: Upload, asked: Asked) -> Result<Exch
         loop {
             if conn.avail() > 0 {
                 seen = true;
-                match parse_head(&conn.buf[conn.start..conn.end], asked)? {
+                match parse_head(conn.rb.unread(), asked)? {
                     Some((head, len)) => {
-                        conn.start += len;
+                        conn.rb.consume(len);
                         let code = head.status.as_u16();
                         if code == 101 {
                             return Poll::Ready(Err(Error::Invalid(
@@ -827,112 +641,33 @@ impl http_body::Body for Body {
                 Poll::Pending => {}
             }
         }
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let io = &mut conn.wire;
-            match &mut this.framing {
-                Framing::Empty => {
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let close_delimited = this.framing == Framing::Close;
+        let wire = &mut conn.wire;
+        match ready!(poll_decode(
+            &mut this.framing,
+            &mut wire.rb,
+            &mut wire.io,
+            MAX_HEAD,
+            cx
+        )) {
+            None => {
+                // The close delimits the body; the connection is spent.
+                if close_delimited {
+                    this.keep_alive = false;
+                }
+                this.finish();
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => {
+                if this.framing == Framing::Empty {
                     this.finish();
-                    return Poll::Ready(None);
                 }
-                Framing::Length(rest) => {
-                    if io.avail() > 0 {
-                        let data = io.take(*rest);
-                        *rest -= data.len() as u64;
-                        if *rest == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::Close => {
-                    if io.avail() > 0 {
-                        let data = io.take(u64::MAX);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Framing::Chunked(state) => match *state {
-                    Chunk::Size if io.avail() > 0 => {
-                        match parse_chunk_size(&io.buf[io.start..io.end]) {
-                            Ok(Some((used, size))) => {
-                                io.start += used;
-                                *state = if size == 0 {
-                                    Chunk::Trailers
-                                } else {
-                                    Chunk::Data(size)
-                                };
-                                continue;
-                            }
-                            Ok(None) if io.avail() > MAX_CHUNK_LINE => {
-                                return this.fail(Error::Invalid("chunk size line too long"));
-                            }
-                            Ok(None) => {}
-                            Err(e) => return this.fail(e),
-                        }
-                    }
-                    Chunk::Data(rest) if io.avail() > 0 => {
-                        let data = io.take(rest);
-                        let rest = rest - data.len() as u64;
-                        *state = if rest == 0 {
-                            Chunk::DataEnd
-                        } else {
-                            Chunk::Data(rest)
-                        };
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Chunk::DataEnd if io.avail() >= 2 => {
-                        if &io.buf[io.start..io.start + 2] != b"\r\n" {
-                            return this.fail(Error::Invalid("chunk not followed by CRLF"));
-                        }
-                        io.start += 2;
-                        *state = Chunk::Size;
-                        continue;
-                    }
-                    Chunk::Trailers if io.avail() > 0 => {
-                        let rest = &io.buf[io.start..io.end];
-                        if rest[0] == b'\n' {
-                            return this.fail(Error::Invalid("bare LF ending the trailers"));
-                        }
-                        if rest.starts_with(b"\r\n") {
-                            io.start += 2;
-                            this.finish();
-                            return Poll::Ready(None);
-                        }
-                        // A lone CR waits for what follows it.
-                        if rest.len() > 1 {
-                            match parse_trailers(rest) {
-                                Ok(Some((trailers, used))) => {
-                                    io.start += used;
-                                    this.finish();
-                                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                                }
-                                Ok(None) if io.avail() >= MAX_HEAD => {
-                                    return this.fail(Error::HeadTooLarge);
-                                }
-                                Ok(None) => {}
-                                Err(e) => return this.fail(e),
-                            }
-                        }
-                    }
-                    _ => {}
-                },
+                Poll::Ready(Some(Ok(frame)))
             }
-            match io.poll_fill(cx) {
-                Poll::Ready(Ok(0)) => {
-                    if this.framing == Framing::Close {
-                        // The close delimits the body; the connection is spent.
-                        this.keep_alive = false;
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    return this.fail(Error::IncompleteBody);
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return this.fail(Error::Io(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            Some(Err(e)) => this.fail(e.into()),
         }
     }
 
@@ -952,6 +687,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::parse_chunk_size;
 
     #[test]
     fn chunk_size_lines_are_read_strictly() {

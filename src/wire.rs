@@ -1,0 +1,381 @@
+//! HTTP/1.1 wire pieces shared by our two codecs, the upstream client (`upstream::h1`) and
+//! the downstream server (`downstream::h1`): the read buffer, body framing and its decoder,
+//! and the small encoders. Both sides must read framing the same strict way: a lenient
+//! reading on either side is how a connection falls out of step with its peer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Initial read buffer of a connection.
+pub const READ_BUF: usize = 4 * 1024;
+/// A read that fills the buffer doubles it for the next one, up to this: large bodies are
+/// read in fewer system calls, and small exchanges keep small buffers.
+pub const MAX_BODY_READ: usize = 32 * 1024;
+/// A chunk-size line longer than this is refused (a size plus generous extensions).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Trailer fields accepted.
+const MAX_TRAILERS: usize = 100;
+
+/// Why a body could not be read off the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid HTTP/1.1 body framing: {0}")]
+    Invalid(&'static str),
+    #[error("trailers larger than the header limit")]
+    TooLarge,
+    #[error("connection closed before the body was complete")]
+    Incomplete,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A connection's read buffer: always initialised (no `unsafe` to read into spare
+/// capacity); `start..end` is unread.
+pub struct RecvBuf {
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+    /// The buffer grows up to this for a head or trailers that do not fit.
+    max: usize,
+}
+
+impl RecvBuf {
+    pub fn new(max: usize) -> RecvBuf {
+        RecvBuf {
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+            max: max.max(MAX_BODY_READ),
+        }
+    }
+
+    pub fn avail(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Gives back a buffer a large head or body grew, once nothing is left unread.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > READ_BUF && self.avail() == 0 {
+            self.buf = vec![0; READ_BUF];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes after the unread ones; `Ok(0)` at end of stream. A full buffer
+    /// grows (up to its maximum; the callers bound heads below it).
+    pub fn poll_fill<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let grown = (self.buf.len() * 2).min(self.max).max(self.buf.len() + 1);
+                self.buf.resize(grown, 0);
+            }
+        }
+        let space = self.buf.len() - self.end;
+        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.end += n;
+        if n == space && self.buf.len() < MAX_BODY_READ {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Copies out up to `max` unread bytes as a data frame.
+    pub fn take(&mut self, max: u64) -> Bytes {
+        let n = usize::try_from(max).unwrap_or(usize::MAX).min(self.avail());
+        let data = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.consume(n);
+        data
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the peer closes the connection (responses only).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// The next frame of a body framed by `framing`, read from `rb` and then `io`. `Ready(None)`
+/// once the body is complete, when `framing` is left `Empty`; a close-delimited body
+/// completes at end of stream. `max_trailers` bounds the trailer section in bytes.
+pub fn poll_decode<R: AsyncRead + Unpin + ?Sized>(
+    framing: &mut Framing,
+    rb: &mut RecvBuf,
+    io: &mut R,
+    max_trailers: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, DecodeError>>> {
+    loop {
+        match framing {
+            Framing::Empty => return Poll::Ready(None),
+            Framing::Length(rest) => {
+                if rb.avail() > 0 {
+                    let data = rb.take(*rest);
+                    *rest -= data.len() as u64;
+                    if *rest == 0 {
+                        *framing = Framing::Empty;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
+            Framing::Close => {
+                if rb.avail() > 0 {
+                    return Poll::Ready(Some(Ok(Frame::data(rb.take(u64::MAX)))));
+                }
+            }
+            Framing::Chunked(state) => match *state {
+                Chunk::Size if rb.avail() > 0 => match parse_chunk_size(rb.unread()) {
+                    Ok(Some((used, size))) => {
+                        rb.consume(used);
+                        *state = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
+                        continue;
+                    }
+                    Ok(None) if rb.avail() > MAX_CHUNK_LINE => {
+                        return fail(framing, DecodeError::Invalid("chunk size line too long"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return fail(framing, e),
+                },
+                Chunk::Data(rest) if rb.avail() > 0 => {
+                    let data = rb.take(rest);
+                    let rest = rest - data.len() as u64;
+                    *state = if rest == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(rest)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Chunk::DataEnd if rb.avail() >= 2 => {
+                    if &rb.unread()[..2] != b"\r\n" {
+                        return fail(framing, DecodeError::Invalid("chunk not followed by CRLF"));
+                    }
+                    rb.consume(2);
+                    *state = Chunk::Size;
+                    continue;
+                }
+                Chunk::Trailers if rb.avail() > 0 => {
+                    let rest = rb.unread();
+                    if rest[0] == b'\n' {
+                        return fail(framing, DecodeError::Invalid("bare LF ending the trailers"));
+                    }
+                    if rest.starts_with(b"\r\n") {
+                        rb.consume(2);
+                        *framing = Framing::Empty;
+                        return Poll::Ready(None);
+                    }
+                    // A lone CR waits for what follows it.
+                    if rest.len() > 1 {
+                        match parse_trailers(rest) {
+                            Ok(Some((trailers, used))) => {
+                                rb.consume(used);
+                                *framing = Framing::Empty;
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                            Ok(None) if rb.avail() >= max_trailers => {
+                                return fail(framing, DecodeError::TooLarge);
+                            }
+                            Ok(None) => {}
+                            Err(e) => return fail(framing, e),
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+        match ready!(rb.poll_fill(io, cx)) {
+            Ok(0) if *framing == Framing::Close => {
+                *framing = Framing::Empty;
+                return Poll::Ready(None);
+            }
+            Ok(0) => return fail(framing, DecodeError::Incomplete),
+            Ok(_) => {}
+            Err(e) => return fail(framing, DecodeError::Io(e)),
+        }
+    }
+}
+
+fn fail(framing: &mut Framing, e: DecodeError) -> Poll<Option<Result<Frame<Bytes>, DecodeError>>> {
+    *framing = Framing::Empty;
+    Poll::Ready(Some(Err(e)))
+}
+
+/// A chunk-size line (RFC 9112 §7.1): hex digits, optional whitespace, optional extensions,
+/// CRLF. Stricter than httparse's: an empty size, a bare LF or a control character in an
+/// extension is refused, because a lenient reading here is how a connection falls out of
+/// step with its peer. `Ok(None)` if the line is incomplete.
+pub fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, DecodeError> {
+    let mut size: u64 = 0;
+    let mut i = 0;
+    while let Some(d) = buf.get(i).and_then(|b| char::from(*b).to_digit(16)) {
+        if i == 16 {
+            return Err(DecodeError::Invalid("chunk size overflows"));
+        }
+        size = (size << 4) | u64::from(d);
+        i += 1;
+    }
+    if i == buf.len() {
+        return Ok(None);
+    }
+    if i == 0 {
+        return Err(DecodeError::Invalid("chunk size missing"));
+    }
+    while buf.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+        i += 1;
+    }
+    if buf.get(i) == Some(&b';') {
+        while let Some(&b) = buf.get(i) {
+            if b == b'\r' {
+                break;
+            }
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                return Err(DecodeError::Invalid(
+                    "control character in a chunk extension",
+                ));
+            }
+            i += 1;
+        }
+    }
+    match (buf.get(i), buf.get(i + 1)) {
+        (None, _) | (Some(b'\r'), None) => Ok(None),
+        (Some(b'\r'), Some(b'\n')) => Ok(Some((i + 2, size))),
+        _ => Err(DecodeError::Invalid("chunk size line")),
+    }
+}
+
+fn parse_trailers(buf: &[u8]) -> Result<Option<(HeaderMap, usize)>, DecodeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields.iter() {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| DecodeError::Invalid("trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| DecodeError::Invalid("trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(Some((map, n)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(DecodeError::Invalid("trailers")),
+    }
+}
+
+pub fn push_hex(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+pub fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// `Transfer-Encoding`'s last coding is `chunked`.
+pub fn last_token_is_chunked(v: &[u8]) -> bool {
+    v.rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The `content-length` of a message: `None` when absent; an error when invalid, or when
+/// several values disagree.
+pub fn content_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        match (found, content_length_value(v.as_bytes())) {
+            (_, None) => return Some(Err(())),
+            (Some(prev), Some(n)) if prev != n => return Some(Err(())),
+            (_, Some(n)) => found = Some(n),
+        }
+    }
+    found.map(Ok)
+}
+
+/// One `content-length` field: a number, or a list of the same number repeated.
+pub fn content_length_value(v: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match found {
+            Some(prev) if prev != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
+}
