@@ -3,7 +3,7 @@
 //! answered the way Envoy answers them (see `error`).
 
 pub mod body;
-mod deadline;
+pub(crate) mod deadline;
 pub mod error;
 pub mod headers;
 pub mod record;
@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::downstream::Incoming;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use rand::RngExt;
 use tokio::sync::Notify;
 
@@ -418,7 +418,7 @@ impl Proxy {
 
             // Build the upstream request.
             let down_upgrade = if upgrade {
-                parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+                parts.extensions.remove::<crate::downstream::OnUpgrade>()
             } else {
                 None
             };
@@ -596,8 +596,7 @@ impl Proxy {
                 let up = hyper::upgrade::on(&mut resp);
                 let record = record.clone();
                 tokio::spawn(async move {
-                    if let (Ok(down), Ok(up)) = (down.await, up.await) {
-                        let mut down = hyper_util::rt::TokioIo::new(down);
+                    if let (Some(mut down), Ok(up)) = (down.upgraded().await, up.await) {
                         let mut up = hyper_util::rt::TokioIo::new(up);
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                     }
@@ -1261,7 +1260,7 @@ fn replayable_size(headers: &http::HeaderMap, body: &Incoming) -> bool {
 
 async fn collect_bounded(
     body: Incoming,
-) -> Result<(bytes::Bytes, Option<http::HeaderMap>), hyper::Error> {
+) -> Result<(bytes::Bytes, Option<http::HeaderMap>), crate::downstream::BodyError> {
     use http_body_util::BodyExt as _;
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::body::ProxyBody;
 use super::deadline::MaybeTimeout;
 use super::{ConnInfo, DrainState, Proxy};
+use crate::downstream::{Incoming, h1};
+use crate::wire::RecvBuf;
 
 /// Downstream limits, Envoy's defaults unless noted. None of them can cut a healthy gRPC
 /// stream or SSE response: only silence (no byte either way) for `stream_idle_timeout` does.
@@ -66,7 +67,7 @@ impl Default for Limits {
 const H2_FIELD_OVERHEAD: usize = 32;
 /// Room for `: ` and CRLF per field plus the request line's fixed parts in the HTTP/1 read
 /// buffer, for the same reason.
-const H1_SLACK: usize = 4 * 1024;
+pub(crate) const H1_SLACK: usize = 4 * 1024;
 /// At most one "connection limit reached" warning per this period.
 const OVERFLOW_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -270,9 +271,6 @@ pub(crate) fn close_http1_when_draining(
 struct IdleIo<S> {
     inner: S,
     active: Arc<AtomicBool>,
-    /// Set once the client's first bytes are the HTTP/2 preface (`PRI * HTTP/2.0`).
-    h2: Arc<AtomicBool>,
-    sniffed: bool,
 }
 
 impl<S> IdleIo<S> {
@@ -291,12 +289,6 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleIo<S> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
-            if !self.sniffed {
-                self.sniffed = true;
-                if buf.filled()[before..].starts_with(b"PRI") {
-                    self.h2.store(true, Ordering::Relaxed);
-                }
-            }
         }
         res
     }
@@ -360,7 +352,10 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
 
 /// 431 when the head is over a limit. hyper's own codec limits sit a little above ours (see
 /// `serve_connection`), so this check is the one that decides on both protocols.
-fn over_header_limit<B>(req: &Request<B>, limits: &Limits) -> Option<Response<ProxyBody>> {
+pub(crate) fn over_header_limit<B>(
+    req: &Request<B>,
+    limits: &Limits,
+) -> Option<Response<ProxyBody>> {
     if req.headers().len() <= limits.max_headers && head_bytes(req) <= limits.max_header_bytes {
         return None;
     }
@@ -378,7 +373,7 @@ fn over_header_limit<B>(req: &Request<B>, limits: &Limits) -> Option<Response<Pr
     Some(resp)
 }
 
-fn request_timed_out() -> Response<ProxyBody> {
+pub(crate) fn request_timed_out() -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from_static(b"request timeout\n")));
     *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
     let h = resp.headers_mut();
@@ -398,73 +393,65 @@ impl Drop for ConnGuard {
     }
 }
 
+/// A byte stream the HTTP/1.1 server can read and write from separate places: the request
+/// body reads while the connection writes.
+pub trait SplitIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split_io(self) -> (Self::Read, Self::Write);
+}
+
+impl SplitIo for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    /// Lock-free, unlike the generic split.
+    fn split_io(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl SplitIo for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split_io(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Serves one downstream connection on any byte stream: TCP from the accept loop, or an
 /// in-memory pipe (the front-door fuzz target and tests).
-pub async fn serve_connection<S>(
+pub async fn serve_connection<S: SplitIo>(
     stream: S,
     info: ConnInfo,
     proxy: Arc<Proxy>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     proxy.state.connections.fetch_add(1, Ordering::AcqRel);
     proxy.metrics.proxy.downstream_cx_total.inc();
     proxy.metrics.proxy.downstream_cx_active.inc();
     let metrics = proxy.metrics.clone();
     let _guard = ConnGuard(proxy.state.clone(), metrics.clone());
     let draining_at_accept = *phase.borrow() >= Phase::Draining;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // The read buffer bounds the head hyper will parse; ours is the limit that answers.
-        .max_buf_size((limits.max_header_bytes + H1_SLACK).max(8192))
-        // hyper refuses field number max_headers + 1 itself, with the same 431.
-        .max_headers(limits.max_headers)
-        // A client that sends its request and then shuts down its write side still gets the
-        // response (hyper's default drops it about half the time).
-        .half_close(true)
-        // Connections accepted during drain serve one request and close.
-        .keep_alive(!draining_at_accept);
-    let h2_list = limits.max_header_bytes + H2_FIELD_OVERHEAD * (limits.max_headers + 8);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
-    let request_timeout = limits.request_timeout;
     let idle_timeout = limits.stream_idle_timeout;
-    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        let proxy = proxy.clone();
-        let refused = over_header_limit(&req, &limits);
-        async move {
-            if let Some(resp) = refused {
-                return Ok::<_, Infallible>(resp);
-            }
-            let timeout = (!request_timeout.is_zero()).then_some(request_timeout);
-            // Boxed per request: hyper keeps a slot the size of this future for the life of
-            // each connection, and the request path's future is ~8 KB. Unboxed, 1,000 idle
-            // keep-alive clients cost 36 MiB instead of 30.
-            Ok(
-                MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
-                    .await
-                    .unwrap_or_else(|_| request_timed_out()),
-            )
-        }
-    });
     let active = Arc::new(AtomicBool::new(false));
-    let h2 = Arc::new(AtomicBool::new(false));
-    let io = IdleIo {
-        inner: stream,
-        active: active.clone(),
-        h2: h2.clone(),
-        sniffed: false,
-    };
+    let h2 = AtomicBool::new(false);
+    let shutdown = h1::Shutdown::default();
     let mut quiet_since = Instant::now();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = serve_protocol(
+        stream,
+        info,
+        proxy,
+        &limits,
+        // Connections accepted during drain serve one request and close.
+        !draining_at_accept,
+        &shutdown,
+        &active,
+        &h2,
+    );
     tokio::pin!(conn);
     // Checking a few times per timeout keeps the overshoot small (silence is measured from
     // the last check that saw activity) without a timer or a clock read per byte.
@@ -481,12 +468,7 @@ pub async fn serve_connection<S>(
         // Biased: the connection first, and no random draw on each of its many wake-ups.
         tokio::select! {
             biased;
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(remote = %info.remote, error = %e, "downstream connection ended with an error");
-                }
-                break;
-            }
+            () = conn.as_mut() => break,
             _ = idle_check.tick(), if !idle_timeout.is_zero() => {
                 if active.swap(false, Ordering::Relaxed) {
                     quiet_since = Instant::now();
@@ -511,11 +493,179 @@ pub async fn serve_connection<S>(
                     || now >= Phase::Closing
                     || (now >= trigger && h2.load(Ordering::Relaxed))
                 {
-                    conn.as_mut().graceful_shutdown();
+                    shutdown.ask();
                     asked_to_close = true;
                 }
             }
         }
+    }
+}
+
+/// Tells HTTP/2 (by its preface) from HTTP/1.1 and serves the connection in it.
+#[allow(clippy::too_many_arguments)]
+async fn serve_protocol<S: SplitIo>(
+    mut stream: S,
+    info: ConnInfo,
+    proxy: Arc<Proxy>,
+    limits: &Limits,
+    keep_alive: bool,
+    shutdown: &h1::Shutdown,
+    active: &Arc<AtomicBool>,
+    h2: &AtomicBool,
+) {
+    let mut rb = RecvBuf::new(limits.max_header_bytes + H1_SLACK);
+    let is_h2 = loop {
+        let got = rb.unread();
+        let n = got.len().min(H2_PREFACE.len());
+        if got[..n] != H2_PREFACE[..n] {
+            break false;
+        }
+        if n == H2_PREFACE.len() {
+            break true;
+        }
+        let filled = tokio::select! {
+            r = std::future::poll_fn(|cx| rb.poll_fill(&mut stream, cx)) => r,
+            () = shutdown.wait() => return,
+        };
+        match filled {
+            Ok(0) | Err(_) => return,
+            Ok(_) => active.store(true, Ordering::Relaxed),
+        }
+    };
+    if is_h2 {
+        h2.store(true, Ordering::Relaxed);
+        let io = Prefixed {
+            prefix: Bytes::copy_from_slice(rb.unread()),
+            inner: IdleIo {
+                inner: stream,
+                active: active.clone(),
+            },
+        };
+        serve_h2(io, info, proxy, limits, shutdown).await;
+    } else {
+        let (rd, wr) = stream.split_io();
+        let rd: h1::ReadHalf = Box::new(IdleIo {
+            inner: rd,
+            active: active.clone(),
+        });
+        let wr: h1::WriteHalf = Box::new(IdleIo {
+            inner: wr,
+            active: active.clone(),
+        });
+        h1::serve(
+            h1::ReadSide::new(rd, rb),
+            wr,
+            proxy,
+            info,
+            limits,
+            keep_alive,
+            shutdown,
+        )
+        .await;
+    }
+}
+
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: S,
+    info: ConnInfo,
+    proxy: Arc<Proxy>,
+    limits: &Limits,
+    shutdown: &h1::Shutdown,
+) {
+    let h2_list = limits.max_header_bytes + H2_FIELD_OVERHEAD * (limits.max_headers + 8);
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
+    let request_timeout = limits.request_timeout;
+    let svc_limits = limits.clone();
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        let req = req.map(Incoming::Hyper);
+        let refused = over_header_limit(&req, &svc_limits);
+        async move {
+            if let Some(resp) = refused {
+                return Ok::<_, Infallible>(resp);
+            }
+            let timeout = (!request_timeout.is_zero()).then_some(request_timeout);
+            // Boxed per request: hyper keeps a slot the size of this future for each
+            // stream, and the request path's future is several KB.
+            Ok(
+                MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
+                    .await
+                    .unwrap_or_else(|_| request_timed_out()),
+            )
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(remote = %info.remote, error = %e, "downstream HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.wait(), if !asked => {
+                conn.as_mut().graceful_shutdown();
+                asked = true;
+            }
+        }
+    }
+}
+
+/// The bytes read while telling the protocol apart, then the stream.
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

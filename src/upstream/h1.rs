@@ -49,7 +49,7 @@ pub enum Error {
     #[error("response headers larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
     #[error("request body: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(crate::downstream::BodyError),
     #[error("request body does not match its content-length")]
     RequestLength,
     #[error(transparent)]

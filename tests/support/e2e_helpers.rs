@@ -211,6 +211,7 @@ pub async fn flag_tap(p: &TestProxy) -> SocketAddr {
                 let svc = service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move {
+                        let req = req.map(switchyard::downstream::Incoming::Hyper);
                         let mut resp = proxy.handle(req, ConnInfo { remote, local }).await;
                         let flag = resp.extensions().get::<Flag>().map(|f| f.as_str());
                         if let Some(f) = flag.and_then(|f| http::HeaderValue::from_str(f).ok()) {
