@@ -438,7 +438,9 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     };
     let target = r.path.unwrap_or("");
     let uri = Uri::from_maybe_shared(slice_of(target.as_bytes())).map_err(|_| bad)?;
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    // Room for what the proxy adds (request id, forwarded proto, attempt count, timeouts)
+    // without growing the map.
+    let mut headers = HeaderMap::with_capacity(r.headers.len() + 6);
     let mut length: Option<u64> = None;
     let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
     let mut expect_continue = false;

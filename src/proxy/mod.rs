@@ -412,7 +412,7 @@ impl Proxy {
             if let Some(t) = timeout {
                 parts.headers.insert(
                     X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                    HeaderValue::from(t.as_millis() as u64),
+                    headers::number(t.as_millis() as u64),
                 );
             }
 
@@ -616,7 +616,7 @@ impl Proxy {
             headers::strip_hop_by_hop(&mut parts.headers, false);
             parts.headers.insert(
                 headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                HeaderValue::from(service_time.as_millis() as u64),
+                headers::number(service_time.as_millis() as u64),
             );
             parts
                 .headers
@@ -788,7 +788,7 @@ impl Proxy {
                     };
                     req.headers_mut().insert(
                         headers::X_ENVOY_ATTEMPT_COUNT.clone(),
-                        HeaderValue::from(attempt as u64 + 1),
+                        headers::number(attempt as u64 + 1),
                     );
                     let attempt_header =
                         req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
