@@ -117,7 +117,7 @@ fn envoy_line(
     let _ = writeln!(
         s,
         "[{}] \"{} {} {}\" {} {} {} - \"{}\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
-        rfc3339(rec.start_time),
+        rfc3339(rec.start_time()),
         or_dash(&info.method),
         or_dash(&info.path),
         info.protocol,
@@ -153,7 +153,7 @@ fn json_line(
     grpc_status: Option<u8>,
 ) -> String {
     let v = serde_json::json!({
-        "start_time": rfc3339(rec.start_time),
+        "start_time": rfc3339(rec.start_time()),
         "method": info.method,
         "path": info.path,
         "protocol": info.protocol,

@@ -3,8 +3,9 @@
 //! ten-second slots rotate; each holds a fine log-scale latency histogram, so percentiles are
 //! within about 9% of the true value.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Bucket i covers latencies up to 2^(i/8) microseconds: ~9% wide, 1 µs to over an hour.
 const BUCKETS: usize = 264;
@@ -62,10 +63,12 @@ impl Default for Window {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Seconds since the process's first use of a window, at `t`: periods are relative, and a
+/// monotonic clock needs no extra clock read on the request path (the caller has the time).
+fn secs_at(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_secs()
 }
 
 fn bucket_of(micros: u64) -> usize {
@@ -92,11 +95,12 @@ pub struct Summary {
 }
 
 impl Window {
-    /// `error`: the response was 5xx (or no response).
-    pub fn record(&self, started: Instant, error: bool) {
-        let micros = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+    /// A request that started at `started` and took `elapsed`; `error`: the response was 5xx
+    /// (or no response).
+    pub fn record(&self, started: Instant, elapsed: Duration, error: bool) {
+        let micros = elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
         let bucket = bucket_of(micros);
-        let epoch = now_secs() / SLOT_SECS;
+        let epoch = secs_at(started + elapsed) / SLOT_SECS;
         let slot = &self.slots[(epoch % SLOTS as u64) as usize];
         let seen = slot.epoch.load(Ordering::Acquire);
         // The first writer of a new period clears what the slot held six periods ago.
@@ -113,7 +117,7 @@ impl Window {
     }
 
     pub fn last_minute(&self) -> Summary {
-        let epoch = now_secs() / SLOT_SECS;
+        let epoch = secs_at(Instant::now()) / SLOT_SECS;
         let live: Vec<&Slot> = self
             .slots
             .iter()
@@ -184,7 +188,7 @@ mod tests {
         let w = Window::default();
         let now = Instant::now();
         for i in 0..100 {
-            w.record(now, i % 10 == 0);
+            w.record(now, Duration::from_millis(3), i % 10 == 0);
         }
         let s = w.since_start();
         assert_eq!(s.requests, 100);

@@ -36,7 +36,6 @@ pub struct AccessInfo {
 
 pub struct RequestRecord {
     pub start: Instant,
-    pub start_time: SystemTime,
     pub grpc: bool,
     pub request_bytes: AtomicU64,
     pub response_bytes: AtomicU64,
@@ -57,6 +56,13 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// Wall-clock time of the request's start, for the access log: derived when a line is
+    /// written instead of read from the clock for every request.
+    pub fn start_time(&self) -> SystemTime {
+        let now = SystemTime::now();
+        now.checked_sub(self.start.elapsed()).unwrap_or(now)
+    }
+
     pub(crate) fn new(
         registry: Arc<Registry>,
         sink: Option<Arc<crate::access_log::AccessLog>>,
@@ -66,7 +72,6 @@ impl RequestRecord {
         registry.proxy.requests_in_flight.inc();
         RequestRecord {
             start: Instant::now(),
-            start_time: SystemTime::now(),
             grpc,
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
@@ -202,7 +207,7 @@ impl Drop for RequestRecord {
             c.record_status(status);
         }
         if let Some(w) = self.window.get() {
-            w.record(self.start, status >= 500 || status == 0);
+            w.record(self.start, elapsed, status >= 500 || status == 0);
         }
         if let (Some(sink), Some(access)) = (&self.sink, &self.access) {
             let info = access.lock().unwrap_or_else(|p| p.into_inner());
