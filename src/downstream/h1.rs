@@ -23,7 +23,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::Incoming;
 use crate::proxy::body::ProxyBody;
@@ -62,27 +62,33 @@ impl ReadSide {
 
 /// How the serving loop is asked to stop: idle connections close at once, busy ones after
 /// their current response.
+///
+/// A flag, with no waker: it is only ever set by the task that polls the connection (the
+/// select loop in `serve_connection`), which polls the connection again right after setting
+/// it. A `Notify` here cost a mutex lock and unlock on every request.
 #[derive(Default)]
 pub struct Shutdown {
     asked: AtomicBool,
-    notify: Notify,
 }
 
 impl Shutdown {
     pub fn ask(&self) {
         self.asked.store(true, Ordering::Relaxed);
-        self.notify.notify_waiters();
     }
 
     pub fn asked(&self) -> bool {
         self.asked.load(Ordering::Relaxed)
     }
 
-    pub async fn wait(&self) {
-        let notified = self.notify.notified();
-        if !self.asked() {
-            notified.await;
-        }
+    /// Ready once asked; see the type's note on who wakes it.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            if self.asked() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -359,7 +365,6 @@ pub async fn serve(
 async fn read_head(s: &mut ReadSide, limits: &Limits, shutdown: &Shutdown) -> HeadRead {
     let limit = limits.max_header_bytes + super::super::proxy::server::H1_SLACK;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut shutdown_wait = pin!(shutdown.wait());
     std::future::poll_fn(|cx| {
         loop {
             if s.rb.avail() > 0 {
@@ -388,7 +393,7 @@ async fn read_head(s: &mut ReadSide, limits: &Limits, shutdown: &Shutdown) -> He
                 if t.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(HeadRead::Close);
                 }
-            } else if shutdown_wait.as_mut().poll(cx).is_ready() {
+            } else if shutdown.asked() {
                 return Poll::Ready(HeadRead::Close);
             }
             match ready!(s.rb.poll_fill(&mut s.io, cx)) {
