@@ -92,19 +92,32 @@ impl Shutdown {
     }
 }
 
+/// The read side handed back by a request body, with what is left of the body on it
+/// (`Framing::Empty` once read to its end).
+type HandedBack = (ReadSide, Framing);
+
 /// A client's HTTP/1.1 request body, read straight from its connection.
 pub struct RequestBody {
     side: Option<ReadSide>,
     framing: Framing,
     max_trailers: usize,
-    back: Option<oneshot::Sender<ReadSide>>,
+    back: Option<oneshot::Sender<HandedBack>>,
 }
 
 impl RequestBody {
-    fn complete(&mut self) {
+    fn hand_back(&mut self) {
         if let (Some(side), Some(back)) = (self.side.take(), self.back.take()) {
-            let _ = back.send(side);
+            let _ = back.send((side, self.framing));
         }
+    }
+}
+
+/// A body dropped before its end (a local reply, an upstream that answered without reading
+/// it all) still hands the read side back: what is left of it may already be buffered and
+/// can be skipped, keeping the connection, as hyper's server does.
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.hand_back();
     }
 }
 
@@ -133,7 +146,7 @@ impl Body for RequestBody {
                 this.side = None;
                 this.back = None;
             }
-            _ if this.framing == Framing::Empty => this.complete(),
+            _ if this.framing == Framing::Empty => this.hand_back(),
             _ => {}
         }
         Poll::Ready(polled)
@@ -334,6 +347,25 @@ pub async fn serve(
             }
             None => handled.await,
         };
+        let mut asked = asked;
+        if let Some(mut rx) = body_back {
+            // Before the head is written, so a connection about to close says so. The body
+            // hands the read side back at its end, or when dropped; what is left of a dropped
+            // body is skipped if it is already buffered. A body still in use (streaming to an
+            // upstream that answered first) or one that failed leaves the connection out of
+            // step: it closes after this response. Not awaited: an HTTP/2 upstream may hold
+            // the body for as long as its stream lives.
+            side = match rx.try_recv() {
+                Ok((back, Framing::Empty)) => Some(back),
+                Ok((mut back, mut rest)) => {
+                    skip_buffered(&mut back, &mut rest, limits.max_header_bytes).then_some(back)
+                }
+                Err(_) => None,
+            };
+        }
+        if side.is_none() || shutdown.asked() {
+            asked.keep_alive = false;
+        }
         let keep =
             match write_response(&mut wr, &mut out, resp, &asked, upgrade_tx, &mut side).await {
                 Written::KeepAlive => true,
@@ -343,19 +375,37 @@ pub async fn serve(
         if out.capacity() > OUT_KEEP {
             out = Vec::new();
         }
-        if let Some(mut rx) = body_back {
-            // The body hands the read side back the moment it is read to its end. One not
-            // read in full by now (the upstream answered without reading it all) leaves the
-            // connection out of step, as hyper's server would: it closes. Not awaited: an
-            // HTTP/2 upstream may hold the body for as long as its stream lives.
-            side = rx.try_recv().ok();
-        }
-        if !keep || read_closed || shutdown.asked() {
+        // A client that half-closed still gets answers to the requests it sent before it:
+        // the next read_head serves what is buffered, then meets the end of stream.
+        if !keep || side.is_none() || shutdown.asked() {
             let _ = wr.shutdown().await;
             return;
         }
         if let Some(s) = side.as_mut() {
             s.rb.shrink();
+        }
+    }
+}
+
+/// Most of an unread request body that is skipped to keep its connection.
+const SKIP_LIMIT: u64 = 64 * 1024;
+
+/// Skips the rest of a request body nobody read, if it is already on hand (buffered, or
+/// readable without waiting) and small: true if the connection is back in step.
+fn skip_buffered(side: &mut ReadSide, framing: &mut Framing, max_trailers: usize) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut left = SKIP_LIMIT;
+    loop {
+        match poll_decode(framing, &mut side.rb, &mut side.io, max_trailers, &mut cx) {
+            Poll::Ready(None) => return true,
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(n) {
+                    Some(l) => left = l,
+                    None => return false,
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
         }
     }
 }
@@ -629,10 +679,13 @@ async fn write_response(
 ) -> Written {
     out.clear();
     let (parts, mut body) = resp.into_parts();
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(tx) = upgrade_tx
-        && side.is_some()
-    {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // After a 101 the connection speaks the new protocol: it must never be read as HTTP
+        // again. Without the read side in hand (an upgrade request whose body the upstream
+        // did not read to its end) there is no tunnel to hand over: close without the 101.
+        let (Some(tx), true) = (upgrade_tx, side.is_some()) else {
+            return Written::Close;
+        };
         encode_head(out, &parts, &body, asked);
         if wr.write_all(out).await.is_err() || wr.flush().await.is_err() {
             return Written::Close;
