@@ -544,6 +544,15 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
         // Envoy answers 100 Continue itself and does not forward the expectation.
         headers.remove(header::EXPECT);
     }
+    // Envoy strips an h2c upgrade (RFC 7540 §3.2, removed in RFC 9113): forwarded, it would
+    // let a client turn a routed request into an HTTP/2 connection straight to the upstream.
+    if headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
+        headers.remove(header::UPGRADE);
+        headers.remove("http2-settings");
+    }
     let upgrade = version == Version::HTTP_11 && crate::proxy::headers::is_upgrade(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let mut req = Request::new(());
@@ -868,6 +877,23 @@ mod tests {
                 .unwrap();
         assert!(p.expect_continue);
         assert!(!p.req.headers().contains_key(header::EXPECT));
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_stripped() {
+        let (p, _) = parse(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!p.upgrade);
+        assert!(!p.req.headers().contains_key(header::UPGRADE));
+        assert!(!p.req.headers().contains_key("http2-settings"));
+        let (p, _) =
+            parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(p.upgrade);
     }
 
     #[test]
