@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::Incoming;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::deadline::MaybeTimeout;
-use crate::proxy::server::{Limits, over_header_limit, request_timed_out};
+use crate::proxy::server::{H1_SLACK, Limits, over_header_limit, request_timed_out};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::wire::{
     Chunk, DecodeError, Framing, RecvBuf, itoa_u64, last_token_is_chunked, poll_decode, push_field,
@@ -274,7 +274,7 @@ pub async fn serve(
             upgrade,
             expect_continue,
         } = parsed;
-        let asked = Asked {
+        let mut asked = Asked {
             head: req.method() == Method::HEAD,
             version: req.version(),
             keep_alive: wants_keep_alive && keep_alive,
@@ -347,7 +347,6 @@ pub async fn serve(
             }
             None => handled.await,
         };
-        let mut asked = asked;
         if let Some(mut rx) = body_back {
             // Before the head is written, so a connection about to close says so. The body
             // hands the read side back at its end, or when dropped; what is left of a dropped
@@ -413,7 +412,7 @@ fn skip_buffered(side: &mut ReadSide, framing: &mut Framing, max_trailers: usize
 /// Reads one request head. The header-read timeout starts at the head's first byte, so an
 /// idle keep-alive connection is governed by the stream idle timeout alone.
 async fn read_head(s: &mut ReadSide, limits: &Limits, shutdown: &Shutdown) -> HeadRead {
-    let limit = limits.max_header_bytes + super::super::proxy::server::H1_SLACK;
+    let limit = limits.max_header_bytes + H1_SLACK;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         loop {
