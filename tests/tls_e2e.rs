@@ -194,7 +194,14 @@ async fn mutual_presents_the_client_certificate() {
     let before = up.handshake_failures();
     let r = get(p.addr, Proto::H1).await;
     assert_eq!(r.status, 503, "{}", r.text());
-    assert!(up.handshake_failures() > before);
+    // The upstream's accept task counts the failure on its own schedule, which may be just
+    // after our 503 reached the client.
+    assert!(
+        support::e2e_helpers::eventually(Duration::from_secs(2), || up.handshake_failures()
+            > before)
+        .await,
+        "upstream saw no failed handshake"
+    );
     assert!(
         up.last_error().to_lowercase().contains("certificate"),
         "upstream error {:?}",

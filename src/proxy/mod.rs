@@ -534,14 +534,7 @@ impl Proxy {
                         }
                     }
 
-                    let template = replay.map(|(data, trailers)| Template {
-                        method: req.method().clone(),
-                        uri: req.uri().clone(),
-                        version: req.version(),
-                        headers: req.headers().clone(),
-                        body: data,
-                        trailers,
-                    });
+                    let template = replay.map(|(body, trailers)| Template { body, trailers });
                     if !plan.mirrors.is_empty() {
                         self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
                     }
@@ -721,7 +714,10 @@ impl Proxy {
             let mut tried_len = 0usize;
             let mut last_reason = String::new();
             let mut last_endpoint = None;
-            let mut next = Some(first);
+            // The head stays here for every attempt (sends borrow it); a body is either the
+            // first one, handed back by a failed connect, or rebuilt from the template.
+            let (mut head, first_body) = first.into_parts();
+            let mut next = Some(first_body);
             for attempt in 0..max_attempts {
                 // Unreachable: a retry after sending only happens with a template.
                 if next.is_none() && a.template.is_none() {
@@ -776,24 +772,23 @@ impl Proxy {
                     endpoint.pool.clone()
                 };
                 let template = a.template.as_ref();
-                // The request lives in this block and then only inside the send future, not
+                head.headers.insert(
+                    headers::X_ENVOY_ATTEMPT_COUNT.clone(),
+                    headers::number(attempt as u64 + 1),
+                );
+                let head = &head;
+                // The body lives in this block and then only inside the send future, not
                 // also in this future's state across the await.
                 let result = match MaybeTimeout::new({
-                    let mut req = match next.take() {
-                        Some(r) => r,
-                        None => match &a.template {
-                            Some(t) => t.build(),
+                    let body = match next.take() {
+                        Some(b) => b,
+                        None => match template {
+                            Some(t) => t.body(),
                             None => break,
                         },
                     };
-                    req.headers_mut().insert(
-                        headers::X_ENVOY_ATTEMPT_COUNT.clone(),
-                        headers::number(attempt as u64 + 1),
-                    );
-                    let attempt_header =
-                        req.headers().get(&headers::X_ENVOY_ATTEMPT_COUNT).cloned();
                     async move {
-                        match pool.send(req, connect_timeout, stats).await {
+                        match pool.send(head, body, connect_timeout, stats).await {
                             Err(SendError::Exchange {
                                 source,
                                 addr,
@@ -802,16 +797,11 @@ impl Proxy {
                                 Some(t) => {
                                     pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
-                                    let mut again = t.build();
-                                    if let Some(v) = attempt_header {
-                                        again
-                                            .headers_mut()
-                                            .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), v);
-                                    }
                                     // Boxed: rare, and a second inlined send would double the
                                     // size of every request's future.
                                     Box::pin(pool.send_on_new_connection(
-                                        again,
+                                        head,
+                                        t.body(),
                                         connect_timeout,
                                         stats,
                                     ))
@@ -864,11 +854,7 @@ impl Proxy {
                         active.hold(slot);
                         return Ok((resp, release, Some(active), started));
                     }
-                    Err(SendError::Connect {
-                        request,
-                        reason,
-                        addr,
-                    }) => {
+                    Err(SendError::Connect { body, reason, addr }) => {
                         tracing::debug!(%addr, %reason, attempt = attempt + 1, "upstream connect failed");
                         outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
                         if let Some(s) = stats {
@@ -879,7 +865,7 @@ impl Proxy {
                             break;
                         }
                         // Nothing was sent: the same request goes to the next host.
-                        next = Some(*request);
+                        next = Some(*body);
                         retry_wait(a.policy, attempt).await;
                     }
                     Err(SendError::Exchange { source, addr, .. }) => {
@@ -976,7 +962,9 @@ impl Proxy {
             tokio::spawn(async move {
                 let _permit = permit;
                 let _active = endpoint.begin();
-                if let Ok((resp, release)) = endpoint.pool.send(shadow, timeout, Some(&stats)).await
+                let (head, body) = shadow.into_parts();
+                if let Ok((resp, release)) =
+                    endpoint.pool.send(&head, body, timeout, Some(&stats)).await
                 {
                     use http_body_util::BodyExt as _;
                     // Read the answer to the end so the connection can be reused.
@@ -1272,28 +1260,15 @@ enum Replay {
     Buffered(bytes::Bytes, Option<http::HeaderMap>),
 }
 
-/// What a retry needs to rebuild the request after the first attempt consumed it.
+/// What a retry needs besides the head, which the sends only borrow: the buffered body.
 struct Template {
-    method: http::Method,
-    uri: Uri,
-    version: Version,
-    headers: http::HeaderMap,
     body: bytes::Bytes,
     trailers: Option<http::HeaderMap>,
 }
 
 impl Template {
-    fn build(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::buffered(
-            self.body.clone(),
-            self.trailers.clone(),
-            None,
-        ));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
+    fn body(&self) -> RequestBody {
+        RequestBody::buffered(self.body.clone(), self.trailers.clone(), None)
     }
 }
 

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -455,26 +455,25 @@ pub struct Exchanged {
     upload: Option<Upload>,
 }
 
-/// Writes `req` on `conn` and reads the response head; the request body keeps being written
-/// while the response is read, so an upstream that answers before reading it all (or streams
-/// its answer) cannot deadlock us.
+/// Writes the request (`head`, then `body`) on `conn` and reads the response head; the request
+/// body keeps being written while the response is read, so an upstream that answers before
+/// reading it all (or streams its answer) cannot deadlock us.
 ///
-/// The head is encoded before the returned future is first polled: the future then holds
-/// only the body, not the request (every byte of an await point's state is copied when the
-/// request's future is boxed).
-pub fn exchange(
-    conn: &mut Conn,
-    req: Request<RequestBody>,
-) -> impl Future<Output = Result<Exchanged, Error>> + '_ {
+/// The head is encoded before the returned future is first polled and only borrowed: the
+/// caller keeps it for a retry without cloning its header map, and the future holds only the
+/// body (every byte of an await point's state is copied when the request's future is boxed).
+pub fn exchange<'a>(
+    conn: &'a mut Conn,
+    head: &http::request::Parts,
+    body: RequestBody,
+) -> impl Future<Output = Result<Exchanged, Error>> + 'a {
     let asked = Asked {
-        head: req.method() == Method::HEAD,
-        connect: req.method() == Method::CONNECT,
+        head: head.method == Method::HEAD,
+        connect: head.method == Method::CONNECT,
     };
-    let (parts, body) = req.into_parts();
     conn.out.clear();
     conn.out_pos = 0;
-    let enc = encode_head(&mut conn.out, &parts, &body);
-    drop(parts);
+    let enc = encode_head(&mut conn.out, head, &body);
     let upload = Upload {
         body,
         enc,
@@ -834,6 +833,7 @@ mod tests {
 
     #[test]
     fn request_framing_is_chosen_like_hyper() {
+        use http::Request;
         let head = |req: Request<RequestBody>| {
             let (parts, body) = req.into_parts();
             let mut out = Vec::new();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
+use http::{Request, Response, request};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -242,12 +242,13 @@ struct H2Conn {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Nothing was sent: the request is handed back for a retry elsewhere.
+    /// Nothing was sent: the body is handed back for a retry elsewhere (the caller kept
+    /// the head).
     #[error("connect to {addr} failed: {reason}")]
     Connect {
         addr: SocketAddr,
         reason: String,
-        request: Box<Request<UpBody>>,
+        body: Box<UpBody>,
     },
     /// The request (or part of it) went out and the exchange failed.
     #[error("upstream {addr}: {source}")]
@@ -411,24 +412,28 @@ impl EndpointPool {
         &self.shards[self.shard_index()]
     }
 
-    /// Sends `req` (already in origin-form with its Host / authority set) to this endpoint.
+    /// Sends the request `head` and `body` (the head already in origin-form with its Host /
+    /// authority set) to this endpoint. The head is borrowed: HTTP/1.1 encodes it from the
+    /// reference, so a caller that may retry keeps it without cloning its header map; only
+    /// the paths through hyper (HTTP/2, upgrades) copy it.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpBody>,
+        head: &request::Parts,
+        body: UpBody,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<ResponseBody>, Option<Release>), SendError> {
         if self.upgrade {
             // Boxed: rare, and its future would otherwise grow every request's.
-            Box::pin(self.send_upgrade(req, connect_timeout, stats))
+            Box::pin(self.send_upgrade(head, body, connect_timeout, stats))
                 .await
                 .map(|(r, rel)| (r.map(ResponseBody::Hyper), Some(rel)))
         } else if self.h2 {
-            self.send_h2(req, connect_timeout, stats)
+            self.send_h2(head, body, connect_timeout, stats)
                 .await
                 .map(|(r, stream)| (r.map(ResponseBody::Hyper), Some(Release(Held::H2(stream)))))
         } else {
-            self.send_h1(req, connect_timeout, stats, true)
+            self.send_h1(head, body, connect_timeout, stats, true)
                 .await
                 .map(|r| (r, None))
         }
@@ -438,27 +443,29 @@ impl EndpointPool {
     /// pooled connection died under it must not meet another stale one.
     pub async fn send_on_new_connection(
         self: &Arc<Self>,
-        req: Request<UpBody>,
+        head: &request::Parts,
+        body: UpBody,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<ResponseBody>, Option<Release>), SendError> {
         if self.h2 || self.upgrade {
-            return self.send(req, connect_timeout, stats).await;
+            return self.send(head, body, connect_timeout, stats).await;
         }
-        self.send_h1(req, connect_timeout, stats, false)
+        self.send_h1(head, body, connect_timeout, stats, false)
             .await
             .map(|r| (r, None))
     }
 
     /// The pooled connection is taken before the returned future first runs, so that future
-    /// carries the request only until the head is written.
-    fn send_h1(
+    /// carries the body only until the head is written.
+    fn send_h1<'a>(
         self: &Arc<Self>,
-        req: Request<UpBody>,
+        head: &'a request::Parts,
+        body: UpBody,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
         reuse: bool,
-    ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + Send + 'a {
         let pooled = if reuse { self.checkout() } else { None };
         let pool = self.clone();
         // Only a new connection needs them, for its gauge.
@@ -488,13 +495,13 @@ impl EndpointPool {
                         return Err(SendError::Connect {
                             addr: pool.addr,
                             reason,
-                            request: Box::new(req),
+                            body: Box::new(body),
                         });
                     }
                 },
             };
             conn.requests += 1;
-            match h1::exchange(&mut conn.wire, req).await {
+            match h1::exchange(&mut conn.wire, head, body).await {
                 Ok(ex) => Ok(h1::Body::response(conn, pool, ex).map(ResponseBody::H1)),
                 // Dropping the connection closes it.
                 Err(e) => Err(SendError::Exchange {
@@ -586,7 +593,8 @@ impl EndpointPool {
     /// upgraded connection from hyper's response.
     async fn send_upgrade(
         self: &Arc<Self>,
-        req: Request<UpBody>,
+        head: &request::Parts,
+        body: UpBody,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, Release), SendError> {
@@ -596,7 +604,7 @@ impl EndpointPool {
                 return Err(SendError::Connect {
                     addr: self.addr,
                     reason,
-                    request: Box::new(req),
+                    body: Box::new(body),
                 });
             }
         };
@@ -606,19 +614,22 @@ impl EndpointPool {
                 return Err(SendError::Connect {
                     addr: self.addr,
                     reason: e.to_string(),
-                    request: Box::new(req),
+                    body: Box::new(body),
                 });
             }
         };
         // Errors end the connection; the request that saw them reports them.
         self.spawn_driver(conn.with_upgrades(), 0, stats);
-        match sender.try_send_request(req).await {
+        match sender
+            .try_send_request(Request::from_parts(head.clone(), body))
+            .await
+        {
             Ok(resp) => Ok((resp, Release(Held::Upgrade(sender)))),
             Err(mut e) => match e.take_message() {
                 Some(back) => Err(SendError::Connect {
                     addr: self.addr,
                     reason: e.into_error().to_string(),
-                    request: Box::new(back),
+                    body: Box::new(back.into_body()),
                 }),
                 None => Err(SendError::Exchange {
                     addr: self.addr,
@@ -695,7 +706,8 @@ impl EndpointPool {
 
     async fn send_h2(
         &self,
-        mut req: Request<UpBody>,
+        head: &request::Parts,
+        mut body: UpBody,
         connect_timeout: Duration,
         stats: Option<&Arc<ClusterStats>>,
     ) -> Result<(Response<Incoming>, H2Stream), SendError> {
@@ -710,18 +722,21 @@ impl EndpointPool {
                         return Err(SendError::Connect {
                             addr: self.addr,
                             reason,
-                            request: Box::new(req),
+                            body: Box::new(body),
                         });
                     }
                 },
             };
-            match sender.try_send_request(req).await {
+            match sender
+                .try_send_request(Request::from_parts(head.clone(), body))
+                .await
+            {
                 Ok(resp) => return Ok((resp, stream)),
                 Err(mut e) => match e.take_message() {
                     Some(back) => {
                         self.shard().shared_h2.store(None);
                         self.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
-                        req = back;
+                        body = back.into_body();
                     }
                     None => {
                         return Err(SendError::Exchange {
@@ -736,7 +751,7 @@ impl EndpointPool {
         Err(SendError::Connect {
             addr: self.addr,
             reason: "HTTP/2 connection closed before the request could be sent".to_string(),
-            request: Box::new(req),
+            body: Box::new(body),
         })
     }
 

@@ -154,9 +154,10 @@ impl TlsUpstream {
                         {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
-                                s.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                                // The error first: a test that sees the count may read it.
                                 *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                                     e.to_string();
+                                s.handshake_failures.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
                             Err(_) => return,
