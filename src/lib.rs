@@ -12,6 +12,7 @@ pub mod downstream;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;
+pub mod recycle;
 pub mod reload;
 pub mod route;
 pub mod simulate;

@@ -113,7 +113,7 @@ impl RecvBuf {
     /// Copies out up to `max` unread bytes as a data frame.
     pub fn take(&mut self, max: u64) -> Bytes {
         let n = usize::try_from(max).unwrap_or(usize::MAX).min(self.avail());
-        let data = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
+        let data = crate::recycle::copy(&self.buf[self.start..self.start + n]);
         self.consume(n);
         data
     }

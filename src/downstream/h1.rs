@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -484,7 +484,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     };
     let method = Method::from_bytes(r.method.unwrap_or("").as_bytes()).map_err(|_| bad)?;
     // One copy of the head backs the target and every header value.
-    let block = Bytes::copy_from_slice(&buf[..len]);
+    let block = crate::recycle::copy(&buf[..len]);
     let base = buf.as_ptr() as usize;
     let slice_of = |s: &[u8]| {
         let at = s.as_ptr() as usize - base;
@@ -494,7 +494,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     let uri = Uri::from_maybe_shared(slice_of(target.as_bytes())).map_err(|_| bad)?;
     // Room for what the proxy adds (request id, forwarded proto, attempt count, timeouts)
     // without growing the map.
-    let mut headers = HeaderMap::with_capacity(r.headers.len() + 6);
+    let mut headers = crate::recycle::header_map(r.headers.len() + 6);
     let mut length: Option<u64> = None;
     let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
     let mut expect_continue = false;
@@ -705,7 +705,7 @@ async fn write_response(
         return Written::Upgraded;
     }
     let (plan, mut keep) = encode_head(out, &parts, &body, asked);
-    drop(parts);
+    crate::recycle::give_back(parts.headers);
     let mut left = match plan {
         Plan::Length(n) => n,
         _ => 0,

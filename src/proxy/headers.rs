@@ -130,7 +130,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
         let text = id.hyphenated().encode_lower(&mut buf);
-        if let Ok(v) = HeaderValue::from_str(text) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(text.as_bytes())) {
             headers.insert(X_REQUEST_ID.clone(), v);
         }
     }

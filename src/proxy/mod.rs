@@ -529,7 +529,9 @@ impl Proxy {
                     } else {
                         *req.uri_mut() = Uri::from(pq);
                         *req.version_mut() = Version::HTTP_11;
-                        if let Ok(v) = HeaderValue::from_str(up_authority.as_str()) {
+                        if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(
+                            up_authority.as_str().as_bytes(),
+                        )) {
                             req.headers_mut().insert(header::HOST, v);
                         }
                     }
@@ -716,7 +718,8 @@ impl Proxy {
             let mut last_endpoint = None;
             // The head stays here for every attempt (sends borrow it); a body is either the
             // first one, handed back by a failed connect, or rebuilt from the template.
-            let (mut head, first_body) = first.into_parts();
+            let (head, first_body) = first.into_parts();
+            let mut head = Head(head);
             let mut next = Some(first_body);
             for attempt in 0..max_attempts {
                 // Unreachable: a retry after sending only happens with a template.
@@ -772,11 +775,11 @@ impl Proxy {
                     endpoint.pool.clone()
                 };
                 let template = a.template.as_ref();
-                head.headers.insert(
+                head.0.headers.insert(
                     headers::X_ENVOY_ATTEMPT_COUNT.clone(),
                     headers::number(attempt as u64 + 1),
                 );
-                let head = &head;
+                let head = &head.0;
                 // The body lives in this block and then only inside the send future, not
                 // also in this future's state across the await.
                 let result = match MaybeTimeout::new({
@@ -1260,6 +1263,16 @@ enum Replay {
     Buffered(bytes::Bytes, Option<http::HeaderMap>),
 }
 
+/// A request's head while its attempts are sent; its header map then goes back to the
+/// thread's spares.
+struct Head(http::request::Parts);
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        crate::recycle::give_back(std::mem::take(&mut self.0.headers));
+    }
+}
+
 /// What a retry needs besides the head, which the sends only borrow: the buffered body.
 struct Template {
     body: bytes::Bytes,
@@ -1299,7 +1312,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
         return Some(a.clone());
     }
     let host = req.headers().get(header::HOST)?;
-    Authority::try_from(host.as_bytes()).ok()
+    Authority::from_maybe_shared(crate::recycle::copy(host.as_bytes())).ok()
 }
 
 fn lowercase(s: &str) -> Cow<'_, str> {

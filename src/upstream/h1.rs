@@ -368,10 +368,10 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
         Version::HTTP_11
     };
     // One copy of the head backs every header value.
-    let block = Bytes::copy_from_slice(&buf[..len]);
+    let block = crate::recycle::copy(&buf[..len]);
     let base = buf.as_ptr() as usize;
     // Room for what the proxy adds (service time, server) without growing the map.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 3);
+    let mut headers = crate::recycle::header_map(resp.headers.len() + 3);
     let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
     let mut lengths: Option<Result<u64, ()>> = None;
     for h in resp.headers.iter() {
