@@ -119,6 +119,31 @@ impl RecvBuf {
     }
 }
 
+/// What a `Connection` field says (RFC 9112 §9.6): the options for this hop, and whether it
+/// names anything else (a header to strip, or `upgrade`), which hop-by-hop handling further
+/// on needs to see.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub other: bool,
+}
+
+pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut t = ConnectionTokens::default();
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else if !token.is_empty() {
+            t.other = true;
+        }
+    }
+    t
+}
+
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -378,4 +403,25 @@ pub fn content_length_value(v: &[u8]) -> Option<u64> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tokens_tell_options_from_names() {
+        let t = connection_tokens(b" Keep-Alive , ,close");
+        assert_eq!(
+            t,
+            ConnectionTokens {
+                close: true,
+                keep_alive: true,
+                other: false
+            }
+        );
+        assert!(connection_tokens(b"upgrade").other);
+        assert!(connection_tokens(b"keep-alive, x-secret").other);
+        assert_eq!(connection_tokens(b""), ConnectionTokens::default());
+    }
 }

@@ -31,8 +31,8 @@ use crate::proxy::deadline::MaybeTimeout;
 use crate::proxy::server::{H1_SLACK, Limits, over_header_limit, request_timed_out};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::wire::{
-    Chunk, DecodeError, Framing, RecvBuf, itoa_u64, last_token_is_chunked, poll_decode, push_field,
-    push_hex,
+    Chunk, DecodeError, Framing, RecvBuf, connection_tokens, itoa_u64, last_token_is_chunked,
+    poll_decode, push_field, push_hex,
 };
 
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -498,6 +498,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     let mut length: Option<u64> = None;
     let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
     let mut expect_continue = false;
+    let mut upgrade_field = false;
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
         let value = HeaderValue::from_maybe_shared(slice_of(h.value)).map_err(|_| bad)?;
@@ -512,11 +513,15 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
             te = true;
             te_chunked = last_token_is_chunked(value.as_bytes());
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            let t = connection_tokens(value.as_bytes());
+            close |= t.close;
+            keep_alive_token |= t.keep_alive;
+            if !t.other {
+                // Only this hop's options: read here, and never forwarded (hop-by-hop).
+                continue;
             }
+        } else if name == header::UPGRADE {
+            upgrade_field = true;
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -545,14 +550,16 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     }
     // Envoy strips an h2c upgrade (RFC 7540 §3.2, removed in RFC 9113): forwarded, it would
     // let a client turn a routed request into an HTTP/2 connection straight to the upstream.
-    if headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    if upgrade_field
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
     {
         headers.remove(header::UPGRADE);
         headers.remove("http2-settings");
     }
-    let upgrade = version == Version::HTTP_11 && crate::proxy::headers::is_upgrade(&headers);
+    let upgrade =
+        upgrade_field && version == Version::HTTP_11 && crate::proxy::headers::is_upgrade(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let mut req = Request::new(());
     *req.method_mut() = method;
@@ -893,6 +900,30 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert!(p.upgrade);
+    }
+
+    #[test]
+    fn connection_options_are_read_here_and_not_forwarded() {
+        let (p, _) = parse("GET / HTTP/1.0\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(p.keep_alive);
+        assert!(!p.req.headers().contains_key(header::CONNECTION));
+        let (p, _) = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!p.keep_alive);
+        assert!(!p.req.headers().contains_key(header::CONNECTION));
+        // A field naming other headers stays, for hop-by-hop stripping to read.
+        let (p, _) = parse(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            p.req.headers().get(header::CONNECTION).unwrap(),
+            "keep-alive, x-secret"
+        );
     }
 
     #[test]

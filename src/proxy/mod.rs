@@ -529,9 +529,12 @@ impl Proxy {
                     } else {
                         *req.uri_mut() = Uri::from(pq);
                         *req.version_mut() = Version::HTTP_11;
-                        if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(
-                            up_authority.as_str().as_bytes(),
-                        )) {
+                        // Usually the client's Host already says it (no rewrite, origin-form).
+                        let host = up_authority.as_str().as_bytes();
+                        if req.headers().get(header::HOST).map(|v| v.as_bytes()) != Some(host)
+                            && let Ok(v) =
+                                HeaderValue::from_maybe_shared(crate::recycle::copy(host))
+                        {
                             req.headers_mut().insert(header::HOST, v);
                         }
                     }

@@ -22,8 +22,8 @@ use super::pool::{EndpointPool, H1Conn};
 use super::tls::Stream;
 use crate::proxy::body::RequestBody;
 use crate::wire::{
-    Chunk, DecodeError, Framing, READ_BUF, RecvBuf, content_length, content_length_value, itoa_u64,
-    last_token_is_chunked, poll_decode, push_field, push_hex,
+    Chunk, DecodeError, Framing, READ_BUF, RecvBuf, connection_tokens, content_length,
+    content_length_value, itoa_u64, last_token_is_chunked, poll_decode, push_field, push_hex,
 };
 
 /// Envoy's default limit on response headers (`max_response_headers_kb`: 60 KiB).
@@ -391,10 +391,12 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
             te = true;
             te_chunked = last_token_is_chunked(value.as_bytes());
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            let t = connection_tokens(value.as_bytes());
+            close |= t.close;
+            keep_alive_token |= t.keep_alive;
+            if !t.other {
+                // Only this hop's options: read here, and never forwarded (hop-by-hop).
+                continue;
             }
         }
         headers.append(name, value);
