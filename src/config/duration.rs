@@ -188,7 +188,7 @@ pub fn check_istio_duration(d: Duration) -> Result<(), String> {
     if d < Duration::from_millis(1) {
         return Err("duration must be at least 1ms".to_string());
     }
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err("only durations to ms precision are supported".to_string());
     }
     Ok(())

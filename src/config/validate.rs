@@ -2028,14 +2028,14 @@ impl Out {
         let spec = &dr.spec;
         if spec.host.is_empty() {
             self.schema(dr, "spec.host", "host is required");
-        } else if spec.host.parse::<IpAddr>().is_err() {
-            if let Err(e) = validate_wildcard_domain(&spec.host) {
-                self.schema(
-                    dr,
-                    "spec.host",
-                    format!("invalid host {:?}: {e}", spec.host),
-                );
-            }
+        } else if spec.host.parse::<IpAddr>().is_err()
+            && let Err(e) = validate_wildcard_domain(&spec.host)
+        {
+            self.schema(
+                dr,
+                "spec.host",
+                format!("invalid host {:?}: {e}", spec.host),
+            );
         }
         if let Some(tp) = &spec.traffic_policy {
             self.traffic_policy(dr, tp, "spec.trafficPolicy", applies);
