@@ -456,8 +456,8 @@ pub async fn serve_connection<S: SplitIo>(
     // Checking a few times per timeout keeps the overshoot small (silence is measured from
     // the last check that saw activity) without a timer or a clock read per byte.
     let check_every = (idle_timeout / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut idle_check = tokio::time::interval(check_every);
-    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_check = tokio::time::sleep(check_every);
+    tokio::pin!(idle_check);
     let mut asked_to_close = false;
     let trigger = if draining_at_accept {
         Phase::Closing
@@ -465,11 +465,44 @@ pub async fn serve_connection<S: SplitIo>(
         Phase::Draining
     };
     loop {
-        // Biased: the connection first, and no random draw on each of its many wake-ups.
-        tokio::select! {
-            biased;
-            () = conn.as_mut() => break,
-            _ = idle_check.tick(), if !idle_timeout.is_zero() => {
+        let event = {
+            // A second handle on the drain signal, to peek at it while `changed` borrows it.
+            let peek = phase.clone();
+            let changed = phase.changed();
+            tokio::pin!(changed);
+            // The timer and the drain signal keep this task's waker once they have it, so
+            // after their first poll they are polled again only when they may be ready: the
+            // connection wakes this task twice per request, and polling both each time cost
+            // a timer registration and a channel check per wake-up.
+            let mut armed = false;
+            std::future::poll_fn(|cx| {
+                // The connection first, and no random draw on each of its many wake-ups.
+                if conn.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Done);
+                }
+                if !idle_timeout.is_zero()
+                    && (!armed || idle_check.is_elapsed())
+                    && idle_check.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::Check);
+                }
+                if !asked_to_close
+                    && (!armed || !matches!(peek.has_changed(), Ok(false)))
+                    && let Poll::Ready(r) = changed.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Phase(r.is_err()));
+                }
+                armed = true;
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Done => break,
+            Event::Check => {
+                idle_check
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + check_every);
                 if active.swap(false, Ordering::Relaxed) {
                     quiet_since = Instant::now();
                     continue;
@@ -481,7 +514,7 @@ pub async fn serve_connection<S: SplitIo>(
                     break;
                 }
             }
-            changed = phase.changed(), if !asked_to_close => {
+            Event::Phase(closed) => {
                 let now = *phase.borrow();
                 // HTTP/2: GOAWAY as soon as the drain starts; streams in progress finish and
                 // the client retries any it sent after it, which the server never processed.
@@ -489,9 +522,7 @@ pub async fn serve_connection<S: SplitIo>(
                 // the client may be sending on it. While the listener is open, each response
                 // closes its connection instead (`Connection: close`); idle ones are closed
                 // when the listener is.
-                if changed.is_err()
-                    || now >= Phase::Closing
-                    || (now >= trigger && h2.load(Ordering::Relaxed))
+                if closed || now >= Phase::Closing || (now >= trigger && h2.load(Ordering::Relaxed))
                 {
                     shutdown.ask();
                     asked_to_close = true;
@@ -499,6 +530,14 @@ pub async fn serve_connection<S: SplitIo>(
             }
         }
     }
+}
+
+/// What woke the connection's supervisor.
+enum Event {
+    Done,
+    Check,
+    /// The drain phase moved (`true`: its sender is gone).
+    Phase(bool),
 }
 
 /// Tells HTTP/2 (by its preface) from HTTP/1.1 and serves the connection in it.
