@@ -126,12 +126,13 @@ pub fn number(n: u64) -> HeaderValue {
 
 /// Envoy generates `x-request-id` (a UUID) when absent; a sidecar keeps an incoming one.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(&X_REQUEST_ID) {
+    // One lookup through the entry, not a lookup and then an insert.
+    if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID.clone()) {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
         let text = id.hyphenated().encode_lower(&mut buf);
         if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(text.as_bytes())) {
-            headers.insert(X_REQUEST_ID.clone(), v);
+            slot.insert(v);
         }
     }
 }
@@ -139,9 +140,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
 /// Sidecars run with `use_remote_address: false`: `x-forwarded-for` passes through untouched,
 /// and `x-forwarded-proto` is set to the downstream scheme only when the client sent none.
 pub fn ensure_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    }
+    headers
+        .entry(X_FORWARDED_PROTO.clone())
+        .or_insert_with(|| HeaderValue::from_static(scheme));
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {

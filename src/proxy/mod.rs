@@ -579,10 +579,8 @@ impl Proxy {
             };
             let (mut resp, release, active, started) = sent?;
             let service_time = started.elapsed();
+            // The gRPC status, if any, was recorded where the response was judged for retry.
             record.set_status(resp.status().as_u16(), None);
-            if let Some(s) = grpc_status_of(resp.headers()) {
-                record.set_grpc_status(s);
-            }
             record.access(|a| {
                 a.service_time_ms = Some(service_time.as_millis() as u64);
                 a.details = "via_upstream".into();
@@ -841,20 +839,20 @@ impl Proxy {
                     Ok((resp, release)) => {
                         let status = resp.status().as_u16();
                         outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
-                        let retriable = !last
-                            && a.template.is_some()
-                            && a.policy.on_response(status, grpc_status_of(resp.headers()));
-                        if retriable {
+                        let grpc = grpc_status_of(resp.headers());
+                        let retry_wanted = a.policy.on_response(status, grpc);
+                        if !last && a.template.is_some() && retry_wanted {
                             drop((resp, release));
                             retry_wait(a.policy, attempt).await;
                             continue;
                         }
                         a.record.set_dest(&endpoint.metrics);
-                        if attempt > 0
-                            && a.policy.on_response(status, grpc_status_of(resp.headers()))
-                        {
+                        if attempt > 0 && retry_wanted {
                             a.record
                                 .set_status(status, Some(error::Flag::RetriesExhausted));
+                        }
+                        if let Some(s) = grpc {
+                            a.record.set_grpc_status(s);
                         }
                         drop(retry_guard);
                         active.hold(slot);
