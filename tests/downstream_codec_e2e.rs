@@ -400,3 +400,40 @@ async fn bytes_after_a_101_are_never_read_as_http() {
         "bytes after the 101 were not tunnelled (served as HTTP?): {got}"
     );
 }
+
+/// Header maps and byte slabs are reused between requests on a worker (`src/recycle.rs`):
+/// nothing of one request's or response's fields may show up in the next one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_header_maps_carry_nothing_over_between_requests() {
+    let up = Upstream::start("v1").await;
+    let p = proxy_with(&up, Limits::default()).await;
+    let mut c = Raw::connect(p.addr).await;
+    c.send(
+        b"GET /echo/one HTTP/1.1\r\nHost: web\r\nx-first: only-once\r\nx-request-id: req-1\r\n\r\n",
+    )
+    .await;
+    let one = c.response(false).await;
+    assert_eq!(one.status, 200);
+    assert!(String::from_utf8_lossy(&one.body).contains("only-once"));
+    for _ in 0..50 {
+        c.send(b"GET /echo/two HTTP/1.1\r\nHost: web\r\n\r\n").await;
+        let two = c.response(false).await;
+        let body = String::from_utf8_lossy(&two.body);
+        assert_eq!(two.status, 200);
+        assert!(
+            !body.contains("x-first"),
+            "a field of the first request came back: {body}"
+        );
+        assert!(
+            !body.contains("req-1"),
+            "the first request's id came back: {body}"
+        );
+        assert_eq!(two.header("x-echo-path"), Some("/echo/two"));
+        let paths = two
+            .head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-echo-path:"))
+            .count();
+        assert_eq!(paths, 1, "one x-echo-path field: {}", two.head);
+    }
+}
