@@ -122,11 +122,18 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(
+    /// One request, from its head to the response to send back.
+    ///
+    /// Not an async fn: the work before the first await runs here, and the forwarding future
+    /// is made here too, so the returned future holds that future and not also the request
+    /// it consumed (an async fn keeps its arguments in its state for as long as it runs).
+    // Inlined so that the caller's `Box::write` can build the returned future in the box.
+    #[inline(always)]
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Response<ProxyBody> {
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let in_flight = InFlight::new(&self.state);
         let grpc = headers::is_grpc(req.headers());
         let record = Arc::new(RequestRecord::new(
@@ -137,49 +144,41 @@ impl Proxy {
         ));
         record.access(|a| fill_access(a, &req, conn));
         let h1 = req.version() != Version::HTTP_2;
-        let mut resp = match self.forward(req, conn, &record).await {
-            Ok(resp) => resp,
-            Err(local) => {
-                let flag = local.flag;
-                let details = local.details();
-                let resp = local.into_response(grpc);
-                record.set_status(resp.status().as_u16(), Some(flag));
-                if let Some(s) = grpc_status_of(resp.headers()) {
-                    record.set_grpc_status(s);
-                }
-                record.response_bytes.store(
-                    resp.body().local_len(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                record.access(|a| a.details = details);
-                resp
-            }
-        };
-        server::close_http1_when_draining(&mut resp, h1, &self.state);
-        resp
+        Handled {
+            forwarded: self.clone().forward(req, conn, record.clone()),
+            finish: Some(Finish {
+                proxy: self,
+                record,
+                grpc,
+                h1,
+            }),
+        }
     }
 
     #[allow(clippy::manual_async_fn)] // see the comment in the body
-    fn forward<'a>(
-        &'a self,
+    fn forward(
+        self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-        record: &'a Arc<RequestRecord>,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, LocalReply>> + Send + 'a {
+        record: Arc<RequestRecord>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, LocalReply>> + Send + 'static {
+        // Split here, not in the block: a request the block captured would keep its slot in
+        // the block's state beside the parts it was split into.
+        let (mut parts, body) = req.into_parts();
         // An async block, not an async fn: an async fn keeps a second copy of each argument
         // in its state, and this state is copied whole when the request's future is boxed.
         async move {
+            let record = &record;
             // Istio routes on the authority: two Host headers make it ambiguous (an HTTP/2
             // request's `:authority` is not in the map).
-            if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
                 return Err(LocalReply::bad_request("duplicate Host header"));
             }
             let authority =
-                request_authority(&req).ok_or(LocalReply::bad_request("missing Host header"))?;
+                request_authority(&parts).ok_or(LocalReply::bad_request("missing Host header"))?;
             let (raw_host, addressed_port) = split_authority(authority.as_str());
             let host: Cow<str> = lowercase(raw_host.trim_end_matches('.'));
             let port = addressed_port.unwrap_or(80);
-            let (mut parts, body) = req.into_parts();
             let (raw_path, query) = match parts.uri.path_and_query() {
                 Some(pq) => split_path_query(pq.as_str()),
                 None => ("/", None),
@@ -679,6 +678,12 @@ impl Proxy {
         first: Request<RequestBody>,
         a: Attempt<'a>,
     ) -> impl Future<Output = Result<Sent, LocalReply>> + Send + 'a {
+        // The head stays in the block's state for every attempt (sends borrow it); a body is
+        // either the first one, handed back by a failed connect, or rebuilt from the
+        // template. Split here for the reason given at `forward`.
+        let (head, first_body) = first.into_parts();
+        let mut head = Head(head);
+        let mut next = Some(first_body);
         // An async block for the reason given at `forward`.
         async move {
             let connect_timeout = a
@@ -717,11 +722,6 @@ impl Proxy {
             let mut tried_len = 0usize;
             let mut last_reason = String::new();
             let mut last_endpoint = None;
-            // The head stays here for every attempt (sends borrow it); a body is either the
-            // first one, handed back by a failed connect, or rebuilt from the template.
-            let (head, first_body) = first.into_parts();
-            let mut head = Head(head);
-            let mut next = Some(first_body);
             for attempt in 0..max_attempts {
                 // Unreachable: a retry after sending only happens with a template.
                 if next.is_none() && a.template.is_none() {
@@ -1264,6 +1264,72 @@ enum Replay {
     Buffered(bytes::Bytes, Option<http::HeaderMap>),
 }
 
+pin_project_lite::pin_project! {
+    /// The future `Proxy::handle` returns: the forwarding future, then the local reply for
+    /// its error if it failed. A plain struct rather than an async block, which would keep the
+    /// forwarding future twice in its state (once captured, once being awaited).
+    struct Handled<F> {
+        #[pin]
+        forwarded: F,
+        finish: Option<Finish>,
+    }
+}
+
+/// What turns the forwarding's outcome into the response.
+struct Finish {
+    proxy: Arc<Proxy>,
+    record: Arc<RequestRecord>,
+    grpc: bool,
+    h1: bool,
+}
+
+impl Finish {
+    fn response(self, forwarded: Result<Response<ProxyBody>, LocalReply>) -> Response<ProxyBody> {
+        let record = &self.record;
+        let mut resp = match forwarded {
+            Ok(resp) => resp,
+            Err(local) => {
+                let flag = local.flag;
+                let details = local.details();
+                let resp = local.into_response(self.grpc);
+                record.set_status(resp.status().as_u16(), Some(flag));
+                if let Some(s) = grpc_status_of(resp.headers()) {
+                    record.set_grpc_status(s);
+                }
+                record.response_bytes.store(
+                    resp.body().local_len(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                record.access(|a| a.details = details);
+                resp
+            }
+        };
+        server::close_http1_when_draining(&mut resp, self.h1, &self.proxy.state);
+        resp
+    }
+}
+
+impl<F> Future for Handled<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, LocalReply>>,
+{
+    type Output = Response<ProxyBody>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let forwarded = std::task::ready!(this.forwarded.poll(cx));
+        // Like any future, this one is not polled again once it has answered.
+        let finish = this
+            .finish
+            .take()
+            .expect("Handled polled after it completed");
+        std::task::Poll::Ready(finish.response(forwarded))
+    }
+}
+
 /// A request's head while its attempts are sent; its header map then goes back to the
 /// thread's spares.
 struct Head(http::request::Parts);
@@ -1308,11 +1374,11 @@ type Sent = (
 );
 
 /// The authority from an absolute-form URI or HTTP/2 `:authority`, else the Host header.
-fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
-    if let Some(a) = req.uri().authority() {
+fn request_authority(head: &http::request::Parts) -> Option<Authority> {
+    if let Some(a) = head.uri.authority() {
         return Some(a.clone());
     }
-    let host = req.headers().get(header::HOST)?;
+    let host = head.headers.get(header::HOST)?;
     Authority::from_maybe_shared(crate::recycle::copy(host.as_bytes())).ok()
 }
 
