@@ -313,7 +313,7 @@ pub async fn serve(
                 // Boxed per request: the request path's future is several KB, and an idle
                 // connection should not carry it. Written into a box allocated first, so the
                 // compiler builds the future in place: `Box::pin(future)` copied all of its
-                // bytes (about 6 KB) from the stack, though only a few hundred were set.
+                // bytes (several KB) from the stack, though only a few hundred were set.
                 None => MaybeTimeout::new(
                     Box::into_pin(Box::write(
                         Box::new_uninit(),
@@ -643,12 +643,7 @@ fn encode_head(
             length = crate::wire::content_length_value(value.as_bytes());
         } else if name == header::DATE {
             has_date = true;
-        } else if name == header::CONNECTION
-            && value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name == header::CONNECTION && connection_tokens(value.as_bytes()).close {
             has_close = true;
             keep = false;
         }
