@@ -19,10 +19,41 @@ const MAX_KEPT_FIELDS: usize = 64;
 const SLAB: usize = 4096;
 /// Longer copies get an allocation of their own: they would use up a slab in a few requests.
 const MAX_SLAB_COPY: usize = 1024;
+/// Spare read buffers kept per thread. A connection holds one only from a read until its bytes
+/// are parsed or copied out, so a worker uses a few at a time however many connections it has.
+const SPARE_READ_BUFS: usize = 32;
 
 thread_local! {
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
     static SLAB_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static READ_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zero-filled (or previously used) buffer of `len` bytes to read into: a spare one of that
+/// length if this thread has one, else a new one. Its contents are not meaningful.
+pub fn read_buf(len: usize) -> Vec<u8> {
+    READ_BUFS
+        .try_with(|b| {
+            let mut b = b.borrow_mut();
+            match b.last() {
+                Some(spare) if spare.len() == len => b.pop(),
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; len])
+}
+
+/// Gives a read buffer back to this thread's spares (or frees it when they are full). Callers
+/// give back only buffers of the one size they ask for; [`read_buf`] checks anyway.
+pub fn give_back_read_buf(buf: Vec<u8>) {
+    let _ = READ_BUFS.try_with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < SPARE_READ_BUFS {
+            b.push(buf);
+        }
+    });
 }
 
 /// An empty header map with room for `fields` without growing: a spare one if this thread has

@@ -3,6 +3,7 @@
 //! and the small encoders. Both sides must read framing the same strict way: a lenient
 //! reading on either side is how a connection falls out of step with its peer.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -36,10 +37,17 @@ pub enum DecodeError {
 
 /// A connection's read buffer: always initialised (no `unsafe` to read into spare
 /// capacity); `start..end` is unread.
+///
+/// A connection holds a buffer only while it has unread bytes, or while a large message keeps
+/// a grown one: the 4 KiB block a read lands in comes from this thread's spares and goes back
+/// to them as soon as everything in it is consumed. An idle keep-alive connection, and one
+/// waiting for its upstream's answer, then holds none (nginx frees an idle connection's buffer
+/// the same way); a worker needs about as many blocks as it has reads to parse at once.
 pub struct RecvBuf {
-    pub buf: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
+    /// Empty while nothing is unread and the buffer has not grown.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
     /// The buffer grows up to this for a head or trailers that do not fit.
     max: usize,
 }
@@ -47,7 +55,7 @@ pub struct RecvBuf {
 impl RecvBuf {
     pub fn new(max: usize) -> RecvBuf {
         RecvBuf {
-            buf: vec![0; READ_BUF],
+            buf: Vec::new(),
             start: 0,
             end: 0,
             max: max.max(MAX_BODY_READ),
@@ -62,20 +70,31 @@ impl RecvBuf {
         &self.buf[self.start..self.end]
     }
 
+    /// Whether a read would find space: false only when unread bytes fill the buffer.
+    pub fn has_room(&self) -> bool {
+        self.buf.is_empty() || self.avail() < self.buf.len()
+    }
+
     pub fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() == READ_BUF {
+                crate::recycle::give_back_read_buf(std::mem::take(&mut self.buf));
+            }
         }
     }
 
     /// Gives back a buffer a large head or body grew, once nothing is left unread.
     pub fn shrink(&mut self) {
-        if self.buf.len() > READ_BUF && self.avail() == 0 {
-            self.buf = vec![0; READ_BUF];
+        if self.avail() == 0 {
             self.start = 0;
             self.end = 0;
+            let buf = std::mem::take(&mut self.buf);
+            if buf.len() == READ_BUF {
+                crate::recycle::give_back_read_buf(buf);
+            }
         }
     }
 
@@ -89,6 +108,9 @@ impl RecvBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.is_empty() {
+                return self.poll_fill_fresh(io, cx);
+            }
         } else if self.end == self.buf.len() {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -110,12 +132,45 @@ impl RecvBuf {
         Poll::Ready(Ok(n))
     }
 
+    /// A read with no buffer held lands on the stack, and a block is taken only when bytes
+    /// arrived: most polls of a connection waiting for its peer find nothing.
+    fn poll_fill_fresh<R: AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut landing = [MaybeUninit::<u8>::uninit(); READ_BUF];
+        let mut rb = ReadBuf::uninit(&mut landing);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        let n = got.len();
+        if n > 0 {
+            let mut buf = crate::recycle::read_buf(READ_BUF);
+            buf[..n].copy_from_slice(got);
+            if n == READ_BUF {
+                // As a full read into a held buffer would: the next one gets more room.
+                buf.resize(2 * READ_BUF, 0);
+            }
+            self.buf = buf;
+            self.end = n;
+        }
+        Poll::Ready(Ok(n))
+    }
+
     /// Copies out up to `max` unread bytes as a data frame.
     pub fn take(&mut self, max: u64) -> Bytes {
         let n = usize::try_from(max).unwrap_or(usize::MAX).min(self.avail());
         let data = crate::recycle::copy(&self.buf[self.start..self.start + n]);
         self.consume(n);
         data
+    }
+}
+
+impl Drop for RecvBuf {
+    fn drop(&mut self) {
+        if self.buf.len() == READ_BUF {
+            crate::recycle::give_back_read_buf(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -423,5 +478,54 @@ mod tests {
         assert!(connection_tokens(b"upgrade").other);
         assert!(connection_tokens(b"keep-alive, x-secret").other);
         assert_eq!(connection_tokens(b""), ConnectionTokens::default());
+    }
+
+    /// Polls `rb.poll_fill` once on `io` with a no-op waker.
+    fn fill_once(
+        rb: &mut RecvBuf,
+        io: &mut tokio::io::DuplexStream,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        rb.poll_fill(io, &mut cx)
+    }
+
+    #[tokio::test]
+    async fn a_buffer_is_held_only_while_bytes_are_unread() {
+        use tokio::io::AsyncWriteExt;
+        let (mut near, mut far) = tokio::io::duplex(256 * 1024);
+        let mut rb = RecvBuf::new(64 * 1024);
+        assert!(rb.buf.is_empty(), "a new connection holds no buffer");
+        assert!(fill_once(&mut rb, &mut near).is_pending());
+        assert!(
+            rb.buf.is_empty(),
+            "a read that found nothing gives its block back"
+        );
+        assert!(rb.has_room());
+
+        far.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(matches!(fill_once(&mut rb, &mut near), Poll::Ready(Ok(18))));
+        assert_eq!(rb.unread(), b"GET / HTTP/1.1\r\n\r\n");
+        rb.consume(4);
+        assert_eq!(rb.buf.len(), READ_BUF, "kept while bytes are unread");
+        rb.consume(14);
+        assert!(rb.buf.is_empty(), "given back once everything is consumed");
+
+        // A large body grows the buffer, which stays for the rest of the message even when a
+        // read finds nothing, and goes at its end.
+        far.write_all(&[b'x'; 3 * READ_BUF]).await.unwrap();
+        let mut got = 0;
+        while let Poll::Ready(Ok(n)) = fill_once(&mut rb, &mut near) {
+            got += n;
+            let _ = rb.take(u64::MAX);
+        }
+        assert_eq!(got, 3 * READ_BUF);
+        assert!(rb.buf.len() > READ_BUF, "full reads grow the buffer");
+        rb.shrink();
+        assert!(rb.buf.is_empty(), "the end of the message frees it");
+
+        // End of stream with nothing unread holds nothing either.
+        drop(far);
+        assert!(matches!(fill_once(&mut rb, &mut near), Poll::Ready(Ok(0))));
+        assert!(rb.buf.is_empty());
     }
 }

@@ -336,7 +336,7 @@ pub async fn serve(
                     if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
                         return Poll::Ready(Some(resp));
                     }
-                    while !read_closed && s.rb.avail() < s.rb.buf.len() {
+                    while !read_closed && s.rb.has_room() {
                         match s.rb.poll_fill(&mut s.io, cx) {
                             Poll::Ready(Ok(0)) => read_closed = true,
                             Poll::Ready(Ok(_)) => {}

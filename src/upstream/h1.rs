@@ -121,11 +121,13 @@ impl Conn {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let (io, buf) = (&mut self.io, &mut self.rb.buf);
+        let io = &mut self.io;
+        // One byte tells: an unfit connection is closed, so what it read is not wanted.
+        let mut byte = [0u8; 1];
         // Outside tokio's cooperative budget: a spent budget would answer Pending without
         // looking at the socket, and a connection holding unasked-for bytes would pass.
         let probe = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
-            let mut rb = ReadBuf::new(&mut buf[..]);
+            let mut rb = ReadBuf::new(&mut byte[..]);
             Pin::new(&mut *io).poll_read(cx, &mut rb)
         }));
         matches!(std::pin::pin!(probe).poll(&mut cx), Poll::Pending)
