@@ -71,12 +71,32 @@ fn secs_at(t: Instant) -> u64 {
         .as_secs()
 }
 
+/// 2^(j/8) for j in 0..8, as fixed point with 63 fractional bits (rounded down).
+const EIGHTHS: [u64; 8] = [
+    0x8000_0000_0000_0000,
+    0x8B95_C1E3_EA8B_D6E6,
+    0x9837_F051_8DB8_A96F,
+    0xA5FE_D6A9_B151_38EA,
+    0xB504_F333_F9DE_6484,
+    0xC567_2A11_5506_DADD,
+    0xD744_FCCA_D69D_6AF4,
+    0xEAC0_C6E7_DD24_392E,
+];
+
+/// The smallest i with 2^(i/8) ≥ `micros`, i.e. ⌈8·log2(micros)⌉, in integers: every request
+/// records one, and a libm `log2` cost more than the rest of the recording.
 fn bucket_of(micros: u64) -> usize {
     if micros <= 1 {
         return 0;
     }
-    let log2 = (micros as f64).log2();
-    ((log2 * 8.0).ceil() as usize).min(BUCKETS - 1)
+    let k = 63 - micros.leading_zeros();
+    // micros is in [2^k, 2^(k+1)): the bucket is 8k + the first eighth whose bound reaches it
+    // (an integer is ≤ a bound exactly when it is ≤ the bound's floor).
+    let eighth = EIGHTHS
+        .iter()
+        .position(|&f| ((u128::from(f) << k) >> 63) >= u128::from(micros))
+        .unwrap_or(8);
+    (8 * k as usize + eighth).min(BUCKETS - 1)
 }
 
 fn bucket_upper_ms(i: usize) -> f64 {
@@ -180,6 +200,29 @@ mod tests {
             let upper = bucket_upper_ms(bucket_of(micros)) * 1000.0;
             assert!(upper >= micros as f64 * 0.999, "{micros}: {upper}");
             assert!(upper <= micros as f64 * 1.091, "{micros}: {upper}");
+        }
+    }
+
+    /// The float definition the integer one replaced.
+    fn bucket_by_log2(micros: u64) -> usize {
+        if micros <= 1 {
+            return 0;
+        }
+        (((micros as f64).log2() * 8.0).ceil() as usize).min(BUCKETS - 1)
+    }
+
+    #[test]
+    fn integer_buckets_match_the_log2_definition() {
+        // Around every bound (where the two could disagree), over a dense low range, and at
+        // the extremes.
+        let mut probes: Vec<u64> = (0..100_000).collect();
+        for i in 0..BUCKETS + 8 {
+            let bound = 2f64.powf(i as f64 / 8.0) as u64;
+            probes.extend(bound.saturating_sub(2)..=bound.saturating_add(2));
+        }
+        probes.extend([u64::MAX, u64::MAX / 2, 1 << 40, (1 << 33) + 1]);
+        for m in probes {
+            assert_eq!(bucket_of(m), bucket_by_log2(m), "{m} µs");
         }
     }
 
