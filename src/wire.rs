@@ -80,21 +80,27 @@ impl RecvBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            // A grown buffer stays until the message ends (`shrink`).
             if self.buf.len() == READ_BUF {
-                crate::recycle::give_back_read_buf(std::mem::take(&mut self.buf));
+                self.release();
             }
         }
     }
 
-    /// Gives back a buffer a large head or body grew, once nothing is left unread.
+    /// At the end of a message: lets go of the buffer, grown or not, once nothing is unread.
     pub fn shrink(&mut self) {
         if self.avail() == 0 {
             self.start = 0;
             self.end = 0;
-            let buf = std::mem::take(&mut self.buf);
-            if buf.len() == READ_BUF {
-                crate::recycle::give_back_read_buf(buf);
-            }
+            self.release();
+        }
+    }
+
+    /// Drops the buffer: a standard-sized one goes back to the thread's spares.
+    fn release(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() == READ_BUF {
+            crate::recycle::give_back_read_buf(buf);
         }
     }
 
@@ -168,9 +174,7 @@ impl RecvBuf {
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
-        if self.buf.len() == READ_BUF {
-            crate::recycle::give_back_read_buf(std::mem::take(&mut self.buf));
-        }
+        self.release();
     }
 }
 
