@@ -12,6 +12,7 @@ pub mod workers;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use crate::route::policy::{Abort, RetryPolicy, RoutePolicy};
 use crate::route::{Decision, OutboundPolicy, RequestView, RouteTable};
 use crate::upstream::{Cluster, Discovery, PoolRegistry, SendError};
 use body::{ProxyBody, RequestBody};
-use deadline::{Elapsed, MaybeTimeout};
+use deadline::{Elapsed, Race};
 use error::LocalReply;
 use record::RequestRecord;
 
@@ -506,8 +507,10 @@ impl Proxy {
             // template) then ends before the await instead of being kept in this future's
             // state, which is copied whole when the request's future is boxed.
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            let sent = match MaybeTimeout::new(
-                {
+            // Pinned where it is built and raced in place, not wrapped (see `Race`); the block
+            // ends the send future's life as soon as it has answered.
+            let raced = {
+                let send = pin!({
                     let (body, replay) = match body {
                         Replay::Stream(b) => (b, None),
                         Replay::Buffered(data, trailers) => (
@@ -563,11 +566,11 @@ impl Proxy {
                         record,
                     };
                     self.send_with_retries(req, attempt)
-                },
-                timeout,
-            )
-            .await
-            {
+                });
+                let sleep = pin!(deadline.map(tokio::time::sleep_until));
+                Race::new(send, sleep).await
+            };
+            let sent = match raced {
                 Ok(r) => r,
                 Err(Elapsed) => {
                     if let Some(c) = &cluster {
@@ -783,44 +786,49 @@ impl Proxy {
                 let head = &head.0;
                 // The body lives in this block and then only inside the send future, not
                 // also in this future's state across the await.
-                let result = match MaybeTimeout::new({
-                    let body = match next.take() {
-                        Some(b) => b,
-                        None => match template {
-                            Some(t) => t.body(),
-                            None => break,
-                        },
-                    };
-                    async move {
-                        match pool.send(head, body, connect_timeout, stats).await {
-                            Err(SendError::Exchange {
-                                source,
-                                addr,
-                                reused: true,
-                            }) if source.is_stale_close() => match template {
-                                Some(t) => {
-                                    pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
-                                    // Boxed: rare, and a second inlined send would double the
-                                    // size of every request's future.
-                                    Box::pin(pool.send_on_new_connection(
-                                        head,
-                                        t.body(),
-                                        connect_timeout,
-                                        stats,
-                                    ))
-                                    .await
-                                }
-                                None => Err(SendError::Exchange {
+                let raced = {
+                    let send = pin!({
+                        let body = match next.take() {
+                            Some(b) => b,
+                            None => match template {
+                                Some(t) => t.body(),
+                                None => break,
+                            },
+                        };
+                        async move {
+                            match pool.send(head, body, connect_timeout, stats).await {
+                                Err(SendError::Exchange {
                                     source,
                                     addr,
                                     reused: true,
-                                }),
-                            },
-                            other => other,
+                                }) if source.is_stale_close() => match template {
+                                    Some(t) => {
+                                        pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
+                                        tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
+                                        // Boxed: rare, and a second inlined send would double the
+                                        // size of every request's future.
+                                        Box::pin(pool.send_on_new_connection(
+                                            head,
+                                            t.body(),
+                                            connect_timeout,
+                                            stats,
+                                        ))
+                                        .await
+                                    }
+                                    None => Err(SendError::Exchange {
+                                        source,
+                                        addr,
+                                        reused: true,
+                                    }),
+                                },
+                                other => other,
+                            }
                         }
-                    }
-                }, a.per_try).await {
+                    });
+                    let sleep = pin!(a.per_try.map(tokio::time::sleep));
+                    Race::new(send, sleep).await
+                };
+                let result = match raced {
                     Ok(r) => r,
                     Err(Elapsed) => {
                         outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);

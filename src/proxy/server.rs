@@ -629,12 +629,13 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             let timeout = (!request_timeout.is_zero()).then_some(request_timeout);
             // Boxed per request: hyper keeps a slot the size of this future for each
-            // stream, and the request path's future is several KB.
-            Ok(
-                MaybeTimeout::new(Box::pin(proxy.handle(req, info)), timeout)
-                    .await
-                    .unwrap_or_else(|_| request_timed_out()),
-            )
+            // stream, and the request path's future is several KB. Written into a box
+            // allocated first, as in `downstream::h1`, so it is built in place rather than
+            // copied whole from the stack.
+            let handled = Box::into_pin(Box::write(Box::new_uninit(), proxy.handle(req, info)));
+            Ok(MaybeTimeout::new(handled, timeout)
+                .await
+                .unwrap_or_else(|_| request_timed_out()))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
