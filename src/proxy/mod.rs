@@ -290,9 +290,11 @@ impl Proxy {
                         ..
                     } => {
                         route.stats.decisions.inc();
-                        record.set_window(&target.window);
-                        record.set_cluster(&cluster.stats);
-                        record.set_fallback_dest(&cluster.no_endpoint);
+                        record.set_route_target(
+                            &cluster.stats,
+                            &target.window,
+                            &cluster.no_endpoint,
+                        );
                         record.access(|a| {
                             a.route_name = route.name.clone();
                             a.upstream_cluster = cluster.name.clone();

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use crate::metrics::istio::{DestMetrics, FLAG_TEXTS, ResponseKey};
@@ -44,11 +44,9 @@ pub struct RequestRecord {
     downstream_body_failed: std::sync::atomic::AtomicBool,
     /// gRPC status + 1; 0 when none was seen.
     grpc_status: AtomicU16,
-    dest: OnceLock<Arc<DestMetrics>>,
-    /// The route's cluster when no endpoint answered (fault aborts, timeouts).
-    fallback_dest: OnceLock<Arc<DestMetrics>>,
-    cluster: OnceLock<Arc<ClusterStats>>,
-    window: OnceLock<Arc<Window>>,
+    /// Where the request's metrics go, each set once (the first setting wins). One lock, taken
+    /// once or twice per request and never contended, costs a quarter of four `OnceLock`s.
+    targets: Mutex<Targets>,
     pub access: Option<Mutex<AccessInfo>>,
     registry: Arc<Registry>,
     sink: Option<Arc<crate::access_log::AccessLog>>,
@@ -79,10 +77,7 @@ impl RequestRecord {
             flags: AtomicU8::new(0),
             downstream_body_failed: std::sync::atomic::AtomicBool::new(false),
             grpc_status: AtomicU16::new(0),
-            dest: OnceLock::new(),
-            fallback_dest: OnceLock::new(),
-            cluster: OnceLock::new(),
-            window: OnceLock::new(),
+            targets: Mutex::new(Targets::default()),
             access: sink.is_some().then(|| Mutex::new(AccessInfo::default())),
             registry,
             sink,
@@ -90,20 +85,26 @@ impl RequestRecord {
         }
     }
 
+    fn targets(&self) -> MutexGuard<'_, Targets> {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn set_dest(&self, dest: &Arc<DestMetrics>) {
-        let _ = self.dest.set(dest.clone());
+        self.targets().dest.get_or_insert_with(|| dest.clone());
     }
 
-    pub fn set_fallback_dest(&self, dest: &Arc<DestMetrics>) {
-        let _ = self.fallback_dest.set(dest.clone());
-    }
-
-    pub fn set_cluster(&self, stats: &Arc<ClusterStats>) {
-        let _ = self.cluster.set(stats.clone());
-    }
-
-    pub fn set_window(&self, window: &Arc<Window>) {
-        let _ = self.window.set(window.clone());
+    /// The route's target: its cluster's stats, its (route, subset) window, and where the
+    /// metrics go if no endpoint answers.
+    pub fn set_route_target(
+        &self,
+        stats: &Arc<ClusterStats>,
+        window: &Arc<Window>,
+        fallback_dest: &Arc<DestMetrics>,
+    ) {
+        let mut t = self.targets();
+        t.cluster.get_or_insert_with(|| stats.clone());
+        t.window.get_or_insert_with(|| window.clone());
+        t.fallback_dest.get_or_insert_with(|| fallback_dest.clone());
     }
 
     /// The downstream request body failed mid-stream (malformed chunking, a reset).
@@ -154,6 +155,15 @@ impl RequestRecord {
     }
 }
 
+#[derive(Default)]
+struct Targets {
+    dest: Option<Arc<DestMetrics>>,
+    /// The route's cluster when no endpoint answered (fault aborts, timeouts).
+    fallback_dest: Option<Arc<DestMetrics>>,
+    cluster: Option<Arc<ClusterStats>>,
+    window: Option<Arc<Window>>,
+}
+
 const DELAY_INJECTED: u8 = 11;
 
 fn flag_index(f: Flag) -> u8 {
@@ -184,7 +194,8 @@ impl Drop for RequestRecord {
             0 => None,
             s => u8::try_from(s - 1).ok(),
         };
-        if let Some(dest) = self.dest.get().or(self.fallback_dest.get()) {
+        let targets = self.targets.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(dest) = targets.dest.as_ref().or(targets.fallback_dest.as_ref()) {
             let key = ResponseKey {
                 grpc: self.grpc,
                 code: status,
@@ -203,10 +214,10 @@ impl Drop for RequestRecord {
                 .response_bytes
                 .observe(self.response_bytes.load(Ordering::Relaxed));
         }
-        if let Some(c) = self.cluster.get() {
+        if let Some(c) = &targets.cluster {
             c.record_status(status);
         }
-        if let Some(w) = self.window.get() {
+        if let Some(w) = &targets.window {
             w.record(self.start, elapsed, status >= 500 || status == 0);
         }
         if let (Some(sink), Some(access)) = (&self.sink, &self.access) {
