@@ -410,7 +410,20 @@ async fn a_2xx_to_connect_never_puts_its_connection_back_in_the_pool() {
     s.write_all(b"CONNECT web:80 HTTP/1.1\r\nhost: web:80\r\n\r\n")
         .await
         .expect("write");
-    let _ = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(3)).await;
+    let (head, _) = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(3)).await;
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    if text.starts_with("http/1.1 2") {
+        // RFC 9110 §9.3.6: no framing fields on a 2xx to CONNECT, and no tunnel is carried,
+        // so the connection ends with the head.
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        let mut rest = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut rest))
+            .await
+            .expect("the connection stayed open after the CONNECT answer")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "bytes after the head: {:?}", &rest[..n]);
+    }
     // Whatever the proxy made of the CONNECT, the upstream took it as a tunnel: a later
     // request must not be written into it.
     let mut c = Client::h1(p.addr).await;

@@ -223,6 +223,8 @@ impl AsyncWrite for Upgraded {
 /// What the connection needs to know about the request it is answering.
 struct Asked {
     head: bool,
+    /// A CONNECT: its 2xx answer opens a tunnel, which carries no framing fields.
+    connect: bool,
     version: Version,
     keep_alive: bool,
 }
@@ -276,6 +278,7 @@ pub async fn serve(
         } = parsed;
         let mut asked = Asked {
             head: req.method() == Method::HEAD,
+            connect: req.method() == Method::CONNECT,
             version: req.version(),
             keep_alive: wants_keep_alive && keep_alive,
         };
@@ -638,8 +641,16 @@ fn encode_head(
     let mut keep = asked.keep_alive;
     let (mut has_date, mut has_close) = (false, false);
     let mut length = None;
+    // RFC 9110 §9.3.6: a 2xx to CONNECT carries no Content-Length or Transfer-Encoding. No
+    // tunnel is carried here (as upstream), so the connection ends with the head.
+    let tunnel = asked.connect && parts.status.is_success();
+    if tunnel {
+        keep = false;
+    }
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
+        if tunnel && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
+        } else if name == header::CONTENT_LENGTH {
             length = crate::wire::content_length_value(value.as_bytes());
         } else if name == header::DATE {
             has_date = true;
@@ -652,7 +663,7 @@ fn encode_head(
     if !has_date {
         push_field(out, &header::DATE, &super::date::now());
     }
-    let no_body = asked.head || code == 204 || code == 304 || (100..200).contains(&code);
+    let no_body = asked.head || tunnel || code == 204 || code == 304 || (100..200).contains(&code);
     let plan = if no_body {
         Plan::None
     } else if let Some(n) = length {
