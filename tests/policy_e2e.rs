@@ -60,16 +60,27 @@ spec:
 }
 
 /// Sum of `istio_requests_total` samples whose labels contain all of `want`.
-async fn requests_with(p: &TestProxy, want: &[(&str, &str)]) -> u64 {
-    let text = admin_get(p, "/stats/prometheus").await.text();
-    text.lines()
-        .filter(|l| l.starts_with("istio_requests_total{"))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-        .sum()
+/// `istio_requests_total` summed over the series carrying every label in `want`, read until it
+/// reaches `expected` or 3 s pass: a request's metrics are recorded when its exchange has
+/// finished in both directions, which can be a moment after the client has the response.
+async fn requests_with(p: &TestProxy, want: &[(&str, &str)], expected: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = admin_get(p, "/stats/prometheus").await.text();
+        let n = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+            .sum();
+        if n >= expected || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn cluster_stat(p: &TestProxy, name: &str, cluster: &str) -> u64 {
@@ -114,7 +125,7 @@ async fn route_timeout_is_504_ut_and_the_client_header_overrides_it() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        requests_with(&p, &[("response_code", "504"), ("response_flags", "UT")]).await,
+        requests_with(&p, &[("response_code", "504"), ("response_flags", "UT")], 2).await,
         2
     );
     // The upstream was told how long it has, and never saw the override header.
@@ -178,7 +189,7 @@ async fn route_timeout_covers_the_response_body() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        requests_with(&p, &[("response_code", "200"), ("response_flags", "UT")]).await,
+        requests_with(&p, &[("response_code", "200"), ("response_flags", "UT")], 2).await,
         2
     );
     assert_eq!(
@@ -336,7 +347,12 @@ async fn exhausted_retries_return_the_last_response_flagged_urx() {
     assert_eq!(bad.connections(), 3, "1 + attempts");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        requests_with(&p, &[("response_code", "503"), ("response_flags", "URX")]).await,
+        requests_with(
+            &p,
+            &[("response_code", "503"), ("response_flags", "URX")],
+            1
+        )
+        .await,
         1
     );
 }
@@ -414,7 +430,7 @@ async fn fault_abort_and_delay() {
         "aborted requests never reach the upstream"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(requests_with(&p, &[("response_flags", "FI")]).await, 4);
+    assert_eq!(requests_with(&p, &[("response_flags", "FI")], 4).await, 4);
 
     let rule = "    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n";
     let p = TestProxy::start(&config(&[("v1", up.addr)], "v1", rule)).await;
@@ -442,7 +458,7 @@ async fn fault_abort_and_delay() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        requests_with(&p, &[("response_code", "200"), ("response_flags", "DI")]).await,
+        requests_with(&p, &[("response_code", "200"), ("response_flags", "DI")], 1).await,
         1
     );
 
@@ -680,7 +696,7 @@ async fn canary_circuit_breaker_overflows_with_503_uo_and_spares_stable() {
         overflow as u64
     );
     assert_eq!(
-        requests_with(&p, &[("response_flags", "UO")]).await,
+        requests_with(&p, &[("response_flags", "UO")], overflow as u64).await,
         overflow as u64
     );
 }
@@ -901,9 +917,9 @@ spec:
             ("destination_service_name", "localhost"),
             ("response_code", "200"),
         ];
-        assert_eq!(requests_with(&p, &service).await, 2, "{protocol}");
+        assert_eq!(requests_with(&p, &service, 2).await, 2, "{protocol}");
         let unknown = [("destination_service", "PassthroughCluster")];
-        assert_eq!(requests_with(&p, &unknown).await, 0, "{protocol}");
+        assert_eq!(requests_with(&p, &unknown, 0).await, 0, "{protocol}");
     }
     assert_eq!(up.requests(), 4);
 }
