@@ -789,15 +789,11 @@ impl Proxy {
                 // The body lives in this block and then only inside the send future, not
                 // also in this future's state across the await.
                 let raced = {
+                    // No body (unreachable: a retry after sending only happens with a
+                    // template) leaves no send; `break` cannot leave from inside `pin!`.
                     let send = pin!({
-                        let body = match next.take() {
-                            Some(b) => b,
-                            None => match template {
-                                Some(t) => t.body(),
-                                None => break,
-                            },
-                        };
-                        async move {
+                        let body = next.take().or_else(|| template.map(|t| t.body()));
+                        body.map(|body| async move {
                             match pool.send(head, body, connect_timeout, stats).await {
                                 Err(SendError::Exchange {
                                     source,
@@ -825,8 +821,11 @@ impl Proxy {
                                 },
                                 other => other,
                             }
-                        }
+                        })
                     });
+                    let Some(send) = send.as_pin_mut() else {
+                        break;
+                    };
                     let sleep = pin!(a.per_try.map(tokio::time::sleep));
                     Race::new(send, sleep).await
                 };
