@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::config::validate::{Mode, ValidateOptions, validate};
-use crate::config::{Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, codes, load};
+use crate::config::{
+    self, Diagnostic, LoadOptions, ProxyIdentity, Resources, Severity, Sources, codes, load,
+};
 use crate::route::compile::{CompileOptions, OutboundPolicy, compile};
 use crate::route::{AbortOnDrop, RouteTable};
 use crate::upstream::{Discovery, PoolRegistry, dns};
@@ -133,12 +135,31 @@ pub async fn read_config(ctx: &ReloadContext) -> Result<Resources, Diagnostic> {
 
 /// [`read_config`] on the calling thread.
 pub fn read_config_blocking(ctx: &ReloadContext) -> Resources {
-    load(
-        &ctx.path,
-        &LoadOptions {
-            default_namespace: ctx.identity.namespace.clone(),
-        },
-    )
+    load(&ctx.path, &load_options(ctx))
+}
+
+fn load_options(ctx: &ReloadContext) -> LoadOptions {
+    LoadOptions {
+        default_namespace: ctx.identity.namespace.clone(),
+    }
+}
+
+/// Reads the config path's files without parsing them, on the blocking pool: the watcher
+/// samples the files this way, and parses them only for a change it applies. (Parsing an
+/// unchanged config on every poll was the poll's main cost, growing with the config.)
+pub async fn read_sources(ctx: &ReloadContext) -> Result<Sources, Diagnostic> {
+    let path = ctx.path.clone();
+    tokio::task::spawn_blocking(move || config::read_sources(&path))
+        .await
+        .map_err(|e| internal(&ctx.path, format!("config read task failed: {e}")))
+}
+
+/// Parses what [`read_sources`] read, on the blocking pool.
+pub async fn parse_sources(ctx: &ReloadContext, src: Sources) -> Result<Resources, Diagnostic> {
+    let opts = load_options(ctx);
+    tokio::task::spawn_blocking(move || config::parse_sources(src, &opts))
+        .await
+        .map_err(|e| internal(&ctx.path, format!("config parse task failed: {e}")))
 }
 
 /// Validates and compiles resources already read (the watcher reads them itself, to check

@@ -64,8 +64,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Resources;
-use crate::reload::{Reloader, Trigger, read_config, read_config_blocking};
+use crate::config::{self, Sources};
+use crate::reload::{Reloader, Trigger, parse_sources, read_sources};
 
 /// Default settle window: short enough that a canary shift serves in well under 100 ms, long
 /// enough to span the gap between a truncate and the write that follows it.
@@ -198,15 +198,15 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, opts: WatchOptions) -> WatchHandle
     }
     stats.native.store(native.is_some(), Ordering::Relaxed);
     let at = Instant::now();
-    let res = read_config_blocking(&reloader.ctx);
-    let pending = (reloader.last_attempted_hash().as_deref() != Some(res.content_hash.as_str()))
-        .then(|| Pending {
-            trigger: Trigger::Poll,
-            first: at,
-            last_event: at,
-            // Still has to hold for a settle window.
-            sample: Some(Sample { at, res }),
-        });
+    let res = config::read_sources(&reloader.ctx.path);
+    let changed = reloader.last_attempted_hash().as_deref() != Some(res.content_hash.as_str());
+    let pending = changed.then_some(Pending {
+        trigger: Trigger::Poll,
+        first: at,
+        last_event: at,
+        // Still has to hold for a settle window.
+        sample: Some(Sample { at, res }),
+    });
     tracing::info!(
         config = %reloader.ctx.path.display(),
         events = native.is_some(),
@@ -409,7 +409,7 @@ struct Pending {
 
 struct Sample {
     at: Instant,
-    res: Resources,
+    res: Sources,
 }
 
 struct WatchTask {
@@ -589,7 +589,7 @@ impl WatchTask {
             return;
         };
         let at = Instant::now();
-        let res = match read_config(&self.reloader.ctx).await {
+        let res = match read_sources(&self.reloader.ctx).await {
             Ok(res) => res,
             Err(e) => {
                 // Only a panicked read task gets here; the next event or poll retries.
@@ -612,8 +612,13 @@ impl WatchTask {
                 _ => &self.stats.event_applies,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            // Outcomes are logged by the reloader; a refusal leaves the old table serving.
-            let _ = self.reloader.apply(res, p.trigger).await;
+            match parse_sources(&self.reloader.ctx, res).await {
+                // Outcomes are logged by the reloader; a refusal leaves the old table serving.
+                Ok(res) => {
+                    let _ = self.reloader.apply(res, p.trigger).await;
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
         // A `..data` swap moves where a file symlink resolves: follow it.
         self.ensure_watches();
@@ -622,7 +627,7 @@ impl WatchTask {
     /// Hashes the files and starts a pending change if they differ from the last attempt.
     async fn poll_check(&mut self) {
         let at = Instant::now();
-        let Ok(res) = read_config(&self.reloader.ctx).await else {
+        let Ok(res) = read_sources(&self.reloader.ctx).await else {
             return;
         };
         if self.reloader.last_attempted_hash().as_deref() == Some(res.content_hash.as_str()) {

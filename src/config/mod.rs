@@ -121,42 +121,73 @@ const ISTIO_API_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1alpha3",
 ];
 
+/// The bytes of a config path's files, read but not yet parsed, and their hash.
+#[derive(Debug)]
+pub struct Sources {
+    files: Vec<(PathBuf, std::io::Result<Vec<u8>>)>,
+    diagnostics: Vec<Diagnostic>,
+    /// SHA-256 over every file's path and bytes, as [`Resources::content_hash`].
+    pub content_hash: String,
+}
+
 /// Reads `path` (a file, or a directory read recursively).
 pub fn load(path: &Path, opts: &LoadOptions) -> Resources {
-    let mut res = Resources::default();
-    let mut files = Vec::new();
+    parse_sources(read_sources(path), opts)
+}
+
+/// Reads the files of `path` (a file, or a directory read recursively) and hashes them,
+/// without parsing: enough to tell whether anything changed.
+pub fn read_sources(path: &Path) -> Sources {
+    let mut diagnostics = Vec::new();
+    let mut paths = Vec::new();
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => collect_dir(path, true, &mut files, &mut res.diagnostics),
-        Ok(_) => files.push(path.to_path_buf()),
-        Err(e) => res
-            .diagnostics
-            .push(file_diag(path, 0, format!("cannot read: {e}"))),
+        Ok(meta) if meta.is_dir() => collect_dir(path, true, &mut paths, &mut diagnostics),
+        Ok(_) => paths.push(path.to_path_buf()),
+        Err(e) => diagnostics.push(file_diag(path, 0, format!("cannot read: {e}"))),
     }
-    files.sort();
+    paths.sort();
     let mut hasher = Sha256::new();
-    for file in &files {
-        match std::fs::read(file) {
-            Ok(bytes) => {
+    let files = paths
+        .into_iter()
+        .map(|file| {
+            let bytes = std::fs::read(&file);
+            if let Ok(bytes) = &bytes {
                 hasher.update(file.as_os_str().as_encoded_bytes());
                 hasher.update([0]);
                 hasher.update((bytes.len() as u64).to_le_bytes());
-                hasher.update(&bytes);
-                match String::from_utf8(bytes) {
-                    Ok(text) => load_file(file, &text, opts, &mut res),
-                    Err(e) => res.diagnostics.push(file_diag(
-                        file,
-                        0,
-                        format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-                    )),
-                }
+                hasher.update(bytes);
             }
+            (file, bytes)
+        })
+        .collect();
+    Sources {
+        files,
+        diagnostics,
+        content_hash: hex(&hasher.finalize()),
+    }
+}
+
+/// Parses what [`read_sources`] read.
+pub fn parse_sources(src: Sources, opts: &LoadOptions) -> Resources {
+    let mut res = Resources {
+        diagnostics: src.diagnostics,
+        content_hash: src.content_hash,
+        ..Resources::default()
+    };
+    for (file, bytes) in src.files {
+        match bytes.map(String::from_utf8) {
+            Ok(Ok(text)) => load_file(&file, &text, opts, &mut res),
+            Ok(Err(e)) => res.diagnostics.push(file_diag(
+                &file,
+                0,
+                format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            )),
             Err(e) => res
                 .diagnostics
-                .push(file_diag(file, 0, format!("cannot read: {e}"))),
+                .push(file_diag(&file, 0, format!("cannot read: {e}"))),
         }
+        res.files.push(file);
     }
-    res.files = files;
-    res.content_hash = hex(&hasher.finalize());
     res
 }
 
@@ -509,6 +540,34 @@ fn render_path(path: &serde_ignored::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watcher compares the hash of files it read without parsing them against the hash
+    /// of the config it last parsed: the two must agree on the same bytes, and differ on any
+    /// changed byte, unreadable or not (the poll parses only when they differ).
+    #[test]
+    fn unparsed_sources_hash_as_the_parsed_config_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n";
+        std::fs::write(dir.path().join("a.yaml"), good).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), b"kind: [\xff\n").expect("write");
+        let opts = LoadOptions::default();
+        let parsed = load(dir.path(), &opts);
+        let read = read_sources(dir.path());
+        assert_eq!(read.content_hash, parsed.content_hash);
+        assert_eq!(parse_sources(read, &opts).content_hash, parsed.content_hash);
+        assert_eq!(parsed.virtual_services.len(), 1);
+        assert!(
+            parsed
+                .diagnostics
+                .iter()
+                .any(|d| d.message.contains("UTF-8"))
+        );
+
+        std::fs::write(dir.path().join("b.yaml"), b"kind: [\xfe\n").expect("write");
+        let edited = read_sources(dir.path());
+        assert_ne!(edited.content_hash, parsed.content_hash);
+        assert_eq!(edited.content_hash, load(dir.path(), &opts).content_hash);
+    }
 
     #[test]
     fn splits_documents_with_start_lines() {
