@@ -437,3 +437,40 @@ async fn reused_header_maps_carry_nothing_over_between_requests() {
         assert_eq!(paths, 1, "one x-echo-path field: {}", two.head);
     }
 }
+
+/// The proxy closes a connection after its last response (here, asked by `Connection: close`)
+/// while the client still has bytes in flight (pipelined past what the proxy buffers). Closing
+/// with bytes unread makes the kernel reset the connection and drop whatever of the response
+/// it has not sent yet. So the proxy reads and discards until the client closes (up to Envoy's
+/// 1 s `delayed_close_timeout`), and the client gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connection_delivers_its_whole_response_despite_unread_bytes() {
+    const LEN: usize = 16 * 1024 * 1024;
+    let up = Upstream::start("v1").await;
+    let p = proxy_with(&up, Limits::default()).await;
+    let s = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let mut sent = format!("GET /stream/{LEN} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .into_bytes();
+    // More than the proxy buffers of a next request: the rest stays in its socket, unread.
+    sent.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    wr.write_all(&sent).await.expect("write");
+    // Let the proxy write all it can and close before a byte is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::with_capacity(LEN + 4096);
+    let read = tokio::time::timeout(DEADLINE, rd.read_to_end(&mut got))
+        .await
+        .expect("the response ends within the deadline");
+    assert!(
+        read.is_ok(),
+        "the connection was reset after {} bytes: {read:?}",
+        got.len()
+    );
+    let text_end = String::from_utf8_lossy(&got[got.len().saturating_sub(64)..]).into_owned();
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    assert!(
+        text_end.ends_with("\r\n0\r\n\r\n"),
+        "the body was cut short at {} bytes: ...{text_end:?}",
+        got.len()
+    );
+}

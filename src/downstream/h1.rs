@@ -17,12 +17,13 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::Incoming;
@@ -266,6 +267,7 @@ pub async fn serve(
             HeadRead::Close => return,
             HeadRead::Refuse(status) => {
                 refuse(&mut wr, status).await;
+                linger(s).await;
                 return;
             }
         };
@@ -387,12 +389,33 @@ pub async fn serve(
         // the next read_head serves what is buffered, then meets the end of stream.
         if !keep || side.is_none() || shutdown.asked() {
             let _ = wr.shutdown().await;
+            if let Some(s) = side.as_mut() {
+                linger(s).await;
+            }
             return;
         }
         if let Some(s) = side.as_mut() {
             s.rb.shrink();
         }
     }
+}
+
+/// Envoy's default `delayed_close_timeout`.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// After the last response (its side of the connection shut down), reads and discards what
+/// the client still sends, until it closes or for [`LINGER`] at most. Closing with bytes
+/// unread would make the kernel reset the connection, discarding the part of the response it
+/// has not sent yet, and on some clients the part they have not read yet. (Envoy's delayed
+/// close; nginx's lingering close.)
+async fn linger(side: &mut ReadSide) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = side.io.read(&mut sink).await
+            && n > 0
+        {}
+    })
+    .await;
 }
 
 /// Most of an unread request body that is skipped to keep its connection.
