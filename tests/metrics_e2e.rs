@@ -187,6 +187,28 @@ async fn scrape(p: &TestProxy) -> Vec<Sample> {
     parse_exposition(&r.text())
 }
 
+fn requests_total(samples: &[Sample]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == "istio_requests_total")
+        .map(|s| s.value)
+        .sum()
+}
+
+/// A scrape once `istio_requests_total` has counted `at_least` requests (3 s bound): a
+/// request's record is written when both of its bodies are done, a moment after the client
+/// has its response.
+async fn scrape_counting(p: &TestProxy, at_least: f64) -> Vec<Sample> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = scrape(p).await;
+        if requests_total(&s) >= at_least || tokio::time::Instant::now() >= deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn mix_config(
     ok: std::net::SocketAddr,
     failing: std::net::SocketAddr,
@@ -282,10 +304,8 @@ async fn exact_counts_per_label_set_after_a_known_mix() {
     }
     let r = h1.request("GET", "web", "/", &[("x-dead", "1")]).await;
     assert_eq!(r.status, 503);
-    // Records are written when both bodies are done; give the last one a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let s = scrape(&p).await;
+    let s = scrape_counting(&p, 18.0).await;
     let base = [
         ("reporter", "source"),
         ("source_workload", "frontend"),
@@ -633,8 +653,7 @@ spec:
         c.request("GET", "podinfo", path, &[("x-canary", "1")])
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = scrape(&p).await;
+    let after = scrape_counting(&p, requests_total(&before) + 40.0).await;
     let dt = 60.0;
     let success = |target: &str| {
         let q = fill_flagger(FLAGGER_SUCCESS, target);
