@@ -294,6 +294,17 @@ async fn allow_any_passes_unknown_hosts_through_but_never_to_itself() {
         );
         assert_eq!(r.header("x-echo-path"), Some("/echo/x?y=1"), "{proto:?}");
         assert_eq!(r.header("x-echo-host"), Some(host.as_str()), "{proto:?}");
+        // A name is resolved (through the caching resolver; /etc/hosts has localhost).
+        let named = format!("localhost:{}", up.addr.port());
+        for _ in 0..2 {
+            let r = c.get(&named, "/").await;
+            assert_eq!(
+                r.header("x-upstream"),
+                Some("outside"),
+                "{proto:?}: {}",
+                r.text()
+            );
+        }
         // Known hosts still route normally.
         assert_eq!(c.get("web", "/").await.text(), "v1", "{proto:?}");
         // Our own listener and admin, under any spelling: refused at once, never a loop.

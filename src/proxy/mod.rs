@@ -1003,11 +1003,7 @@ impl Proxy {
         let (host, port) = split_authority(authority);
         let port = port.unwrap_or(cluster.map_or(80, |c| c.port));
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addr = match tokio::net::lookup_host((host, port)).await {
-            Ok(mut it) => it.next(),
-            Err(_) => None,
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = crate::upstream::dns::resolve_passthrough(host, port).await else {
             return Err(LocalReply::no_healthy_upstream());
         };
         let is_self = self.own_addrs.iter().any(|own| {

@@ -104,6 +104,43 @@ fn resolver() -> Option<&'static TokioResolver> {
         .as_ref()
 }
 
+/// The resolver for names a request routes to by itself (ALLOW_ANY passthrough, and
+/// PASSTHROUGH / `resolution: NONE` clusters): with a cache that keeps each answer for its
+/// TTL, as Envoy's dynamic forward proxy keeps a DNS cache. Without one, every such request
+/// asked the OS (`getaddrinfo` on a blocking thread, and a DNS round trip for a name not in
+/// `/etc/hosts`). `None` when the system config cannot be read.
+fn caching_resolver() -> Option<&'static TokioResolver> {
+    static RESOLVER: OnceLock<Option<TokioResolver>> = OnceLock::new();
+    RESOLVER
+        .get_or_init(|| {
+            let mut builder = TokioResolver::builder_tokio().ok()?;
+            builder.options_mut().ip_strategy =
+                hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
+            builder.build().ok()
+        })
+        .as_ref()
+}
+
+/// The address a request for `host:port` goes to when it names its own destination: an IP
+/// literal as it is, a name through the caching resolver (IPv4 first, as for DNS clusters),
+/// or through the OS when the system's resolver config cannot be read. `None` if the name
+/// does not resolve within the lookup timeout.
+pub async fn resolve_passthrough(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    if let Some(r) = caching_resolver() {
+        return match tokio::time::timeout(LOOKUP_TIMEOUT, r.lookup_ip(host)).await {
+            Ok(Ok(ips)) => ips.iter().next().map(|ip| SocketAddr::new(ip, port)),
+            _ => None,
+        };
+    }
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(mut it)) => it.next(),
+        _ => None,
+    }
+}
+
 type Lookup = (Vec<SocketAddr>, Option<Instant>);
 
 async fn lookup(host: &str, port: u16) -> std::io::Result<Lookup> {
@@ -187,5 +224,16 @@ mod lookup_tests {
             vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))]
         );
         assert!(valid_until.is_some() || super::resolver().is_none());
+    }
+
+    #[tokio::test]
+    async fn passthrough_takes_literals_as_they_are_and_names_v4_first() {
+        let v6 = super::resolve_passthrough("::1", 81).await;
+        assert_eq!(v6, Some("[::1]:81".parse().expect("addr")));
+        let named = super::resolve_passthrough("localhost", 8080).await;
+        assert_eq!(
+            named,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
     }
 }
