@@ -91,17 +91,7 @@ pub async fn refresh(cluster: &Cluster, pools: &PoolRegistry) -> Refreshed {
 /// read: lookups then go through the OS (`getaddrinfo`), which reports no TTL.
 fn resolver() -> Option<&'static TokioResolver> {
     static RESOLVER: OnceLock<Option<TokioResolver>> = OnceLock::new();
-    RESOLVER
-        .get_or_init(|| {
-            let mut builder = TokioResolver::builder_tokio().ok()?;
-            let opts = builder.options_mut();
-            opts.cache_size = 0;
-            // Envoy's V4_PREFERRED, as Istio configures DNS clusters: IPv4 addresses when the
-            // name has any, IPv6 only otherwise (so `localhost` is 127.0.0.1, not also ::1).
-            opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
-            builder.build().ok()
-        })
-        .as_ref()
+    RESOLVER.get_or_init(|| build_resolver(false)).as_ref()
 }
 
 /// The resolver for names a request routes to by itself (ALLOW_ANY passthrough, and
@@ -111,14 +101,19 @@ fn resolver() -> Option<&'static TokioResolver> {
 /// `/etc/hosts`). `None` when the system config cannot be read.
 fn caching_resolver() -> Option<&'static TokioResolver> {
     static RESOLVER: OnceLock<Option<TokioResolver>> = OnceLock::new();
-    RESOLVER
-        .get_or_init(|| {
-            let mut builder = TokioResolver::builder_tokio().ok()?;
-            builder.options_mut().ip_strategy =
-                hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
-            builder.build().ok()
-        })
-        .as_ref()
+    RESOLVER.get_or_init(|| build_resolver(true)).as_ref()
+}
+
+fn build_resolver(cached: bool) -> Option<TokioResolver> {
+    let mut builder = TokioResolver::builder_tokio().ok()?;
+    let opts = builder.options_mut();
+    if !cached {
+        opts.cache_size = 0;
+    }
+    // Envoy's V4_PREFERRED, as Istio configures DNS clusters: IPv4 addresses when the name has
+    // any, IPv6 only otherwise (so `localhost` is 127.0.0.1, not also ::1).
+    opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
+    builder.build().ok()
 }
 
 /// The address a request for `host:port` goes to when it names its own destination: an IP
@@ -129,23 +124,24 @@ pub async fn resolve_passthrough(host: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
-    if let Some(r) = caching_resolver() {
-        return match tokio::time::timeout(LOOKUP_TIMEOUT, r.lookup_ip(host)).await {
-            Ok(Ok(ips)) => ips.iter().next().map(|ip| SocketAddr::new(ip, port)),
-            _ => None,
-        };
-    }
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(mut it)) => it.next(),
-        _ => None,
-    }
+    let (addrs, _) = lookup_with(caching_resolver(), host, port).await.ok()?;
+    addrs.into_iter().next()
 }
 
 type Lookup = (Vec<SocketAddr>, Option<Instant>);
 
 async fn lookup(host: &str, port: u16) -> std::io::Result<Lookup> {
+    lookup_with(resolver(), host, port).await
+}
+
+/// Resolves `host` with `resolver`, or through the OS when there is none.
+async fn lookup_with(
+    resolver: Option<&TokioResolver>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<Lookup> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out");
-    if let Some(r) = resolver() {
+    if let Some(r) = resolver {
         return match tokio::time::timeout(LOOKUP_TIMEOUT, r.lookup_ip(host)).await {
             Ok(Ok(ips)) => Ok((
                 ips.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
