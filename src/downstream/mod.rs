@@ -28,6 +28,12 @@ pub enum BodyError {
     H1(#[from] crate::wire::DecodeError),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// A retry took the body over: this attempt's copy stops.
+    #[error("the request body went to a later attempt")]
+    Superseded,
+    /// A mirror's copy of a body too big to keep, or whose attempts all ended early.
+    #[error("the request body could not be kept for a copy")]
+    NotKept,
 }
 
 impl Body for Incoming {

@@ -71,6 +71,9 @@ pub struct ClusterStats {
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
     pub upstream_rq_retry: Counter,
+    /// Requests whose body outgrew the buffer limit, so they could no longer be retried or
+    /// mirrored (Envoy's name).
+    pub retry_or_shadow_abandoned: Counter,
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_2xx: Counter,
@@ -230,7 +233,7 @@ impl Registry {
         let mut names: Vec<&String> = clusters.keys().collect();
         names.sort();
         type Get = fn(&ClusterStats) -> i64;
-        let counters: [(&str, Get); 13] = [
+        let counters: [(&str, Get); 14] = [
             ("upstream_cx_total", |c| c.upstream_cx_total.get() as i64),
             ("upstream_cx_connect_fail", |c| {
                 c.upstream_cx_connect_fail.get() as i64
@@ -243,6 +246,9 @@ impl Registry {
             }),
             ("upstream_rq_total", |c| c.upstream_rq_total.get() as i64),
             ("upstream_rq_retry", |c| c.upstream_rq_retry.get() as i64),
+            ("retry_or_shadow_abandoned", |c| {
+                c.retry_or_shadow_abandoned.get() as i64
+            }),
             ("upstream_rq_pending_overflow", |c| {
                 c.upstream_rq_pending_overflow.get() as i64
             }),

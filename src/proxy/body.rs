@@ -187,6 +187,8 @@ pub struct RequestBody {
 
 enum ReqInner {
     Stream(Incoming),
+    /// Streamed while kept for a retry or mirror (unsized bodies); counted where it is kept.
+    Kept(super::keep::KeptBody),
     Buffered {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
@@ -198,6 +200,13 @@ impl RequestBody {
         RequestBody {
             inner: ReqInner::Stream(inner),
             record,
+        }
+    }
+
+    pub(crate) fn kept(inner: super::keep::KeptBody) -> RequestBody {
+        RequestBody {
+            inner: ReqInner::Kept(inner),
+            record: None,
         }
     }
 
@@ -228,6 +237,7 @@ impl Body for RequestBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             ReqInner::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            ReqInner::Kept(inner) => inner.poll_frame(cx),
             ReqInner::Buffered { data, trailers } => Poll::Ready(match data.take() {
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
@@ -251,6 +261,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             ReqInner::Stream(inner) => inner.is_end_stream(),
+            ReqInner::Kept(inner) => inner.is_end_stream(),
             ReqInner::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
@@ -258,6 +269,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ReqInner::Stream(inner) => inner.size_hint(),
+            ReqInner::Kept(_) => SizeHint::default(),
             ReqInner::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

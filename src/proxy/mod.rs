@@ -6,6 +6,7 @@ pub mod body;
 pub(crate) mod deadline;
 pub mod error;
 pub mod headers;
+pub(crate) mod keep;
 pub mod record;
 pub mod server;
 pub mod workers;
@@ -485,14 +486,17 @@ impl Proxy {
                 ),
             };
             let h2 = cluster.as_ref().is_some_and(|c| c.h2) && !upgrade;
-            // A body a retry might have to send again is read first, up to Envoy's buffer limit;
-            // a bigger or unsized one streams and is never sent twice.
+            // A body a retry or mirror might have to send again: a small sized one is read
+            // first; an unsized one streams to the first attempt while up to Envoy's buffer
+            // limit of it is kept (past the limit, that request is no longer retried or
+            // mirrored).
             // Also kept when no retry policy would resend it: a pooled connection the upstream
             // closed under the request is replayed on a new one (pingora's rule: reused, no
-            // response byte, body still whole). Envoy buffers for its retries the same way.
-            let needs_replay = !upgrade;
-            let body = if needs_replay && replayable_size(&parts.headers, &body) {
-                match collect_bounded(body).await {
+            // response byte, body still whole).
+            let body = match keeping(&parts.headers, &body) {
+                _ if upgrade => Replay::Stream(RequestBody::new(body, Some(record.clone()))),
+                Keeping::Never => Replay::Stream(RequestBody::new(body, Some(record.clone()))),
+                Keeping::ReadFirst => match collect_bounded(body).await {
                     Ok((data, trailers)) => {
                         record
                             .request_bytes
@@ -500,9 +504,16 @@ impl Proxy {
                         Replay::Buffered(data, trailers)
                     }
                     Err(_) => return Err(LocalReply::bad_request("request body read failed")),
+                },
+                Keeping::AsItStreams => {
+                    let (keep, first) = keep::Keep::new(
+                        body,
+                        RETRY_BUFFER_LIMIT,
+                        record.clone(),
+                        cluster.as_ref().map(|c| c.stats.clone()),
+                    );
+                    Replay::Kept(keep, first)
                 }
-            } else {
-                Replay::Stream(RequestBody::new(body, Some(record.clone())))
             };
             let mut set_cookie = None;
             // Built in a block: what only the first send needs (the request, its retry
@@ -513,12 +524,18 @@ impl Proxy {
             // ends the send future's life as soon as it has answered.
             let raced = {
                 let send = pin!({
-                    let (body, replay) = match body {
+                    let (body, template) = match body {
                         Replay::Stream(b) => (b, None),
                         Replay::Buffered(data, trailers) => (
                             RequestBody::buffered(data.clone(), trailers.clone(), None),
-                            Some((data, trailers)),
+                            Some(Template::Buffered {
+                                body: data,
+                                trailers,
+                            }),
                         ),
+                        Replay::Kept(keep, first) => {
+                            (RequestBody::kept(first), Some(Template::Kept(keep)))
+                        }
                     };
                     let mut req = Request::from_parts(parts, body);
                     if h2 {
@@ -543,7 +560,6 @@ impl Proxy {
                         }
                     }
 
-                    let template = replay.map(|(body, trailers)| Template { body, trailers });
                     if !plan.mirrors.is_empty() {
                         self.mirror(&plan.mirrors, &req, template.as_ref(), &up_authority);
                     }
@@ -729,7 +745,7 @@ impl Proxy {
             let mut last_endpoint = None;
             for attempt in 0..max_attempts {
                 // Unreachable: a retry after sending only happens with a template.
-                if next.is_none() && a.template.is_none() {
+                if next.is_none() && !a.can_resend() {
                     break;
                 }
                 let endpoint = match (&a.fixed, a.cluster) {
@@ -800,7 +816,7 @@ impl Proxy {
                                     addr,
                                     reused: true,
                                 }) if source.is_stale_close() => match template {
-                                    Some(t) => {
+                                    Some(t) if t.replayable() => {
                                         pool.stats.stale_replays.fetch_add(1, Ordering::Relaxed);
                                         tracing::debug!(%addr, error = %source, "pooled connection closed under the request; replaying on a new one");
                                         // Boxed: rare, and a second inlined send would double the
@@ -813,7 +829,7 @@ impl Proxy {
                                         ))
                                         .await
                                     }
-                                    None => Err(SendError::Exchange {
+                                    _ => Err(SendError::Exchange {
                                         source,
                                         addr,
                                         reused: true,
@@ -836,7 +852,7 @@ impl Proxy {
                         if let Some(s) = stats {
                             s.upstream_rq_timeout.inc();
                         }
-                        if !last && a.template.is_some() && a.policy.on_reset() {
+                        if !last && a.policy.on_reset() && a.can_resend() {
                             retry_wait(a.policy, attempt).await;
                             continue;
                         }
@@ -850,7 +866,7 @@ impl Proxy {
                         outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
                         let grpc = grpc_status_of(resp.headers());
                         let retry_wanted = a.policy.on_response(status, grpc);
-                        if !last && a.template.is_some() && retry_wanted {
+                        if !last && retry_wanted && a.can_resend() {
                             drop((resp, release));
                             retry_wait(a.policy, attempt).await;
                             continue;
@@ -888,7 +904,7 @@ impl Proxy {
                             return Err(LocalReply::bad_request("malformed request body"));
                         }
                         outcome(&endpoint, crate::upstream::policy::Outcome::LocalFailure);
-                        if !last && a.template.is_some() && a.policy.on_reset() {
+                        if !last && a.policy.on_reset() && a.can_resend() {
                             retry_wait(a.policy, attempt).await;
                             continue;
                         }
@@ -914,8 +930,8 @@ impl Proxy {
     }
 
     /// Fire-and-forget copies to the shadow clusters: never awaited, never retried, bounded
-    /// in number (overflow is dropped and counted). A request whose body could not be kept
-    /// (unsized or over the buffer limit) is mirrored only if it has no body.
+    /// in number (overflow is dropped and counted). A body of unknown size is copied as the
+    /// attempts pull it; one over the buffer limit cuts its copies short, as in Envoy.
     fn mirror(
         &self,
         mirrors: &[(Arc<Cluster>, u32)],
@@ -924,9 +940,14 @@ impl Proxy {
         authority: &Authority,
     ) {
         use http_body::Body as _;
-        let body = match template {
-            Some(t) => Some((t.body.clone(), t.trailers.clone())),
-            None if req.body().is_end_stream() => Some((bytes::Bytes::new(), None)),
+        let copy = || match template {
+            Some(Template::Buffered { body, trailers }) => {
+                Some(RequestBody::buffered(body.clone(), trailers.clone(), None))
+            }
+            Some(Template::Kept(keep)) => keep.follow().map(RequestBody::kept),
+            None if req.body().is_end_stream() => {
+                Some(RequestBody::buffered(bytes::Bytes::new(), None, None))
+            }
             None => None,
         };
         for (cluster, share) in mirrors {
@@ -934,7 +955,7 @@ impl Proxy {
                 continue;
             }
             let stats = &self.metrics.proxy;
-            let Some((data, trailers)) = body.clone() else {
+            let Some(body) = copy() else {
                 stats.mirror_dropped.inc();
                 continue;
             };
@@ -947,7 +968,7 @@ impl Proxy {
                 continue;
             };
             stats.mirror_sent.inc();
-            let mut shadow = Request::new(RequestBody::buffered(data, trailers, None));
+            let mut shadow = Request::new(body);
             *shadow.method_mut() = req.method().clone();
             *shadow.headers_mut() = req.headers().clone();
             let pq = req
@@ -1242,17 +1263,32 @@ pub const MIRROR_IN_FLIGHT: usize = 1024;
 /// Envoy's default per-stream buffer limit: bodies up to this size can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 1024 * 1024;
 
-/// The body is empty, or its declared length fits the retry buffer.
-fn replayable_size(headers: &http::HeaderMap, body: &Incoming) -> bool {
+/// How a request body is made ready for a retry or a mirror.
+enum Keeping {
+    /// Empty, or its declared length fits the retry buffer: read it whole before the first
+    /// attempt (one buffer, no sharing between attempts).
+    ReadFirst,
+    /// No declared length: kept as it streams, until it outgrows the buffer.
+    AsItStreams,
+    /// Declared longer than the buffer: it could never be sent whole twice, so it streams
+    /// and only an attempt that sent none of it (a failed connect) is retried.
+    Never,
+}
+
+fn keeping(headers: &http::HeaderMap, body: &Incoming) -> Keeping {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return true;
+        return Keeping::ReadFirst;
     }
-    headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n <= RETRY_BUFFER_LIMIT => Keeping::ReadFirst,
+        Some(_) => Keeping::Never,
+        None => Keeping::AsItStreams,
+    }
 }
 
 async fn collect_bounded(
@@ -1267,6 +1303,7 @@ async fn collect_bounded(
 enum Replay {
     Stream(RequestBody),
     Buffered(bytes::Bytes, Option<http::HeaderMap>),
+    Kept(keep::Keep, keep::KeptBody),
 }
 
 pin_project_lite::pin_project! {
@@ -1345,15 +1382,32 @@ impl Drop for Head {
     }
 }
 
-/// What a retry needs besides the head, which the sends only borrow: the buffered body.
-struct Template {
-    body: bytes::Bytes,
-    trailers: Option<http::HeaderMap>,
+/// What a retry needs besides the head, which the sends only borrow: the body again.
+enum Template {
+    /// Read whole before the first attempt.
+    Buffered {
+        body: bytes::Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// Kept as it streams, while it fits the buffer limit.
+    Kept(keep::Keep),
 }
 
 impl Template {
     fn body(&self) -> RequestBody {
-        RequestBody::buffered(self.body.clone(), self.trailers.clone(), None)
+        match self {
+            Template::Buffered { body, trailers } => {
+                RequestBody::buffered(body.clone(), trailers.clone(), None)
+            }
+            Template::Kept(keep) => RequestBody::kept(keep.replay()),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Template::Buffered { .. } => true,
+            Template::Kept(keep) => keep.replayable(),
+        }
     }
 }
 
@@ -1369,6 +1423,13 @@ struct Attempt<'a> {
     hash: Option<u64>,
     /// An HTTP/1.1 Upgrade: it needs an HTTP/1.1 connection whatever the cluster speaks.
     upgrade: bool,
+}
+
+impl Attempt<'_> {
+    /// Another attempt can send the whole body.
+    fn can_resend(&self) -> bool {
+        self.template.as_ref().is_some_and(Template::replayable)
+    }
 }
 
 type Sent = (
