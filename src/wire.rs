@@ -426,6 +426,39 @@ pub fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// The transfer codings a message lists over all its `Transfer-Encoding` fields, as far as
+/// framing needs them. Only a lone `chunked` is understood.
+#[derive(Default)]
+pub struct TeCodings {
+    chunked: usize,
+    other: bool,
+    /// A field, or a list element, with no coding in it.
+    pub empty: bool,
+}
+
+impl TeCodings {
+    pub fn add(&mut self, field: &[u8]) {
+        let mut any = false;
+        for token in field.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            any = true;
+            if token.eq_ignore_ascii_case(b"chunked") {
+                self.chunked += 1;
+            } else {
+                self.other = true;
+            }
+        }
+        self.empty |= !any;
+    }
+
+    pub fn only_chunked(&self) -> bool {
+        self.chunked == 1 && !self.other
+    }
+}
+
 /// `Transfer-Encoding`'s last coding is `chunked`.
 pub fn last_token_is_chunked(v: &[u8]) -> bool {
     v.rsplit(|b| *b == b',')

@@ -474,3 +474,27 @@ async fn a_closing_connection_delivers_its_whole_response_despite_unread_bytes()
         got.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_we_do_not_implement_is_501_and_never_forwarded() {
+    let up = Upstream::start("v1").await;
+    let p = proxy_with(&up, Limits::default()).await;
+    for te in ["gzip, chunked", "gzip", "chunked, gzip", "identity"] {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let reply = raw_exchange(p.addr, head.as_bytes(), Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 501 "), "{te}: {text}");
+        assert!(text.contains("connection: close"), "{te}: {text}");
+    }
+    assert_eq!(up.requests(), 0, "none reached the upstream");
+    // A lone `chunked` still works.
+    let reply = raw_exchange(
+        p.addr,
+        b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200 "));
+}

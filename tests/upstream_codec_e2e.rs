@@ -437,3 +437,27 @@ async fn a_2xx_to_connect_never_puts_its_connection_back_in_the_pool() {
         assert_eq!(up.connections(), 2, "{heads:?}");
     }
 }
+
+fn gzip_chunked(_req: &str) -> (Vec<u8>, bool) {
+    (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .to_vec(),
+        true,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_transfer_coding_we_cannot_remove_is_502_upe_as_in_envoy() {
+    let up = ScriptedUpstream::start(gzip_chunked).await;
+    let p = proxy_to(&up).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut c = Client::connect(p.addr, proto).await;
+        let r = c.get("web", "/").await;
+        assert_eq!(r.status, 502, "{proto:?}: {r:?}");
+        assert_eq!(
+            r.text(),
+            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            "{proto:?}"
+        );
+    }
+}

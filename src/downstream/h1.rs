@@ -32,8 +32,8 @@ use crate::proxy::deadline::MaybeTimeout;
 use crate::proxy::server::{H1_SLACK, Limits, over_header_limit, request_timed_out};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::wire::{
-    Chunk, DecodeError, Framing, RecvBuf, connection_tokens, itoa_u64, last_token_is_chunked,
-    poll_decode, push_field, push_hex,
+    Chunk, DecodeError, Framing, RecvBuf, TeCodings, connection_tokens, itoa_u64, poll_decode,
+    push_field, push_hex,
 };
 
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
@@ -528,7 +528,9 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     // without growing the map.
     let mut headers = crate::recycle::header_map(r.headers.len() + 6);
     let mut length: Option<u64> = None;
-    let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
+    let (mut te, mut close, mut keep_alive_token) = (false, false, false);
+    // Transfer codings over every Transfer-Encoding field, in order.
+    let mut codings = TeCodings::default();
     let mut expect_continue = false;
     let mut upgrade_field = false;
     for h in r.headers.iter() {
@@ -543,7 +545,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             te = true;
-            te_chunked = last_token_is_chunked(value.as_bytes());
+            codings.add(value.as_bytes());
         } else if name == header::CONNECTION {
             let t = connection_tokens(value.as_bytes());
             close |= t.close;
@@ -560,8 +562,14 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
         headers.append(name, value);
     }
     let framing = if te {
-        if version == Version::HTTP_10 || !te_chunked {
+        if version == Version::HTTP_10 || codings.empty {
             return Err(bad);
+        }
+        // RFC 9112 §6.1: a coding we do not understand is 501 (nginx too). Only a lone
+        // `chunked` is understood: forwarding `gzip, chunked` as chunked would hand the
+        // upstream a gzip body nobody told it about.
+        if !codings.only_chunked() {
+            return Err(StatusCode::NOT_IMPLEMENTED);
         }
         // RFC 9112 §6.1: Transfer-Encoding wins, the length must not travel on, and the
         // connection closes after the response (what follows may be a smuggled request).
@@ -892,8 +900,7 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nX-A: a\r\n  folded\r\n\r\n",
@@ -908,6 +915,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(p.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_a_lone_chunked_is_not_implemented() {
+        for unknown in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(unknown).err(),
+                Some(StatusCode::NOT_IMPLEMENTED),
+                "{unknown:?}"
+            );
+        }
+        for fine in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked,\r\n\r\n",
+        ] {
+            let (p, _) = parse(fine).unwrap().unwrap();
+            assert_eq!(p.framing, Framing::Chunked(Chunk::Size), "{fine:?}");
+        }
     }
 
     #[test]

@@ -374,7 +374,8 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
     let base = buf.as_ptr() as usize;
     // Room for what the proxy adds (service time, server) without growing the map.
     let mut headers = crate::recycle::header_map(resp.headers.len() + 3);
-    let (mut te, mut te_chunked, mut close, mut keep_alive_token) = (false, false, false, false);
+    let (mut te, mut close, mut keep_alive_token) = (false, false, false);
+    let mut codings = crate::wire::TeCodings::default();
     let mut lengths: Option<Result<u64, ()>> = None;
     for h in resp.headers.iter() {
         let name =
@@ -391,7 +392,7 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
             };
         } else if name == header::TRANSFER_ENCODING {
             te = true;
-            te_chunked = last_token_is_chunked(value.as_bytes());
+            codings.add(value.as_bytes());
         } else if name == header::CONNECTION {
             let t = connection_tokens(value.as_bytes());
             close |= t.close;
@@ -420,11 +421,12 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
         if asked.head || tunnel || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::Empty
         } else if te {
-            if te_chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
+            // A coding we cannot remove (`gzip, chunked`) would reach the client as a body
+            // nobody declared: Envoy's codec refuses it as a protocol error (502 UPE).
+            if !codings.only_chunked() {
+                return Err(Error::Invalid("transfer-encoding"));
             }
+            Framing::Chunked(Chunk::Size)
         } else {
             match length {
                 Some(0) => Framing::Empty,
