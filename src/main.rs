@@ -789,7 +789,7 @@ pub async fn run(
         );
     }
 
-    let listener = switchyard::proxy::workers::bind_shared(args.listen)
+    let (listener, _listen_lock) = switchyard::proxy::workers::bind_first(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let proxy_addr = listener.local_addr()?;
     let admin_listener = match args.admin.as_str() {

@@ -447,3 +447,57 @@ async fn sighup_reloads_the_config() {
         p.stderr_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_listen_address_exits_and_the_first_keeps_all_traffic() {
+    let up = Upstream::start("first").await;
+    let cfg = Config::new(&single(&up));
+    // Two workers: the first instance's own listeners share the port.
+    let first = start(&cfg, &["--workers", "2"]);
+    let (proxy, _) = addrs(&first);
+    let listen = proxy.to_string();
+    let mut second = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            cfg.path_str(),
+            "--listen",
+            &listen,
+            "--admin",
+            "127.0.0.1:0",
+            "--metrics",
+            "off",
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the second instance");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = second.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second instance kept running on {listen}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {listen}"))
+            && err.contains("address already in use"),
+        "{err}"
+    );
+    // Every connection still reaches the first instance.
+    for _ in 0..20 {
+        let mut c = Client::h1(proxy).await;
+        let r = c.get("web", "/").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "first"));
+    }
+    assert_eq!(up.requests(), 20);
+}

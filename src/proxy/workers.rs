@@ -37,6 +37,70 @@ pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Binds the first of this process's listeners on `addr`, refusing an address that another
+/// process already listens on. `SO_REUSEPORT` lets our workers share one port, but it would
+/// also let a second switchyard (same user) bind it silently and take part of the traffic
+/// with another config; nginx and Envoy fail to start instead, and so do we.
+///
+/// Two checks: a probe bind without `SO_REUSEPORT` fails on any port someone listens on, and
+/// an abstract Unix socket named after the address closes the window between that probe and
+/// our own bind against a second switchyard starting at the same moment. The lock lives as
+/// long as the returned guard; the kernel drops it with the process.
+pub fn bind_first(addr: SocketAddr) -> std::io::Result<(TcpListener, ListenLock)> {
+    let in_use = || {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "address already in use (another process listens there)",
+        )
+    };
+    let lock = ListenLock::take(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => in_use(),
+        _ => e,
+    })?;
+    if addr.port() != 0 {
+        let probe = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // TIME_WAIT leftovers of an earlier run must not count as "in use".
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => in_use(),
+            _ => e,
+        })?;
+    }
+    Ok((bind_shared(addr)?, lock))
+}
+
+/// Held while this process serves an address; see [`bind_first`].
+pub struct ListenLock {
+    #[cfg(target_os = "linux")]
+    _socket: Option<std::os::unix::net::UnixListener>,
+}
+
+impl ListenLock {
+    #[cfg(target_os = "linux")]
+    fn take(addr: SocketAddr) -> std::io::Result<ListenLock> {
+        use std::os::linux::net::SocketAddrExt as _;
+        if addr.port() == 0 {
+            // Every bind to port 0 gets a port of its own.
+            return Ok(ListenLock { _socket: None });
+        }
+        let name = format!("switchyard/listen/{addr}");
+        let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let socket = std::os::unix::net::UnixListener::bind_addr(&abstract_addr)?;
+        Ok(ListenLock {
+            _socket: Some(socket),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn take(_addr: SocketAddr) -> std::io::Result<ListenLock> {
+        Ok(ListenLock {})
+    }
+}
+
 /// Listeners running on their own threads, plus the one on the caller's runtime.
 pub struct Workers {
     listeners: Vec<ProxyListener>,
