@@ -87,6 +87,7 @@ impl Admin {
             );
         }
         match path {
+            "/" | "/help" => help(),
             "/ready" | "/healthz/ready" => {
                 if self.state.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
@@ -207,11 +208,24 @@ impl Admin {
                 "method not allowed: use POST /logging?level=LEVEL\n",
             );
         }
-        let level = req
+        let asked = req
             .uri()
             .query()
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")))
             .unwrap_or("");
+        // Envoy's level names. Anything else would reach the filter as a directive naming a
+        // log target ("bogus" = everything from target `bogus`), muting every other log.
+        let Some(level) = envoy_log_level(asked) else {
+            return crate::metrics::server::respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!(
+                    "invalid level {asked:?}: use one of {}\n",
+                    ENVOY_LOG_LEVELS.join(", ")
+                )
+                .into_bytes(),
+            );
+        };
         let Some(set) = &self.set_log_level else {
             return text(
                 StatusCode::NOT_IMPLEMENTED,
@@ -252,6 +266,68 @@ impl Admin {
     }
 }
 
+/// The levels `POST /logging?level=` takes, as Envoy names them.
+const ENVOY_LOG_LEVELS: [&str; 7] = [
+    "trace", "debug", "info", "warning", "error", "critical", "off",
+];
+
+/// An Envoy level name as the log filter names it.
+fn envoy_log_level(level: &str) -> Option<&'static str> {
+    Some(match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        _ => return None,
+    })
+}
+
+/// What `GET /` and `/help` list, as Envoy's admin does.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("/", "this list"),
+    ("/help", "this list"),
+    ("/ready", "LIVE, or 503 DRAINING (also /healthz/ready)"),
+    ("/server_info", "version, state, uptime, config version"),
+    (
+        "/config_dump",
+        "the serving table as JSON, and the last reload with its diagnostics",
+    ),
+    (
+        "/clusters",
+        "endpoints per cluster with active requests and health (?format=json)",
+    ),
+    (
+        "/stats/prometheus",
+        "Istio and Envoy metrics in Prometheus text format (also /metrics)",
+    ),
+    (
+        "/stats/subsets",
+        "per-subset requests, success rate and latency windows (JSON)",
+    ),
+    (
+        "/reload",
+        "POST: read the config again; accepted, unchanged or refused with diagnostics",
+    ),
+    (
+        "/logging",
+        "POST ?level=trace|debug|info|warning|error|critical|off",
+    ),
+    ("/healthcheck/fail", "POST: fail /ready (start draining)"),
+    ("/healthcheck/ok", "POST: pass /ready again"),
+    ("/drain_listeners", "POST: as /healthcheck/fail"),
+    ("/quitquitquit", "POST: drain and exit"),
+];
+
+fn help() -> Response<Full<Bytes>> {
+    let mut out = String::from("admin commands are:\n");
+    for (path, what) in ENDPOINTS {
+        out.push_str(&format!("  {path}: {what}\n"));
+    }
+    crate::metrics::server::respond(StatusCode::OK, "text/plain", out.into_bytes())
+}
+
 fn epoch_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -270,11 +346,20 @@ pub fn table_json(table: &RouteTable) -> Value {
                 .map(|r| {
                     let action = match &r.action {
                         Action::Forward(pick) => {
-                            json!({"route": pick.iter().enumerate().map(|(i, (w, t))| json!({
-                            "cluster": table.clusters[t.cluster].name,
-                            "weight": w,
-                            "share": pick.share(i),
-                        })).collect::<Vec<_>>()})
+                            let lone = pick.iter().count() == 1;
+                            json!({"route": pick.iter().enumerate().map(|(i, (w, t))| {
+                                let mut d = json!({
+                                    "cluster": table.clusters[t.cluster].name,
+                                    // A lone destination takes all traffic whatever the YAML
+                                    // says (Istio emits it as a plain cluster route).
+                                    "weight": if lone { 100 } else { w },
+                                    "share": pick.share(i),
+                                });
+                                if lone && w != 100 {
+                                    d["configured_weight"] = json!(w);
+                                }
+                                d
+                            }).collect::<Vec<_>>()})
                         }
                         Action::Redirect(rd) => json!({"redirect": {"code": rd.code.as_u16()}}),
                         Action::Direct(d) => {

@@ -423,11 +423,11 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(args.serve.log_format);
-            runtime().and_then(|rt| rt.block_on(run(args.config, args.serve, None)))
+            serve_then_exit(run(args.config, args.serve, None))
         }
         Command::Demo(args) => {
             init_logging(args.serve.log_format);
-            runtime().and_then(|rt| rt.block_on(demo::run(args)))
+            serve_then_exit(demo::run(args))
         }
     };
     match result {
@@ -437,6 +437,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs a serving command, then exits as soon as it returns: dropping the runtime would wait
+/// for its blocking threads, and one of them may sit in `getaddrinfo` for a DNS cluster's
+/// refresh (seconds when a resolver does not answer) or in a config read, holding the exit
+/// well past `drained; exiting`. Nothing those threads do is needed once the drain is over.
+fn serve_then_exit(serve: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let code = rt.block_on(serve);
+    rt.shutdown_background();
+    code
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -127,6 +127,11 @@ pub fn simulate(table: &RouteTable, req: &RequestSpec, opts: SimOptions) -> Repo
                 let mut labels: Vec<String> = Vec::new();
                 for (i, (_, t)) in pick.iter().enumerate() {
                     let (label, name) = match table.clusters.get(t.cluster) {
+                        // As explain says: every request drawn here is answered 503 UH.
+                        Some(c) if has_no_endpoints(c) => (
+                            format!("{} -> 503 UH (no endpoints)", destination_label(c)),
+                            Some(c.name.clone()),
+                        ),
                         Some(c) => (destination_label(c), Some(c.name.clone())),
                         None => (format!("#{i}"), None),
                     };
@@ -217,6 +222,17 @@ pub fn simulate(table: &RouteTable, req: &RequestSpec, opts: SimOptions) -> Repo
         rows,
         first,
         elapsed,
+    }
+}
+
+/// A cluster that can never be sent to, as `explain` reports it: no static endpoint, or a
+/// DNS cluster with no name to resolve. A resolution-NONE cluster forwards to the address
+/// the request names.
+fn has_no_endpoints(c: &crate::upstream::Cluster) -> bool {
+    match &c.discovery {
+        crate::upstream::Discovery::OriginalDst => false,
+        crate::upstream::Discovery::Dns(targets) => targets.is_empty(),
+        crate::upstream::Discovery::Static => c.endpoints().is_empty(),
     }
 }
 

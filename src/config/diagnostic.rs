@@ -57,6 +57,8 @@ pub mod codes {
     pub const SKIPPED_KIND: &str = "SY0003";
     /// Ours: a resource that does not apply to this proxy (gateway-bound, not exported to us).
     pub const NOT_APPLICABLE: &str = "SY0004";
+    /// Ours: the config holds no VirtualService and no ServiceEntry: nothing can be routed.
+    pub const NOTHING_ROUTABLE: &str = "SY0005";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -124,6 +124,8 @@ const ISTIO_API_VERSIONS: [&str; 3] = [
 /// The bytes of a config path's files, read but not yet parsed, and their hash.
 #[derive(Debug)]
 pub struct Sources {
+    /// The path given (`--config`).
+    root: PathBuf,
     files: Vec<(PathBuf, std::io::Result<Vec<u8>>)>,
     diagnostics: Vec<Diagnostic>,
     /// SHA-256 over every file's path and bytes, as [`Resources::content_hash`].
@@ -161,6 +163,7 @@ pub fn read_sources(path: &Path) -> Sources {
         })
         .collect();
     Sources {
+        root: path.to_path_buf(),
         files,
         diagnostics,
         content_hash: hex(&hasher.finalize()),
@@ -188,7 +191,42 @@ pub fn parse_sources(src: Sources, opts: &LoadOptions) -> Resources {
         }
         res.files.push(file);
     }
+    if let Some(d) = nothing_routable(&src.root, &res) {
+        res.diagnostics.push(d);
+    }
     res
+}
+
+/// `SY0005`: a config with no VirtualService and no ServiceEntry routes nothing: every
+/// request would be answered 502 (BlackHole) or 404. Said at start and on every reload, with
+/// what was read, since the usual cause is a wrong path or a file extension we skip.
+fn nothing_routable(root: &Path, res: &Resources) -> Option<Diagnostic> {
+    // A file that did not parse already says why nothing is routable.
+    if !res.virtual_services.is_empty()
+        || !res.service_entries.is_empty()
+        || res.diagnostics.iter().any(Diagnostic::is_error)
+    {
+        return None;
+    }
+    let read = res.files.len();
+    let skipped = res
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == codes::SKIPPED_KIND)
+        .count();
+    Some(Diagnostic {
+        severity: Severity::Warning,
+        code: codes::NOTHING_ROUTABLE,
+        file: root.to_path_buf(),
+        line: 0,
+        resource: String::new(),
+        field_path: String::new(),
+        message: format!(
+            "nothing routable: no VirtualService or ServiceEntry in {read} file(s) read \
+             ({skipped} resource(s) of other kinds skipped); only *.yaml and *.yml files are \
+             read, so every request will be refused (502 for an unknown host)"
+        ),
+    })
 }
 
 /// Reads YAML text as if it were the file `name` (tests, and the `validate -` case).
