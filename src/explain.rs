@@ -524,7 +524,7 @@ fn explain_forward(
         let _ = writeln!(o, "result:   route [{index}] forwards every request to:");
     }
     for (i, (_, target)) in pick.iter().enumerate() {
-        let Some(cluster) = table.clusters.get(target.cluster) else {
+        let Some(cluster) = table.clusters.get(target.cluster_at(req.port)) else {
             continue;
         };
         let what = if cluster.subset.is_empty() {
@@ -540,6 +540,22 @@ fn explain_forward(
             cluster.lb.as_str()
         );
         endpoint_lines(o, cluster);
+        // What the upstream sees as Host/:authority when something rewrites it: the route's
+        // rewrite wins over this destination's own `Host`/`:authority` header.
+        let route_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_ref());
+        let rewritten = match (route_authority, &target.authority) {
+            (Some(a), _) => Some((a, "the route's authority rewrite")),
+            (None, Some(a)) => Some((a, "this destination's request headers")),
+            (None, None) => None,
+        };
+        if let Some((a, from)) = rewritten {
+            let _ = writeln!(
+                o,
+                "          upstream authority: {} (was {}; from {from})",
+                String::from_utf8_lossy(a.as_bytes()),
+                req.authority
+            );
+        }
         let ops = &target.request_headers;
         if !ops.is_empty() {
             let _ = writeln!(o, "          request headers: {}", ops_text(ops));

@@ -616,6 +616,9 @@ pub struct HttpSettings {
     pub use_client_protocol: Option<Bool>,
     #[serde(alias = "max_concurrent_streams")]
     pub max_concurrent_streams: Option<Int>,
+    /// HTTP/2 PING keepalive on upstream connections (`time`, `interval`, `timeout`).
+    #[serde(alias = "http2_keep_alive")]
+    pub http2_keep_alive: Option<Opaque>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -45,10 +45,13 @@ pub struct ValidateOptions<'a> {
 
 /// Findings a sidecar would still serve through: Errors for `validate`, Warnings when serving.
 /// A subset with no endpoints answers 503 UH (scaling a canary to zero must not block a reload);
-/// two mesh VirtualServices for one host are resolved by "first loaded wins", as on a sidecar.
-const SERVED_ANYWAY: [&str; 2] = [
+/// two mesh VirtualServices for one host are resolved by "first loaded wins", as on a sidecar;
+/// a destination without `port` on a multi-port service takes the port the request addressed,
+/// as a sidecar takes its listener's (the webhook accepts it; only `istioctl analyze` objects).
+const SERVED_ANYWAY: [&str; 3] = [
     codes::SUBSET_SELECTS_NOTHING,
     codes::CONFLICTING_MESH_GATEWAY_HOSTS,
+    codes::DESTINATION_PORT_SELECTOR_REQUIRED,
 ];
 
 /// A field Istio defines that switchyard reads but does not act on yet.
@@ -103,6 +106,7 @@ const NOT_IMPLEMENTED: &[Gap] = &[
     ignored("connectionPool.http.h2UpgradePolicy"),
     ignored("connectionPool.http.useClientProtocol"),
     ignored("connectionPool.http.maxConcurrentStreams"),
+    ignored("connectionPool.http.http2KeepAlive"),
     ignored("connectionPool.tcp.tcpKeepalive"),
     ignored("connectionPool.tcp.idleTimeout"),
     ignored("connectionPool.tcp.maxConnectionDuration"),
@@ -2338,6 +2342,11 @@ impl Out {
                     "connectionPool.http.maxConcurrentStreams",
                     http.is_some_and(|h| h.max_concurrent_streams.is_some()),
                     "http.maxConcurrentStreams",
+                ),
+                (
+                    "connectionPool.http.http2KeepAlive",
+                    http.is_some_and(|h| h.http2_keep_alive.is_some()),
+                    "http.http2KeepAlive",
                 ),
                 (
                     "connectionPool.tcp.tcpKeepalive",

@@ -317,6 +317,9 @@ impl Proxy {
                             new_path = rw.rewrite_path(&path);
                             new_authority = rw.authority.clone();
                         }
+                        if new_authority.is_none() {
+                            new_authority = target.authority.clone();
+                        }
                         let response_ops = match (&target.response_headers, &route.response_headers)
                         {
                             (None, None) => None,

@@ -260,6 +260,14 @@ impl Redirect {
             }
             None => (req_host.to_string(), req_port),
         };
+        let default_port = |scheme: &str, p: Option<u16>| {
+            matches!((scheme, p), ("http", Some(80)) | ("https", Some(443)))
+        };
+        // FROM_REQUEST_PORT on the scheme's default port: Istio sets no port redirect at all,
+        // so Envoy keeps the host exactly as the client sent it (`b:80` stays `b:80`).
+        let as_sent = self.port == Some(RedirectPort::RequestPort)
+            && self.authority.is_none()
+            && default_port(scheme, req_port);
         match self.port {
             Some(RedirectPort::Explicit(p)) => port = Some(p),
             Some(RedirectPort::ProtocolDefault) => port = None,
@@ -267,7 +275,7 @@ impl Redirect {
             None => {}
         }
         // Envoy drops a port that is the scheme's default.
-        if matches!((scheme, port), ("http", Some(80)) | ("https", Some(443))) {
+        if !as_sent && default_port(scheme, port) {
             port = None;
         }
         let new_path = match (&self.path, &self.prefix_rewrite) {

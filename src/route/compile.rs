@@ -16,7 +16,9 @@ use super::action::{
     regex_substitution,
 };
 use super::host::{HostIndex, lookup_aliases, resolve_short_name};
-use super::matcher::{HeaderMatcher, QueryMatcher, RequestMatch, StringMatcher, UriMatcher};
+use super::matcher::{
+    HeaderMatcher, Pseudo, PseudoMatcher, QueryMatcher, RequestMatch, StringMatcher, UriMatcher,
+};
 use super::policy::{Cors, Fault, Mirror, RetryPolicy, RoutePolicy, per_million};
 use super::weighted::WeightedPick;
 use super::{Action, Route, RouteTable, Target, VirtualHost};
@@ -307,8 +309,11 @@ impl<'a> Builder<'a> {
             field,
             message,
         };
-        let (req_ops, resp_ops) =
-            header_ops(rule.headers.as_ref()).map_err(|m| invalid(field("headers"), m))?;
+        let Ops {
+            request: req_ops,
+            response: resp_ops,
+            authority: rule_authority,
+        } = header_ops(rule.headers.as_ref()).map_err(|m| invalid(field("headers"), m))?;
         let policy = Arc::new(RoutePolicy {
             timeout: match rule.timeout.as_deref() {
                 Some(t) => Some(
@@ -339,7 +344,20 @@ impl<'a> Builder<'a> {
                 ActionError::Compile(c) => c,
                 ActionError::Msg(f, m) => invalid(field(&f), m),
             })?;
-            let rewrite = rewrite_of(rule, block).map_err(|m| invalid(field("rewrite"), m))?;
+            let mut rewrite = rewrite_of(rule, block).map_err(|m| invalid(field("rewrite"), m))?;
+            // The rule's `Host`/`:authority` header is a route-level authority rewrite, as
+            // `rewrite.authority` is (Istio validation lets only one of them be set).
+            if let Some(a) = &rule_authority
+                && rewrite.as_ref().is_none_or(|rw| rw.authority.is_none())
+            {
+                rewrite
+                    .get_or_insert_with(|| Rewrite {
+                        uri: None,
+                        regex: None,
+                        authority: None,
+                    })
+                    .authority = Some(a.clone());
+            }
             let action = match action {
                 Action::Redirect(mut redirect) => {
                     if let Some(pr) = &mut redirect.prefix_rewrite {
@@ -458,7 +476,36 @@ impl<'a> Builder<'a> {
                     &r.resource,
                 )
                 .map_err(ActionError::Compile)?;
-            let (request_headers, response_headers) = header_ops(d.headers.as_ref())
+            // No port on a service with several (IST0112 in `validate`): a sidecar serves it
+            // with the port the request arrived on, so every service port gets its cluster.
+            let service_ports: Vec<u16> = match port {
+                Some(_) => Vec::new(),
+                None => self
+                    .registry
+                    .service(&resolve_short_name(&d.destination.host, r.namespace))
+                    .map(|svc| svc.ports.iter().map(|p| p.number).collect())
+                    .unwrap_or_default(),
+            };
+            let mut by_port = Vec::new();
+            if service_ports.len() > 1 {
+                for p in service_ports {
+                    let c = self
+                        .cluster_for(
+                            &d.destination.host,
+                            r.namespace,
+                            d.destination.subset.as_deref(),
+                            Some(p),
+                            &r.resource,
+                        )
+                        .map_err(ActionError::Compile)?;
+                    by_port.push((p, c));
+                }
+            }
+            let Ops {
+                request: request_headers,
+                response: response_headers,
+                authority,
+            } = header_ops(d.headers.as_ref())
                 .map_err(|m| ActionError::Msg(format!("route[{i}].headers"), m))?;
             let weight = d
                 .weight
@@ -469,6 +516,8 @@ impl<'a> Builder<'a> {
                     cluster,
                     request_headers,
                     response_headers,
+                    authority,
+                    by_port: by_port.into(),
                     window: self.window(route_name, cluster),
                 },
             ));
@@ -659,6 +708,8 @@ impl<'a> Builder<'a> {
                     cluster,
                     request_headers: HeaderOps::default(),
                     response_headers: None,
+                    authority: None,
+                    by_port: Box::default(),
                     window: b.window("default", cluster),
                 },
             )])
@@ -763,14 +814,26 @@ fn request_match(m: &HttpMatchRequest) -> Result<RequestMatch, String> {
     };
     let opt = |s: &Option<StringMatch>| s.as_ref().map(string_matcher).transpose();
     let mut headers = Vec::new();
-    for (name, sm) in &m.headers {
-        headers
-            .push(HeaderMatcher::new(name, string_matcher(sm)?, false).map_err(|e| e.to_string())?);
-    }
     let mut without_headers = Vec::new();
-    for (name, sm) in &m.without_headers {
-        without_headers
-            .push(HeaderMatcher::new(name, string_matcher(sm)?, true).map_err(|e| e.to_string())?);
+    let mut pseudo = Vec::new();
+    for (list, invert) in [(&m.headers, false), (&m.without_headers, true)] {
+        for (name, sm) in list {
+            let matcher = string_matcher(sm)?;
+            if let Some(which) = Pseudo::from_name(&name.to_ascii_lowercase()) {
+                pseudo.push(PseudoMatcher {
+                    which,
+                    matcher,
+                    invert,
+                });
+                continue;
+            }
+            let h = HeaderMatcher::new(name, matcher, invert).map_err(|e| e.to_string())?;
+            if invert {
+                without_headers.push(h);
+            } else {
+                headers.push(h);
+            }
+        }
     }
     let mut query = Vec::new();
     for (name, sm) in &m.query_params {
@@ -786,6 +849,7 @@ fn request_match(m: &HttpMatchRequest) -> Result<RequestMatch, String> {
         authority: opt(&m.authority)?,
         headers,
         without_headers,
+        pseudo,
         query,
         port: m.port.and_then(|p| u16::try_from(p.0).ok()),
     })
@@ -913,13 +977,39 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn header_ops(h: Option<&istio::Headers>) -> Result<(HeaderOps, Option<Arc<HeaderOps>>), String> {
+/// A rule's or a destination's `headers`, as Envoy applies them.
+#[derive(Default)]
+struct Ops {
+    request: HeaderOps,
+    response: Option<Arc<HeaderOps>>,
+    /// A `Host` or `:authority` key in `request.set`/`add`: Istio turns it into an authority
+    /// rewrite (`host_rewrite_literal`) instead of a header operation.
+    authority: Option<HeaderValue>,
+}
+
+fn header_ops(h: Option<&istio::Headers>) -> Result<Ops, String> {
     let Some(h) = h else {
-        return Ok(Default::default());
+        return Ok(Ops::default());
     };
     let response = ops_of(h.response.as_ref())?;
     let response = (!response.is_empty()).then(|| Arc::new(response));
-    Ok((ops_of(h.request.as_ref())?, response))
+    let mut authority = None;
+    if let Some(req) = &h.request {
+        // `set` then `add`, as Istio reads them; a later one wins.
+        for (k, v) in req.set.iter().chain(req.add.iter()) {
+            if k == ":authority" || k.eq_ignore_ascii_case("host") {
+                authority = Some(
+                    HeaderValue::from_str(v)
+                        .map_err(|_| format!("request {k}: invalid authority {v:?}"))?,
+                );
+            }
+        }
+    }
+    Ok(Ops {
+        request: ops_of(h.request.as_ref())?,
+        response,
+        authority,
+    })
 }
 
 fn ops_of(o: Option<&istio::HeaderOperations>) -> Result<HeaderOps, String> {
@@ -927,7 +1017,8 @@ fn ops_of(o: Option<&istio::HeaderOperations>) -> Result<HeaderOps, String> {
     let Some(o) = o else {
         return Ok(ops);
     };
-    // Istio drops pseudo-headers and Host from header operations (authority has its own field).
+    // Istio drops pseudo-headers and Host from header operations (the authority is a
+    // rewrite, see `header_ops`).
     let usable = |k: &str| !k.starts_with(':') && !k.eq_ignore_ascii_case("host");
     let name = |k: &str| {
         HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())

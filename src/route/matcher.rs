@@ -960,6 +960,88 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// A pseudo-header named in `headers`/`withoutHeaders`. Istio passes these to Envoy's header
+/// matcher, which sees them on HTTP/1.1 requests too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pseudo {
+    Method,
+    /// The path with its query, as Envoy's `:path`.
+    Path,
+    Authority,
+    Scheme,
+}
+
+impl Pseudo {
+    pub fn from_name(name: &str) -> Option<Pseudo> {
+        Some(match name {
+            ":method" => Pseudo::Method,
+            ":path" => Pseudo::Path,
+            ":authority" => Pseudo::Authority,
+            ":scheme" => Pseudo::Scheme,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Pseudo::Method => ":method",
+            Pseudo::Path => ":path",
+            Pseudo::Authority => ":authority",
+            Pseudo::Scheme => ":scheme",
+        }
+    }
+}
+
+/// A header condition on a pseudo-header: always present, so `withoutHeaders` is a plain
+/// negation.
+#[derive(Debug, Clone)]
+pub struct PseudoMatcher {
+    pub which: Pseudo,
+    pub matcher: StringMatcher,
+    pub invert: bool,
+}
+
+impl PseudoMatcher {
+    fn with_value<R>(&self, req: &RequestView, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self.which {
+            Pseudo::Method => f(req.method.as_bytes()),
+            Pseudo::Authority => f(req.authority.as_bytes()),
+            Pseudo::Scheme => f(req.scheme.as_bytes()),
+            Pseudo::Path => match req.query {
+                None => f(req.path.as_bytes()),
+                // Only configs that match on `:path` pay for the joined copy.
+                Some(q) => f(format!("{}?{q}", req.path).as_bytes()),
+            },
+        }
+    }
+
+    fn matches(&self, req: &RequestView) -> bool {
+        self.with_value(req, |v| self.matcher.matches(v) != self.invert)
+    }
+
+    fn describe_mismatch(&self, req: &RequestView) -> Option<String> {
+        self.with_value(req, |v| {
+            if self.matcher.matches(v) != self.invert {
+                return None;
+            }
+            let name = self.which.name();
+            Some(if self.invert {
+                format!(
+                    "withoutHeaders {name:?}: value {:?} matches {}",
+                    lossy(v),
+                    self.matcher
+                )
+            } else {
+                format!(
+                    "header {name:?}: value {:?} does not match {}",
+                    lossy(v),
+                    self.matcher
+                )
+            })
+        })
+    }
+}
+
 /// One Istio `HTTPMatchRequest`: every condition must hold.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
@@ -969,6 +1051,8 @@ pub struct RequestMatch {
     pub authority: Option<StringMatcher>,
     pub headers: Vec<HeaderMatcher>,
     pub without_headers: Vec<HeaderMatcher>,
+    /// `headers`/`withoutHeaders` conditions on `:method`, `:path`, `:authority`, `:scheme`.
+    pub pseudo: Vec<PseudoMatcher>,
     pub query: Vec<QueryMatcher>,
     pub port: Option<u16>,
 }
@@ -1000,6 +1084,7 @@ impl RequestMatch {
                 .iter()
                 .chain(&self.without_headers)
                 .all(|h| h.matches_memo(req.headers, memo))
+            && self.pseudo.iter().all(|p| p.matches(req))
             && self.query.iter().all(|q| q.matches(req.query))
     }
 
@@ -1058,6 +1143,9 @@ impl RequestMatch {
             if let Some(why) = h.describe_mismatch(req.headers) {
                 return Some(why);
             }
+        }
+        if let Some(why) = self.pseudo.iter().find_map(|p| p.describe_mismatch(req)) {
+            return Some(why);
         }
         for q in &self.query {
             match q.first_value(req.query) {

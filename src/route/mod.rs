@@ -99,6 +99,14 @@ pub struct Target {
     pub cluster: usize,
     pub request_headers: HeaderOps,
     pub response_headers: Option<Arc<HeaderOps>>,
+    /// A destination without `port` on a service with several: the cluster of each service
+    /// port, picked by the port the request addressed (Istio builds the cluster from the
+    /// listener the request arrived on). Empty otherwise; `cluster` is then the only one, and
+    /// the fallback for a port the service does not have.
+    pub by_port: Box<[(u16, usize)]>,
+    /// The destination's own authority rewrite (a `Host`/`:authority` key in its request
+    /// headers); a route-level one wins.
+    pub authority: Option<http::HeaderValue>,
     /// Success and latency of this route's share to this subset (`/stats/subsets`).
     pub window: Arc<Window>,
 }
@@ -125,6 +133,16 @@ pub enum Decision<'t> {
     NoRoute { vhost: &'t VirtualHost },
     /// No resource names this host: 502 under REGISTRY_ONLY, passthrough under ALLOW_ANY.
     UnknownHost,
+}
+
+impl Target {
+    /// The cluster a request addressed to `port` goes to.
+    pub fn cluster_at(&self, port: u16) -> usize {
+        self.by_port
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(self.cluster, |&(_, c)| c)
+    }
 }
 
 impl RouteTable {
@@ -158,7 +176,7 @@ impl RouteTable {
                     vhost,
                     route,
                     target,
-                    cluster: &self.clusters[target.cluster],
+                    cluster: &self.clusters[target.cluster_at(req.port)],
                 }
             }
             Action::Redirect(redirect) => Decision::Redirect {
