@@ -471,7 +471,36 @@ fn unreachable_rules() {
         Mode::Analyze,
         &[
             "unreachable.yaml:34: Info IST0131 VirtualService/default/web: spec.http[1].match[0]: VirtualService rule \"api-v2\" match #0 is not used (duplicate/overlapping match in rule \"api\").",
-            "unreachable.yaml:48: Warning IST0130 VirtualService/default/web: spec.http[3]: VirtualService rule \"never\" not used (rule \"everything\" before it matches every request).",
+            // istioctl keeps IST0130 for exact repeats and rules after one without matches.
+            "unreachable.yaml:50: Info IST0131 VirtualService/default/web: spec.http[3].match[0]: VirtualService rule \"never\" match #0 is not used (duplicate/overlapping match in rule \"everything\"). No match of rule \"never\" can apply, so the rule is never used.",
+        ],
+    );
+}
+
+#[test]
+fn a_later_match_with_an_added_condition_is_ineffective() {
+    assert_shown(
+        "narrower-match.yaml",
+        Mode::Analyze,
+        &[
+            "narrower-match.yaml:30: Info IST0131 VirtualService/default/catalog: spec.http[0].match[1]: VirtualService rule \"items\" match #1 is not used (duplicate/overlapping match in rule \"items\").",
+            "narrower-match.yaml:34: Info IST0131 VirtualService/default/catalog: spec.http[0].match[2]: VirtualService rule \"items\" match #2 is not used (duplicate/overlapping match in rule \"items\").",
+            "narrower-match.yaml:47: Info IST0131 VirtualService/default/catalog: spec.http[1].match[1]: VirtualService rule \"tenant\" match #1 is not used (duplicate/overlapping match in rule \"tenant\").",
+        ],
+    );
+}
+
+#[test]
+fn a_rule_covered_by_a_shorter_prefix_is_ist0131_not_ist0130() {
+    assert_shown(
+        "narrower-rule.yaml",
+        Mode::Analyze,
+        &[
+            "narrower-rule.yaml:35: Info IST0131 VirtualService/default/orders: spec.http[1].match[0]: VirtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0). No match of rule #1 can apply, so the rule is never used.",
+            // An exact repeat, and a second rule without matches, stay IST0130 as in istioctl.
+            "narrower-rule.yaml:42: Warning IST0130 VirtualService/default/orders: spec.http[2]: VirtualService rule #2 not used (all matches used by prior rules).",
+            "narrower-rule.yaml:43: Info IST0131 VirtualService/default/orders: spec.http[2].match[0]: VirtualService rule #2 match #0 is not used (duplicate/overlapping match in rule #0).",
+            "narrower-rule.yaml:53: Warning IST0130 VirtualService/default/orders: spec.http[4]: VirtualService rule #4 not used (only the last rule can have no matches).",
         ],
     );
 }
