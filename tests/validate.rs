@@ -643,3 +643,14 @@ fn our_fixtures_that_should_serve_do() {
         assert!(errors(&diags).is_empty(), "{name}: {:#?}", errors(&diags));
     }
 }
+
+#[test]
+fn an_empty_destination_is_a_schema_error_and_an_unknown_host() {
+    let expected = [
+        "empty-destination.yaml:30: Error IST0106 VirtualService/default/cart: spec.http[0].route[0].destination.host: destination host is required",
+        "empty-destination.yaml:30: Error IST0101 VirtualService/default/cart: spec.http[0].route[0].destination.host: Referenced host not found: \"\"",
+    ];
+    assert_shown("empty-destination.yaml", Mode::Analyze, &expected);
+    // `run` refuses it for both reasons too.
+    assert_shown("empty-destination.yaml", Mode::Serve, &expected);
+}

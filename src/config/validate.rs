@@ -279,7 +279,18 @@ impl Validator<'_> {
         path: &str,
         what: &str,
     ) {
-        if d.host.is_empty() || d.host == "*" {
+        if d.host.is_empty() {
+            // Also a schema error; istioctl's host analyzer reports the empty host as well.
+            self.out.push(
+                vs,
+                Severity::Error,
+                codes::REFERENCED_RESOURCE_NOT_FOUND,
+                format!("{path}.host"),
+                format!("Referenced {what} not found: \"\""),
+            );
+            return;
+        }
+        if d.host == "*" {
             return; // already a schema error
         }
         let fqdn = resolve_short_name(&d.host, &vs.namespace);
