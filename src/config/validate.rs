@@ -23,18 +23,25 @@ use super::istio::{
     LoadBalancerSettings, Opaque, OutlierDetection, Percent, Resolution, StringMatch, TlsMode,
     TrafficPolicy, WorkloadEntrySpec,
 };
-use super::registry::{Registry, Service, destination_rules_for, wildcard_covers};
+use super::registry::{Service, destination_rules_for, wildcard_covers};
 use super::scope::{ProxyIdentity, binds_mesh, visible_to};
 use super::{DestinationRule, Resource, Resources, ServiceEntry, VirtualService, WorkloadEntry};
 use crate::route::host::resolve_short_name;
 use crate::route::matcher::StringMatcher;
 
+mod perspective;
 mod reachability;
+
+use perspective::Hosts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `switchyard validate`: as strict as `istioctl analyze`.
+    /// `switchyard validate --namespace N`: as strict as `istioctl analyze`, references judged
+    /// from one proxy in the identity's namespace.
     Analyze,
+    /// `switchyard validate` (`--all-namespaces`): as strict, every resource judged from its
+    /// own namespace (or its `exportTo` namespaces), as `istioctl analyze` does.
+    AnalyzeAll,
     /// `run` and every reload: what decides whether a config is served.
     Serve,
 }
@@ -149,8 +156,8 @@ const NOT_IMPLEMENTED: &[Gap] = &[
 pub fn validate(res: &Resources, opts: &ValidateOptions) -> Vec<Diagnostic> {
     let mut v = Validator {
         res,
-        identity: opts.identity,
-        reg: Registry::build(res, opts.identity),
+        mode: opts.mode,
+        hosts: Hosts::new(res, opts.identity, opts.mode),
         out: Out {
             diags: Vec::new(),
             istio_mutual_as_plaintext: opts.istio_mutual_as_plaintext,
@@ -186,8 +193,8 @@ pub fn validate(res: &Resources, opts: &ValidateOptions) -> Vec<Diagnostic> {
 
 struct Validator<'a> {
     res: &'a Resources,
-    identity: &'a ProxyIdentity,
-    reg: Registry<'a>,
+    mode: Mode,
+    hosts: Hosts<'a>,
     out: Out,
 }
 
@@ -209,7 +216,13 @@ impl Validator<'_> {
         self.out.unreachable_l4(vs, "tls", &vs.spec.tls);
 
         let spec = &vs.spec;
+        let own = self.hosts.each_own();
         if !binds_mesh(&spec.gateways) {
+            if own {
+                // istioctl checks where a gateway's routes go too; this is no sidecar's view.
+                self.vs_references(vs);
+                return;
+            }
             self.out.push(
                 vs,
                 Severity::Info,
@@ -222,9 +235,9 @@ impl Validator<'_> {
             );
             return;
         }
-        if !visible_to(&spec.export_to, &vs.namespace, &self.identity.namespace) {
-            self.out
-                .not_exported(vs, &spec.export_to, &self.identity.namespace);
+        let me = &self.hosts.identity(&vs.namespace).namespace;
+        if !own && !visible_to(&spec.export_to, &vs.namespace, me) {
+            self.out.not_exported(vs, &spec.export_to, me);
             return;
         }
         self.vs_references(vs);
@@ -294,14 +307,17 @@ impl Validator<'_> {
             return; // already a schema error
         }
         let fqdn = resolve_short_name(&d.host, &vs.namespace);
-        let service = self.reg.service(&fqdn);
+        let service = self.hosts.service(&vs.namespace, &vs.spec.export_to, &fqdn);
         match service {
             None => self.out.push(
                 vs,
                 Severity::Error,
                 codes::REFERENCED_RESOURCE_NOT_FOUND,
                 format!("{path}.host"),
-                format!("Referenced {what} not found: \"{fqdn}\""),
+                format!(
+                    "Referenced {what} not found: \"{fqdn}\"{}",
+                    kube_only(self.res, self.mode, &fqdn)
+                ),
             ),
             Some(svc) => match d.port.as_ref().and_then(|p| p.number) {
                 None if svc.ports.len() > 1 => {
@@ -335,7 +351,8 @@ impl Validator<'_> {
             return;
         };
         let service_ns = service.map(|s| s.namespace.as_str());
-        let defined = destination_rules_for(self.res, &fqdn, service_ns, self.identity)
+        let me = self.hosts.identity(&vs.namespace);
+        let defined = destination_rules_for(self.res, &fqdn, service_ns, &me)
             .iter()
             .any(|dr| dr.spec.subsets.iter().any(|s| s.name == subset));
         if !defined {
@@ -350,11 +367,11 @@ impl Validator<'_> {
     }
 
     fn destination_rule(&mut self, dr: &DestinationRule) {
-        let visible = visible_to(&dr.spec.export_to, &dr.namespace, &self.identity.namespace);
+        let me = &self.hosts.identity(&dr.namespace).namespace;
+        let visible = self.hosts.each_own() || visible_to(&dr.spec.export_to, &dr.namespace, me);
         self.out.destination_rule_schema(dr, visible);
         if !visible {
-            self.out
-                .not_exported(dr, &dr.spec.export_to, &self.identity.namespace);
+            self.out.not_exported(dr, &dr.spec.export_to, me);
             return;
         }
         if dr.spec.workload_selector.is_some() {
@@ -368,21 +385,31 @@ impl Validator<'_> {
             return;
         }
         let fqdn = resolve_short_name(&dr.spec.host, &dr.namespace);
+        let views = self.hosts.views(&dr.namespace, &dr.spec.export_to);
         let service = if fqdn.starts_with('*') {
-            self.reg
-                .services
-                .iter()
-                .find(|s| s.host == fqdn || wildcard_covers(&fqdn, &s.host))
+            views.iter().find_map(|reg| {
+                reg.services
+                    .iter()
+                    .find(|s| s.host == fqdn || wildcard_covers(&fqdn, &s.host))
+            })
         } else {
-            self.reg.service(&fqdn)
+            views.iter().find_map(|reg| reg.service(&fqdn))
         };
         let Some(svc) = service else {
+            let what = if self.mode == Mode::Serve {
+                "ServiceEntry"
+            } else {
+                "ServiceEntry or Service"
+            };
             self.out.push(
                 dr,
                 Severity::Warning,
                 codes::UNKNOWN_DR_HOST,
                 "spec.host",
-                format!("DestinationRule for non-existent service \"{fqdn}\": no visible ServiceEntry defines it"),
+                format!(
+                    "DestinationRule for non-existent service \"{fqdn}\": no visible {what} defines it{}",
+                    kube_only(self.res, self.mode, &fqdn)
+                ),
             );
             return;
         };
@@ -390,6 +417,11 @@ impl Validator<'_> {
         if fqdn.starts_with('*') || !endpoints_are_known(svc) {
             return;
         }
+        let selected = if svc.entry.kind == "Service" {
+            "pods"
+        } else {
+            "endpoints"
+        };
         for (k, subset) in dr.spec.subsets.iter().enumerate() {
             if svc.subset_endpoints(&subset.labels).next().is_none() {
                 self.out.push(
@@ -398,7 +430,7 @@ impl Validator<'_> {
                     codes::SUBSET_SELECTS_NOTHING,
                     format!("spec.subsets[{k}].name"),
                     format!(
-                        "The Subset {} defined in the DestinationRule does not select any endpoints of \"{}\", which may lead to 503 UH (NoHealthyUpstream).",
+                        "The Subset {} defined in the DestinationRule does not select any {selected} of \"{}\", which may lead to 503 UH (NoHealthyUpstream).",
                         subset.name, svc.host
                     ),
                 );
@@ -408,9 +440,9 @@ impl Validator<'_> {
 
     fn service_entry(&mut self, se: &ServiceEntry) {
         self.out.service_entry_schema(se);
-        if !visible_to(&se.spec.export_to, &se.namespace, &self.identity.namespace) {
-            self.out
-                .not_exported(se, &se.spec.export_to, &self.identity.namespace);
+        let me = &self.hosts.identity(&se.namespace).namespace;
+        if !self.hosts.each_own() && !visible_to(&se.spec.export_to, &se.namespace, me) {
+            self.out.not_exported(se, &se.spec.export_to, me);
             return;
         }
         if !se.spec.subject_alt_names.is_empty() {
@@ -439,10 +471,10 @@ impl Validator<'_> {
                 Protocol::Https | Protocol::Tls
             );
             let (mut all, mut passthrough) = (true, false);
+            let me = self.hosts.identity(&se.namespace);
             for host in &se.spec.hosts {
                 let fqdn = resolve_short_name(host, &se.namespace);
-                let drs =
-                    destination_rules_for(self.res, &fqdn, Some(&se.namespace), self.identity);
+                let drs = destination_rules_for(self.res, &fqdn, Some(&se.namespace), &me);
                 let top = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
                 let subsets = drs
                     .iter()
@@ -459,9 +491,12 @@ impl Validator<'_> {
                     })
                     .collect();
                 all &= originates.iter().any(|o| *o);
-                let original_dst = self.reg.service(&fqdn).is_some_and(|svc| {
-                    svc.resolution == Resolution::None && svc.endpoints.is_empty()
-                });
+                let original_dst =
+                    self.hosts
+                        .service(&se.namespace, &[], &fqdn)
+                        .is_some_and(|svc| {
+                            svc.resolution == Resolution::None && svc.endpoints.is_empty()
+                        });
                 passthrough |= original_dst && originates.iter().any(|o| *o);
             }
             let path = format!("spec.ports[{k}].protocol");
@@ -566,20 +601,15 @@ impl Validator<'_> {
     }
 
     fn shadowed_hosts(&mut self) {
-        for (se, host) in &self.reg.shadowed {
+        for (se, host, first) in self.hosts.shadowed() {
             let index = se
                 .spec
                 .hosts
                 .iter()
-                .position(|h| resolve_short_name(h, &se.namespace) == *host)
+                .position(|h| resolve_short_name(h, &se.namespace) == host)
                 .unwrap_or(0);
-            let first = self
-                .reg
-                .service(host)
-                .map(|s| format!("{}/{}", s.entry.namespace, s.entry.meta.name))
-                .unwrap_or_default();
             self.out.push(
-                *se,
+                se,
                 Severity::Warning,
                 codes::NOT_APPLICABLE,
                 format!("spec.hosts[{index}]"),
@@ -591,10 +621,28 @@ impl Validator<'_> {
     }
 }
 
+/// For `run`, which reads endpoints from ServiceEntries only: why a host that a Kubernetes
+/// Service in the files names is still unknown.
+fn kube_only(res: &Resources, mode: Mode, fqdn: &str) -> &'static str {
+    if mode == Mode::Serve
+        && res
+            .kube_services
+            .iter()
+            .any(|s| s.spec.hosts.iter().any(|h| h == fqdn))
+    {
+        " (a Kubernetes Service defines it, but switchyard serves only hosts with a ServiceEntry, which gives their endpoints: add one)"
+    } else {
+        ""
+    }
+}
+
 /// Whether a service's endpoint list says anything about its subsets. With DNS resolution and no
 /// endpoints listed, the host name itself is the endpoint; with NONE, traffic goes to the original
 /// destination; neither has labels a subset could select.
 fn endpoints_are_known(svc: &Service) -> bool {
+    if svc.entry.kind == "Service" {
+        return super::kube::endpoints_known(svc.entry);
+    }
     match svc.resolution {
         Resolution::Static => true,
         Resolution::Dns | Resolution::DnsRoundRobin => !svc.entry.spec.endpoints.is_empty(),
