@@ -4,13 +4,14 @@
 //! 1. the admission webhook's schema checks (`IST0106`, warnings `IST0133`): a config Istio's API
 //!    server would refuse is refused here too;
 //! 2. `istioctl analyze`'s cross-resource checks (`IST0101`, `IST0109`, `IST0112`, `IST0130`,
-//!    `IST0131`, `IST0173`, `IST0174`, `IST0002`), relative to what this proxy can see;
+//!    `IST0131`, `IST0173`, `IST0174`, `IST0002`);
 //! 3. switchyard's own notes: fields it reads but does not act on yet (`SY0002`, one table,
 //!    [`NOT_IMPLEMENTED`]) and resources that do not apply to this proxy (`SY0004`).
 //!
 //! `istioctl analyze` looks at every resource it is given, so layer 1 and the structural checks
-//! run on everything; reference checks (does this host exist?) only run on resources this sidecar
-//! would actually serve, because a gateway's VirtualService points at services we cannot see.
+//! run on everything. Reference checks (does this host exist?) depend on where they are judged
+//! from ([`Mode`]): as istioctl, from each resource's own namespace; or as one sidecar, only on
+//! resources it would serve, because a gateway's VirtualService points at services it cannot see.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
