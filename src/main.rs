@@ -229,6 +229,11 @@ struct ValidateArgs {
     /// goes to stderr).
     #[arg(long, short, value_enum, default_value = "text")]
     output: OutputFormat,
+    /// Judge every resource from its own namespace (or its exportTo namespaces), as `istioctl
+    /// analyze` does. The default unless --namespace is given, which judges references as one
+    /// proxy in that namespace sees them.
+    #[arg(long, short = 'A')]
+    all_namespaces: bool,
     #[command(flatten)]
     identity: IdentityArgs,
 }
@@ -401,13 +406,20 @@ fn cli_command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+    let matches = cli_command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Validate(args) => {
+        Command::Validate(mut args) => {
             init_logging(LogFormat::Text);
+            // A namespace from the flag or the environment asks for one proxy's view.
+            let namespace_given = matches
+                .subcommand_matches("validate")
+                .and_then(|m| m.value_source("namespace"))
+                .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+            args.all_namespaces |= !namespace_given;
             run_validate(args)
         }
         Command::Explain(args) => run_explain(args),
@@ -508,7 +520,11 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
         &res,
         &ValidateOptions {
             identity: &identity,
-            mode: Mode::Analyze,
+            mode: if args.all_namespaces {
+                Mode::AnalyzeAll
+            } else {
+                Mode::Analyze
+            },
             istio_mutual_as_plaintext: false,
         },
     ));
@@ -523,7 +539,9 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
     let resources = res.virtual_services.len()
         + res.destination_rules.len()
         + res.service_entries.len()
-        + res.workload_entries.len();
+        + res.workload_entries.len()
+        + res.kube_services.len()
+        + res.workloads.len();
     let summary = ValidateSummary {
         files: res.files.len(),
         resources,

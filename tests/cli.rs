@@ -191,13 +191,51 @@ fn validate_directory_skips_other_kinds_with_a_notice() {
     assert_eq!(
         out.stdout_lines(),
         [format!(
-            "{}/app.yaml:3: Info SY0003 Deployment/ratings-v1: skipped: Deployment (apps/v1) is not one of the resources switchyard reads",
+            "{}/app.yaml:68: Info SY0003 ConfigMap/ratings-settings: skipped: ConfigMap (v1) is not one of the resources switchyard reads",
             fixture("manifests")
         )],
         "{}",
         out.describe()
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+}
+
+/// Without a namespace `validate` judges each resource from its own, as istioctl does; a
+/// namespace, from the flag or the environment, asks for one proxy's view.
+#[test]
+fn validate_perspective_follows_the_namespace_flag() {
+    let file = "tests/fixtures/validate/perspective.yaml";
+    let lines = |out: &Outcome| -> Vec<String> {
+        out.stdout_lines()
+            .iter()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+            .collect()
+    };
+    let own = [
+        "Error IST0101 VirtualService/shop/cart",
+        "Error IST0101 VirtualService/shop/edge",
+    ];
+    for args in [
+        &["validate", file][..],
+        &["validate", "--all-namespaces", file],
+    ] {
+        let out = run_bin(args, &[], QUICK);
+        assert_eq!(lines(&out), own, "{args:?}: {}", out.describe());
+    }
+    let proxy = [
+        "Info SY0004 ServiceEntry/billing/ledger",
+        "Error IST0101 VirtualService/billing/ledger",
+        "Info SY0004 VirtualService/shop/cart",
+        "Info SY0004 VirtualService/shop/edge",
+    ];
+    let out = run_bin(&["validate", "--namespace", "default", file], &[], QUICK);
+    assert_eq!(lines(&out), proxy, "{}", out.describe());
+    let out = run_bin(
+        &["validate", file],
+        &[("SWITCHYARD_NAMESPACE", "default")],
+        QUICK,
+    );
+    assert_eq!(lines(&out), proxy, "{}", out.describe());
 }
 
 #[test]

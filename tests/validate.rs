@@ -471,7 +471,36 @@ fn unreachable_rules() {
         Mode::Analyze,
         &[
             "unreachable.yaml:34: Info IST0131 VirtualService/default/web: spec.http[1].match[0]: VirtualService rule \"api-v2\" match #0 is not used (duplicate/overlapping match in rule \"api\").",
-            "unreachable.yaml:48: Warning IST0130 VirtualService/default/web: spec.http[3]: VirtualService rule \"never\" not used (rule \"everything\" before it matches every request).",
+            // istioctl keeps IST0130 for exact repeats and rules after one without matches.
+            "unreachable.yaml:50: Info IST0131 VirtualService/default/web: spec.http[3].match[0]: VirtualService rule \"never\" match #0 is not used (duplicate/overlapping match in rule \"everything\"). No match of rule \"never\" can apply, so the rule is never used.",
+        ],
+    );
+}
+
+#[test]
+fn a_later_match_with_an_added_condition_is_ineffective() {
+    assert_shown(
+        "narrower-match.yaml",
+        Mode::Analyze,
+        &[
+            "narrower-match.yaml:30: Info IST0131 VirtualService/default/catalog: spec.http[0].match[1]: VirtualService rule \"items\" match #1 is not used (duplicate/overlapping match in rule \"items\").",
+            "narrower-match.yaml:34: Info IST0131 VirtualService/default/catalog: spec.http[0].match[2]: VirtualService rule \"items\" match #2 is not used (duplicate/overlapping match in rule \"items\").",
+            "narrower-match.yaml:47: Info IST0131 VirtualService/default/catalog: spec.http[1].match[1]: VirtualService rule \"tenant\" match #1 is not used (duplicate/overlapping match in rule \"tenant\").",
+        ],
+    );
+}
+
+#[test]
+fn a_rule_covered_by_a_shorter_prefix_is_ist0131_not_ist0130() {
+    assert_shown(
+        "narrower-rule.yaml",
+        Mode::Analyze,
+        &[
+            "narrower-rule.yaml:35: Info IST0131 VirtualService/default/orders: spec.http[1].match[0]: VirtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0). No match of rule #1 can apply, so the rule is never used.",
+            // An exact repeat, and a second rule without matches, stay IST0130 as in istioctl.
+            "narrower-rule.yaml:42: Warning IST0130 VirtualService/default/orders: spec.http[2]: VirtualService rule #2 not used (all matches used by prior rules).",
+            "narrower-rule.yaml:43: Info IST0131 VirtualService/default/orders: spec.http[2].match[0]: VirtualService rule #2 match #0 is not used (duplicate/overlapping match in rule #0).",
+            "narrower-rule.yaml:53: Warning IST0130 VirtualService/default/orders: spec.http[4]: VirtualService rule #4 not used (only the last rule can have no matches).",
         ],
     );
 }
@@ -555,7 +584,7 @@ fn resources_that_do_not_apply_are_noted_not_checked() {
         [
             "scope.yaml:9: Info SY0004 VirtualService/default/edge: spec.gateways: applies to gateways only (istio-system/ingress); not served by a sidecar",
             "scope.yaml:29: Error IST0101 VirtualService/team-a/private: spec.http[0].route[0].destination.host: Referenced host not found: \"billing.team-a.svc.cluster.local\"",
-            "scope.yaml:37: Warning IST0174 DestinationRule/team-a/private: spec.host: DestinationRule for non-existent service \"billing.team-a.svc.cluster.local\": no visible ServiceEntry defines it",
+            "scope.yaml:37: Warning IST0174 DestinationRule/team-a/private: spec.host: DestinationRule for non-existent service \"billing.team-a.svc.cluster.local\": no visible ServiceEntry or Service defines it",
         ]
     );
 }
@@ -613,4 +642,67 @@ fn our_fixtures_that_should_serve_do() {
         let diags = run(&res, Mode::Serve);
         assert!(errors(&diags).is_empty(), "{name}: {:#?}", errors(&diags));
     }
+}
+
+#[test]
+fn an_empty_destination_is_a_schema_error_and_an_unknown_host() {
+    let expected = [
+        "empty-destination.yaml:30: Error IST0106 VirtualService/default/cart: spec.http[0].route[0].destination.host: destination host is required",
+        "empty-destination.yaml:30: Error IST0101 VirtualService/default/cart: spec.http[0].route[0].destination.host: Referenced host not found: \"\"",
+    ];
+    assert_shown("empty-destination.yaml", Mode::Analyze, &expected);
+    // `run` refuses it for both reasons too.
+    assert_shown("empty-destination.yaml", Mode::Serve, &expected);
+}
+
+#[test]
+fn each_resource_is_judged_from_its_own_namespace() {
+    // As istioctl: billing's private host is visible to billing's VirtualService; shop's private
+    // VirtualService and the gateway's routes are checked.
+    assert_shown(
+        "perspective.yaml",
+        Mode::AnalyzeAll,
+        &[
+            "perspective.yaml:48: Error IST0101 VirtualService/shop/cart: spec.http[0].route[0].destination.host: Referenced host not found: \"carts.shop.svc.cluster.local\"",
+            "perspective.yaml:63: Error IST0101 VirtualService/shop/edge: spec.http[0].route[0].destination.host: Referenced host not found: \"storefront.shop.svc.cluster.local\"",
+        ],
+    );
+    // One proxy in "default" sees it the other way round.
+    assert_shown(
+        "perspective.yaml",
+        Mode::Analyze,
+        &[
+            "perspective.yaml:12: Info SY0004 ServiceEntry/billing/ledger: spec.exportTo: not exported to namespace \"default\" (exportTo: .); ignored by this proxy",
+            "perspective.yaml:33: Error IST0101 VirtualService/billing/ledger: spec.http[0].route[0].destination.host: Referenced host not found: \"ledger.billing.svc.cluster.local\"",
+            "perspective.yaml:43: Info SY0004 VirtualService/shop/cart: spec.exportTo: not exported to namespace \"default\" (exportTo: .); ignored by this proxy",
+            "perspective.yaml:58: Info SY0004 VirtualService/shop/edge: spec.gateways: applies to gateways only (istio-system/ingress); not served by a sidecar",
+        ],
+    );
+}
+
+#[test]
+fn a_manifests_folder_is_read_as_istioctl_reads_it() {
+    let expected = [
+        "manifests/routing.yaml:11: Error IST0173 DestinationRule/default/reviews: spec.subsets[1].name: The Subset v2 defined in the DestinationRule does not select any pods of \"reviews.default.svc.cluster.local\", which may lead to 503 UH (NoHealthyUpstream).",
+    ];
+    assert_shown("manifests", Mode::AnalyzeAll, &expected);
+    assert_shown("manifests", Mode::Analyze, &expected);
+    let res = load(&own("manifests"), &LoadOptions::default());
+    assert_eq!((res.kube_services.len(), res.workloads.len()), (1, 1));
+}
+
+#[test]
+fn run_names_hosts_known_only_from_a_kubernetes_service() {
+    let note = " (a Kubernetes Service defines it, but switchyard serves only hosts with a ServiceEntry, which gives their endpoints: add one)";
+    assert_eq!(
+        shown("manifests", Mode::Serve),
+        [
+            format!(
+                "manifests/routing.yaml:6: Warning IST0174 DestinationRule/default/reviews: spec.host: DestinationRule for non-existent service \"reviews.default.svc.cluster.local\": no visible ServiceEntry defines it{note}"
+            ),
+            format!(
+                "manifests/routing.yaml:25: Error IST0101 VirtualService/default/reviews: spec.http[0].route[0].destination.host: Referenced host not found: \"reviews.default.svc.cluster.local\"{note}"
+            ),
+        ]
+    );
 }

@@ -5,6 +5,7 @@
 pub mod diagnostic;
 pub mod duration;
 pub mod istio;
+pub mod kube;
 pub mod locate;
 pub mod registry;
 pub mod scope;
@@ -92,12 +93,29 @@ pub struct Resources {
     pub destination_rules: Vec<DestinationRule>,
     pub service_entries: Vec<ServiceEntry>,
     pub workload_entries: Vec<WorkloadEntry>,
+    /// Kubernetes `Service`s, as the ServiceEntries istiod derives from them (kind `Service`).
+    /// Only `validate` looks hosts up among them; see [`kube`].
+    pub kube_services: Vec<ServiceEntry>,
+    /// Pod labels of the Pods and workload templates in the files.
+    pub workloads: Vec<kube::KubeWorkload>,
     /// Problems found while reading (the validator adds its own).
     pub diagnostics: Vec<Diagnostic>,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
     /// SHA-256 over every file's path and bytes: equal hashes mean nothing changed.
     pub content_hash: String,
+}
+
+impl Resources {
+    /// Position in load order of the next resource read, across all kinds.
+    fn order_of_next(&self) -> usize {
+        self.virtual_services.len()
+            + self.destination_rules.len()
+            + self.service_entries.len()
+            + self.workload_entries.len()
+            + self.kube_services.len()
+            + self.workloads.len()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +412,17 @@ fn load_document(
             return;
         }
     };
+    if let Some(kind) = kube::kind_of(&api_version, &kind) {
+        kube::read(
+            kind,
+            api_version,
+            value,
+            source,
+            &opts.default_namespace,
+            res,
+        );
+        return;
+    }
     let istio = ISTIO_API_VERSIONS.contains(&api_version.as_str());
     let kind: &'static str = match (istio, kind.as_str()) {
         (true, "VirtualService") => "VirtualService",
@@ -430,10 +459,7 @@ fn load_document(
             return;
         }
     };
-    let order = res.virtual_services.len()
-        + res.destination_rules.len()
-        + res.service_entries.len()
-        + res.workload_entries.len();
+    let order = res.order_of_next();
     let ctx = DocCtx {
         kind,
         api_version,
@@ -634,12 +660,11 @@ mod tests {
 
     #[test]
     fn skips_other_kinds_with_a_notice_and_reports_bad_yaml() {
-        let yaml =
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\nkey: [unclosed\n";
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n---\nkey: [unclosed\n";
         let res = load_str(Path::new("m.yaml"), yaml, &LoadOptions::default());
         assert_eq!(res.diagnostics.len(), 2, "{:?}", res.diagnostics);
         assert_eq!(res.diagnostics[0].severity, Severity::Info);
-        assert!(res.diagnostics[0].message.contains("Deployment"));
+        assert!(res.diagnostics[0].message.contains("ConfigMap"));
         assert_eq!(res.diagnostics[1].severity, Severity::Error);
         assert!(res.diagnostics[1].line >= 5, "{}", res.diagnostics[1]);
     }

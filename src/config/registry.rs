@@ -130,9 +130,38 @@ pub struct Registry<'a> {
 }
 
 impl<'a> Registry<'a> {
+    /// What a proxy serves from: ServiceEntries only.
     pub fn build(res: &'a Resources, me: &ProxyIdentity) -> Registry<'a> {
+        Self::build_from(res, me, &res.service_entries)
+    }
+
+    /// What `validate` judges against: also the Kubernetes Services of a manifests folder
+    /// (after the ServiceEntries, which win a shared host), with their pods as endpoints that
+    /// have labels but no address.
+    pub fn build_for_analysis(res: &'a Resources, me: &ProxyIdentity) -> Registry<'a> {
+        let mut reg = Self::build_from(res, me, &res.service_entries);
+        let kube = Self::build_from(res, me, &res.kube_services);
+        for svc in kube.services {
+            if reg.by_host.contains_key(&svc.host) {
+                continue;
+            }
+            let idx = reg.services.len();
+            if svc.host.starts_with('*') {
+                reg.wildcard.push(idx);
+            }
+            reg.by_host.insert(svc.host.clone(), idx);
+            reg.services.push(svc);
+        }
+        reg
+    }
+
+    fn build_from(
+        res: &'a Resources,
+        me: &ProxyIdentity,
+        entries: &'a [ServiceEntry],
+    ) -> Registry<'a> {
         let mut reg = Registry::default();
-        for se in &res.service_entries {
+        for se in entries {
             if !visible_to(&se.spec.export_to, &se.namespace, &me.namespace) {
                 continue;
             }
@@ -189,6 +218,22 @@ pub fn wildcard_covers(pattern: &str, host: &str) -> bool {
 }
 
 fn endpoints_of(res: &Resources, se: &ServiceEntry) -> Vec<EndpointInfo> {
+    if se.kind == "Service" {
+        let Some(selector) = &se.spec.workload_selector else {
+            return Vec::new();
+        };
+        return super::kube::pods(&res.workloads, &se.namespace, &selector.labels)
+            .map(|labels| EndpointInfo {
+                address: String::new(),
+                port_map: HashMap::new(),
+                labels: labels.clone(),
+                weight: 1,
+                workload_name: None,
+                namespace: se.namespace.clone(),
+                service_account: None,
+            })
+            .collect();
+    }
     if !se.spec.endpoints.is_empty() {
         return se
             .spec

@@ -4,13 +4,14 @@
 //! 1. the admission webhook's schema checks (`IST0106`, warnings `IST0133`): a config Istio's API
 //!    server would refuse is refused here too;
 //! 2. `istioctl analyze`'s cross-resource checks (`IST0101`, `IST0109`, `IST0112`, `IST0130`,
-//!    `IST0131`, `IST0173`, `IST0174`, `IST0002`), relative to what this proxy can see;
+//!    `IST0131`, `IST0173`, `IST0174`, `IST0002`);
 //! 3. switchyard's own notes: fields it reads but does not act on yet (`SY0002`, one table,
 //!    [`NOT_IMPLEMENTED`]) and resources that do not apply to this proxy (`SY0004`).
 //!
 //! `istioctl analyze` looks at every resource it is given, so layer 1 and the structural checks
-//! run on everything; reference checks (does this host exist?) only run on resources this sidecar
-//! would actually serve, because a gateway's VirtualService points at services we cannot see.
+//! run on everything. Reference checks (does this host exist?) depend on where they are judged
+//! from ([`Mode`]): as istioctl, from each resource's own namespace; or as one sidecar, only on
+//! resources it would serve, because a gateway's VirtualService points at services it cannot see.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -23,16 +24,25 @@ use super::istio::{
     LoadBalancerSettings, Opaque, OutlierDetection, Percent, Resolution, StringMatch, TlsMode,
     TrafficPolicy, WorkloadEntrySpec,
 };
-use super::registry::{Registry, Service, destination_rules_for, wildcard_covers};
+use super::registry::{Service, destination_rules_for, wildcard_covers};
 use super::scope::{ProxyIdentity, binds_mesh, visible_to};
 use super::{DestinationRule, Resource, Resources, ServiceEntry, VirtualService, WorkloadEntry};
 use crate::route::host::resolve_short_name;
 use crate::route::matcher::StringMatcher;
 
+mod perspective;
+mod reachability;
+
+use perspective::Hosts;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `switchyard validate`: as strict as `istioctl analyze`.
+    /// `switchyard validate --namespace N`: as strict as `istioctl analyze`, references judged
+    /// from one proxy in the identity's namespace.
     Analyze,
+    /// `switchyard validate` (`--all-namespaces`): as strict, every resource judged from its
+    /// own namespace (or its `exportTo` namespaces), as `istioctl analyze` does.
+    AnalyzeAll,
     /// `run` and every reload: what decides whether a config is served.
     Serve,
 }
@@ -151,8 +161,8 @@ const NOT_IMPLEMENTED: &[Gap] = &[
 pub fn validate(res: &Resources, opts: &ValidateOptions) -> Vec<Diagnostic> {
     let mut v = Validator {
         res,
-        identity: opts.identity,
-        reg: Registry::build(res, opts.identity),
+        mode: opts.mode,
+        hosts: Hosts::new(res, opts.identity, opts.mode),
         out: Out {
             diags: Vec::new(),
             istio_mutual_as_plaintext: opts.istio_mutual_as_plaintext,
@@ -188,8 +198,8 @@ pub fn validate(res: &Resources, opts: &ValidateOptions) -> Vec<Diagnostic> {
 
 struct Validator<'a> {
     res: &'a Resources,
-    identity: &'a ProxyIdentity,
-    reg: Registry<'a>,
+    mode: Mode,
+    hosts: Hosts<'a>,
     out: Out,
 }
 
@@ -211,7 +221,13 @@ impl Validator<'_> {
         self.out.unreachable_l4(vs, "tls", &vs.spec.tls);
 
         let spec = &vs.spec;
+        let own = self.hosts.each_own();
         if !binds_mesh(&spec.gateways) {
+            if own {
+                // istioctl checks where a gateway's routes go too; this is no sidecar's view.
+                self.vs_references(vs);
+                return;
+            }
             self.out.push(
                 vs,
                 Severity::Info,
@@ -224,9 +240,9 @@ impl Validator<'_> {
             );
             return;
         }
-        if !visible_to(&spec.export_to, &vs.namespace, &self.identity.namespace) {
-            self.out
-                .not_exported(vs, &spec.export_to, &self.identity.namespace);
+        let me = &self.hosts.identity(&vs.namespace).namespace;
+        if !own && !visible_to(&spec.export_to, &vs.namespace, me) {
+            self.out.not_exported(vs, &spec.export_to, me);
             return;
         }
         self.vs_references(vs);
@@ -281,18 +297,32 @@ impl Validator<'_> {
         path: &str,
         what: &str,
     ) {
-        if d.host.is_empty() || d.host == "*" {
+        if d.host.is_empty() {
+            // Also a schema error; istioctl's host analyzer reports the empty host as well.
+            self.out.push(
+                vs,
+                Severity::Error,
+                codes::REFERENCED_RESOURCE_NOT_FOUND,
+                format!("{path}.host"),
+                format!("Referenced {what} not found: \"\""),
+            );
+            return;
+        }
+        if d.host == "*" {
             return; // already a schema error
         }
         let fqdn = resolve_short_name(&d.host, &vs.namespace);
-        let service = self.reg.service(&fqdn);
+        let service = self.hosts.service(&vs.namespace, &vs.spec.export_to, &fqdn);
         match service {
             None => self.out.push(
                 vs,
                 Severity::Error,
                 codes::REFERENCED_RESOURCE_NOT_FOUND,
                 format!("{path}.host"),
-                format!("Referenced {what} not found: \"{fqdn}\""),
+                format!(
+                    "Referenced {what} not found: \"{fqdn}\"{}",
+                    kube_only(self.res, self.mode, &fqdn)
+                ),
             ),
             Some(svc) => match d.port.as_ref().and_then(|p| p.number) {
                 None if svc.ports.len() > 1 => {
@@ -326,7 +356,8 @@ impl Validator<'_> {
             return;
         };
         let service_ns = service.map(|s| s.namespace.as_str());
-        let defined = destination_rules_for(self.res, &fqdn, service_ns, self.identity)
+        let me = self.hosts.identity(&vs.namespace);
+        let defined = destination_rules_for(self.res, &fqdn, service_ns, &me)
             .iter()
             .any(|dr| dr.spec.subsets.iter().any(|s| s.name == subset));
         if !defined {
@@ -341,11 +372,11 @@ impl Validator<'_> {
     }
 
     fn destination_rule(&mut self, dr: &DestinationRule) {
-        let visible = visible_to(&dr.spec.export_to, &dr.namespace, &self.identity.namespace);
+        let me = &self.hosts.identity(&dr.namespace).namespace;
+        let visible = self.hosts.each_own() || visible_to(&dr.spec.export_to, &dr.namespace, me);
         self.out.destination_rule_schema(dr, visible);
         if !visible {
-            self.out
-                .not_exported(dr, &dr.spec.export_to, &self.identity.namespace);
+            self.out.not_exported(dr, &dr.spec.export_to, me);
             return;
         }
         if dr.spec.workload_selector.is_some() {
@@ -359,21 +390,31 @@ impl Validator<'_> {
             return;
         }
         let fqdn = resolve_short_name(&dr.spec.host, &dr.namespace);
+        let views = self.hosts.views(&dr.namespace, &dr.spec.export_to);
         let service = if fqdn.starts_with('*') {
-            self.reg
-                .services
-                .iter()
-                .find(|s| s.host == fqdn || wildcard_covers(&fqdn, &s.host))
+            views.iter().find_map(|reg| {
+                reg.services
+                    .iter()
+                    .find(|s| s.host == fqdn || wildcard_covers(&fqdn, &s.host))
+            })
         } else {
-            self.reg.service(&fqdn)
+            views.iter().find_map(|reg| reg.service(&fqdn))
         };
         let Some(svc) = service else {
+            let what = if self.mode == Mode::Serve {
+                "ServiceEntry"
+            } else {
+                "ServiceEntry or Service"
+            };
             self.out.push(
                 dr,
                 Severity::Warning,
                 codes::UNKNOWN_DR_HOST,
                 "spec.host",
-                format!("DestinationRule for non-existent service \"{fqdn}\": no visible ServiceEntry defines it"),
+                format!(
+                    "DestinationRule for non-existent service \"{fqdn}\": no visible {what} defines it{}",
+                    kube_only(self.res, self.mode, &fqdn)
+                ),
             );
             return;
         };
@@ -381,6 +422,11 @@ impl Validator<'_> {
         if fqdn.starts_with('*') || !endpoints_are_known(svc) {
             return;
         }
+        let selected = if svc.entry.kind == "Service" {
+            "pods"
+        } else {
+            "endpoints"
+        };
         for (k, subset) in dr.spec.subsets.iter().enumerate() {
             if svc.subset_endpoints(&subset.labels).next().is_none() {
                 self.out.push(
@@ -389,7 +435,7 @@ impl Validator<'_> {
                     codes::SUBSET_SELECTS_NOTHING,
                     format!("spec.subsets[{k}].name"),
                     format!(
-                        "The Subset {} defined in the DestinationRule does not select any endpoints of \"{}\", which may lead to 503 UH (NoHealthyUpstream).",
+                        "The Subset {} defined in the DestinationRule does not select any {selected} of \"{}\", which may lead to 503 UH (NoHealthyUpstream).",
                         subset.name, svc.host
                     ),
                 );
@@ -399,9 +445,9 @@ impl Validator<'_> {
 
     fn service_entry(&mut self, se: &ServiceEntry) {
         self.out.service_entry_schema(se);
-        if !visible_to(&se.spec.export_to, &se.namespace, &self.identity.namespace) {
-            self.out
-                .not_exported(se, &se.spec.export_to, &self.identity.namespace);
+        let me = &self.hosts.identity(&se.namespace).namespace;
+        if !self.hosts.each_own() && !visible_to(&se.spec.export_to, &se.namespace, me) {
+            self.out.not_exported(se, &se.spec.export_to, me);
             return;
         }
         if !se.spec.subject_alt_names.is_empty() {
@@ -430,10 +476,10 @@ impl Validator<'_> {
                 Protocol::Https | Protocol::Tls
             );
             let (mut all, mut passthrough) = (true, false);
+            let me = self.hosts.identity(&se.namespace);
             for host in &se.spec.hosts {
                 let fqdn = resolve_short_name(host, &se.namespace);
-                let drs =
-                    destination_rules_for(self.res, &fqdn, Some(&se.namespace), self.identity);
+                let drs = destination_rules_for(self.res, &fqdn, Some(&se.namespace), &me);
                 let top = drs.iter().find_map(|dr| dr.spec.traffic_policy.as_ref());
                 let subsets = drs
                     .iter()
@@ -450,9 +496,12 @@ impl Validator<'_> {
                     })
                     .collect();
                 all &= originates.iter().any(|o| *o);
-                let original_dst = self.reg.service(&fqdn).is_some_and(|svc| {
-                    svc.resolution == Resolution::None && svc.endpoints.is_empty()
-                });
+                let original_dst =
+                    self.hosts
+                        .service(&se.namespace, &[], &fqdn)
+                        .is_some_and(|svc| {
+                            svc.resolution == Resolution::None && svc.endpoints.is_empty()
+                        });
                 passthrough |= original_dst && originates.iter().any(|o| *o);
             }
             let path = format!("spec.ports[{k}].protocol");
@@ -557,20 +606,15 @@ impl Validator<'_> {
     }
 
     fn shadowed_hosts(&mut self) {
-        for (se, host) in &self.reg.shadowed {
+        for (se, host, first) in self.hosts.shadowed() {
             let index = se
                 .spec
                 .hosts
                 .iter()
-                .position(|h| resolve_short_name(h, &se.namespace) == *host)
+                .position(|h| resolve_short_name(h, &se.namespace) == host)
                 .unwrap_or(0);
-            let first = self
-                .reg
-                .service(host)
-                .map(|s| format!("{}/{}", s.entry.namespace, s.entry.meta.name))
-                .unwrap_or_default();
             self.out.push(
-                *se,
+                se,
                 Severity::Warning,
                 codes::NOT_APPLICABLE,
                 format!("spec.hosts[{index}]"),
@@ -582,10 +626,28 @@ impl Validator<'_> {
     }
 }
 
+/// For `run`, which reads endpoints from ServiceEntries only: why a host that a Kubernetes
+/// Service in the files names is still unknown.
+fn kube_only(res: &Resources, mode: Mode, fqdn: &str) -> &'static str {
+    if mode == Mode::Serve
+        && res
+            .kube_services
+            .iter()
+            .any(|s| s.spec.hosts.iter().any(|h| h == fqdn))
+    {
+        " (a Kubernetes Service defines it, but switchyard serves only hosts with a ServiceEntry, which gives their endpoints: add one)"
+    } else {
+        ""
+    }
+}
+
 /// Whether a service's endpoint list says anything about its subsets. With DNS resolution and no
 /// endpoints listed, the host name itself is the endpoint; with NONE, traffic goes to the original
 /// destination; neither has labels a subset could select.
 fn endpoints_are_known(svc: &Service) -> bool {
+    if svc.entry.kind == "Service" {
+        return super::kube::endpoints_known(svc.entry);
+    }
     match svc.resolution {
         Resolution::Static => true,
         Resolution::Dns | Resolution::DnsRoundRobin => !svc.entry.spec.endpoints.is_empty(),
@@ -1772,255 +1834,10 @@ fn is_known_http_status(code: u16) -> bool {
     )
 }
 
-// ---------------------------------------------------------------------------------------------
-// VirtualService: unreachable rules and ineffective matches (IST0130, IST0131)
-
-impl Out {
-    fn unreachable(&mut self, vs: &VirtualService, path: String, rule: &str, reason: &str) {
-        self.push(
-            vs,
-            Severity::Warning,
-            codes::UNREACHABLE_RULE,
-            path,
-            format!("VirtualService rule {rule} not used ({reason})."),
-        );
-    }
-
-    fn ineffective(
-        &mut self,
-        vs: &VirtualService,
-        path: String,
-        rule: &str,
-        matchno: &str,
-        dup: &str,
-    ) {
-        self.push(
-            vs,
-            Severity::Info,
-            codes::INEFFECTIVE_MATCH,
-            path,
-            format!("VirtualService rule {rule} match {matchno} is not used (duplicate/overlapping match in rule {dup})."),
-        );
-    }
-
-    /// Istio's `analyzeUnreachableHTTPRules`, plus two things its translation does: a match that
-    /// accepts every request (prefix `/`, regex `.*`, no other condition) ends the route list like
-    /// a rule without matches, and a prefix match narrower than an earlier one with otherwise
-    /// identical conditions is covered by it.
-    fn unreachable_http(&mut self, vs: &VirtualService) {
-        let http = &vs.spec.http;
-        let mut seen: Vec<(HttpMatchRequest, usize)> = Vec::new();
-        // The first rule that takes every request, and whether it did so by having no matches.
-        let mut catch_all: Option<(usize, bool)> = None;
-        for (i, rule) in http.iter().enumerate() {
-            let name = http_rule_name(rule, i);
-            let path = format!("spec.http[{i}]");
-            if let Some((k, no_matches)) = catch_all {
-                let reason = if no_matches && rule.matches.is_empty() {
-                    "only the last rule can have no matches".to_string()
-                } else if no_matches {
-                    "route without matches defined before".to_string()
-                } else {
-                    format!(
-                        "rule {} before it matches every request",
-                        http_rule_name(&http[k], k)
-                    )
-                };
-                self.unreachable(vs, path, &name, &reason);
-                continue;
-            }
-            if rule.matches.is_empty() {
-                catch_all = Some((i, true));
-                continue;
-            }
-            let mut used = 0;
-            for (j, m) in rule.matches.iter().enumerate() {
-                let n = normalized(m);
-                let earlier = seen
-                    .iter()
-                    .find(|(s, _)| *s == n)
-                    .or_else(|| seen.iter().find(|(s, _)| covers(s, &n)));
-                match earlier {
-                    Some(&(_, k)) => {
-                        let mname = match_name(m, j);
-                        self.ineffective(
-                            vs,
-                            format!("{path}.match[{j}]"),
-                            &name,
-                            &mname,
-                            &http_rule_name(&http[k], k),
-                        );
-                        used += 1;
-                    }
-                    None => seen.push((n, i)),
-                }
-            }
-            if used == rule.matches.len() {
-                self.unreachable(vs, path, &name, "all matches used by prior rules");
-            } else if rule.matches.iter().any(is_catch_all) {
-                catch_all = Some((i, false));
-            }
-        }
-    }
-
-    /// Istio's `analyzeUnreachableTCPRules` / `TLSRules`, on the raw YAML of each match.
-    fn unreachable_l4(&mut self, vs: &VirtualService, kind: &str, routes: &[Opaque]) {
-        let mut seen: Vec<(String, usize)> = Vec::new();
-        let mut empty_seen = false;
-        for (i, r) in routes.iter().enumerate() {
-            let name = format!("#{i}");
-            let path = format!("spec.{kind}[{i}]");
-            let matches = seq(r.get("match"));
-            if matches.is_empty() {
-                if empty_seen {
-                    self.unreachable(vs, path, &name, "only the last rule can have no matches");
-                }
-                empty_seen = true;
-                continue;
-            }
-            if empty_seen {
-                self.unreachable(vs, path, &name, "route without matches defined before");
-                continue;
-            }
-            let mut used = 0;
-            for (j, m) in matches.iter().enumerate() {
-                let key = canonical(m);
-                match seen.iter().find(|(s, _)| *s == key) {
-                    Some(&(_, k)) => {
-                        self.ineffective(
-                            vs,
-                            format!("{path}.match[{j}]"),
-                            &name,
-                            &format!("#{j}"),
-                            &format!("#{k}"),
-                        );
-                        used += 1;
-                    }
-                    None => seen.push((key, i)),
-                }
-            }
-            if used == matches.len() {
-                self.unreachable(vs, path, &name, "all matches used by prior rules");
-            }
-        }
-    }
-}
-
-fn http_rule_name(rule: &HttpRoute, i: usize) -> String {
-    match rule.name.as_deref() {
-        Some(n) if !n.is_empty() => format!("{n:?}"),
-        _ => format!("#{i}"),
-    }
-}
-
-fn match_name(m: &HttpMatchRequest, j: usize) -> String {
-    match m.name.as_deref() {
-        Some(n) if !n.is_empty() => format!("{n:?}"),
-        _ => format!("#{j}"),
-    }
-}
-
-/// The routing content of a match: names and stats labels removed, and the values Istio's
-/// proto treats as unset made unset, so `port: 0` equals no port.
-fn normalized(m: &HttpMatchRequest) -> HttpMatchRequest {
-    let mut n = m.clone();
-    n.name = None;
-    n.stat_prefix = None;
-    if n.ignore_uri_case == Some(Bool(false)) {
-        n.ignore_uri_case = None;
-    }
-    if n.port == Some(Int(0)) {
-        n.port = None;
-    }
-    if n.source_namespace.as_deref() == Some("") {
-        n.source_namespace = None;
-    }
-    n
-}
-
-fn is_catch_all(m: &HttpMatchRequest) -> bool {
-    let n = normalized(m);
-    let uri_all = match &n.uri {
-        None => true,
-        Some(u) => matches!(
-            (u.exact.as_deref(), u.prefix.as_deref(), u.regex.as_deref()),
-            (None, None, None) | (None, Some("" | "/"), None) | (None, None, Some(".*"))
-        ),
-    };
-    uri_all
-        && n.scheme.is_none()
-        && n.method.is_none()
-        && n.authority.is_none()
-        && n.headers.is_empty()
-        && n.without_headers.is_empty()
-        && n.query_params.is_empty()
-        && n.port.is_none()
-        && n.source_labels.is_empty()
-        && n.gateways.is_empty()
-        && n.source_namespace.is_none()
-}
-
-/// True when every request `later` accepts is accepted by `earlier`: `earlier` is a uri prefix
-/// match, `later`'s uri (prefix or exact) starts with that prefix, and every other condition is
-/// the same. Deliberately narrow: it never claims coverage that does not hold.
-fn covers(earlier: &HttpMatchRequest, later: &HttpMatchRequest) -> bool {
-    let Some(StringMatch {
-        exact: None,
-        prefix: Some(pa),
-        regex: None,
-    }) = &earlier.uri
-    else {
-        return false;
-    };
-    let narrower = match &later.uri {
-        Some(StringMatch {
-            exact: None,
-            prefix: Some(pb),
-            regex: None,
-        })
-        | Some(StringMatch {
-            exact: Some(pb),
-            prefix: None,
-            regex: None,
-        }) => pb.starts_with(pa.as_str()),
-        _ => false,
-    };
-    if !narrower {
-        return false;
-    }
-    let (mut a, mut b) = (earlier.clone(), later.clone());
-    a.uri = None;
-    b.uri = None;
-    a == b
-}
-
 fn seq(v: Option<&Opaque>) -> Vec<&Opaque> {
     match v {
         Some(Opaque::Sequence(s)) => s.iter().collect(),
         _ => Vec::new(),
-    }
-}
-
-/// Key order does not matter to Istio's comparison (it compares protos), so mappings are sorted.
-fn canonical(v: &Opaque) -> String {
-    match v {
-        Opaque::Null => "null".to_string(),
-        Opaque::Bool(b) => b.to_string(),
-        Opaque::Number(n) => n.to_string(),
-        Opaque::String(s) => format!("{s:?}"),
-        Opaque::Sequence(items) => {
-            let parts: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", parts.join(","))
-        }
-        Opaque::Mapping(m) => {
-            let mut parts: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{}:{}", canonical(k), canonical(v)))
-                .collect();
-            parts.sort();
-            format!("{{{}}}", parts.join(","))
-        }
-        Opaque::Tagged(t) => format!("!{}{}", t.tag, canonical(&t.value)),
     }
 }
 
