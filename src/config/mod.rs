@@ -241,8 +241,15 @@ fn nothing_routable(root: &Path, res: &Resources) -> Option<Diagnostic> {
         field_path: String::new(),
         message: format!(
             "nothing routable: no VirtualService or ServiceEntry in {read} file(s) read \
-             ({skipped} resource(s) of other kinds skipped); only *.yaml and *.yml files are \
-             read, so every request will be refused (502 for an unknown host)"
+             ({skipped} resource(s) of other kinds skipped{}); only *.yaml and *.yml files are \
+             read, so every request will be refused (502 for an unknown host)",
+            match res.kube_services.len() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} Kubernetes Service(s) read, whose endpoints `run` needs as \
+                     ServiceEntries"
+                ),
+            }
         ),
     })
 }
