@@ -361,6 +361,10 @@ pub struct DemoArgs {
     /// Print the report and exit instead of serving on.
     #[arg(long)]
     exit: bool,
+    /// Start the built-in upstreams on free ports rather than the config's (when those are
+    /// taken), and serve a copy of the config whose loopback endpoints name them.
+    #[arg(long)]
+    free_upstream_ports: bool,
     #[command(flatten)]
     serve: ServeArgs,
 }

@@ -54,6 +54,8 @@ fn run_bin(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Outcome {
     cmd.args(args)
         .current_dir(crate_root())
         .env("NO_COLOR", "1")
+        // The metrics listener defaults to the fixed port 15090; no test binds a fixed port.
+        .env("SWITCHYARD_METRICS", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -525,11 +527,25 @@ fn demo_reports_the_split_and_the_beta_rule() {
             "127.0.0.1:0",
             "--admin",
             "off",
+            "--metrics",
+            "off",
+            // The shipped config's 18081/18082 may be taken: tests bind ephemeral ports only.
+            "--free-upstream-ports",
         ],
         &[],
         Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    for (v, port) in [("v1", 18081), ("v2", 18082)] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("upstream {v}"))
+                    && l.ends_with(&format!("(the config says 127.0.0.1:{port})"))),
+            "the banner says where {v} moved from:\n{}",
+            out.describe()
+        );
+    }
     let batches = demo_batches(&out.stdout);
     assert_eq!(
         batches.len(),
@@ -572,6 +588,85 @@ fn demo_reports_the_split_and_the_beta_rule() {
         "the beta batch is all v2:\n{}",
         out.stdout
     );
+}
+
+/// The shipped demo config with its two endpoints moved to ports this test holds listeners
+/// on: `demo` names the taken port and the way out; with that flag it serves.
+#[test]
+fn demo_names_a_taken_upstream_port_and_moves_on_request() {
+    let hold = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let (taken, other) = (hold(), hold());
+    let port = taken.local_addr().expect("local addr").port();
+    let free = other.local_addr().expect("local addr").port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for name in ["frontend.yaml", "frontend-endpoints.yaml"] {
+        let text = std::fs::read_to_string(crate_root().join("config").join(name)).expect("read");
+        let text = text
+            .replace("http: 18081", &format!("http: {port}"))
+            .replace("http: 18082", &format!("http: {free}"));
+        std::fs::write(tmp.path().join(name), text).expect("write");
+    }
+    let config = tmp.path().to_str().expect("utf-8 path");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "demo",
+            "--config",
+            config,
+            "--exit",
+            "--requests",
+            "100",
+            "--beta-requests",
+            "10",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--metrics",
+            "off",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = run_bin(&args(&[]), &[], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    for needle in [
+        // The upstreams are started in address order.
+        format!("127.0.0.1:{} is already in use", port.min(free)),
+        "--free-upstream-ports".to_string(),
+    ] {
+        assert!(
+            out.stderr.contains(&needle),
+            "no {needle:?}:\n{}",
+            out.describe()
+        );
+    }
+
+    let out = run_bin(
+        &args(&["--free-upstream-ports"]),
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains(&format!("(the config says 127.0.0.1:{port})")),
+        "{}",
+        out.describe()
+    );
+    let batches = demo_batches(&out.stdout);
+    assert_eq!(batches.len(), 2, "{}", out.describe());
+    let total: usize = batches[0].1.iter().map(|r| r.2).sum();
+    assert_eq!(
+        total, 100,
+        "every request answered by a moved upstream:\n{}",
+        out.stdout
+    );
+    assert!(
+        batches[0].1.iter().all(|r| r.0 == "v1" || r.0 == "v2"),
+        "no error rows:\n{}",
+        out.stdout
+    );
+    drop((taken, other));
 }
 
 #[test]
