@@ -14,7 +14,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # Only what the build needs (.dockerignore lets nothing else in): the manifest, the lockfile,
 # the sources, and benches/ because Cargo.toml declares a bench target there.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches ./benches
 COPY src ./src
 # An explicit --target keeps build scripts and proc-macros dynamic: they cannot be static.

@@ -1225,3 +1225,73 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
         }
     }
 }
+
+#[test]
+fn explain_json_is_the_same_walk_as_a_document() {
+    let out = ok(&[
+        "explain",
+        "--config",
+        SHOP,
+        "-o",
+        "json",
+        "http://reviews:9080/",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["request"]["host"], "reviews");
+    assert_eq!(doc["request"]["port"], 9080);
+    assert_eq!(doc["served_by"]["name"], "VirtualService/default/reviews");
+    assert_eq!(doc["served_by"]["file"], SHOP);
+    let routes = doc["routes"].as_array().expect("routes");
+    let outcomes: Vec<&str> = routes
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["not generated", "no match", "no match", "no match", "match"],
+        "{out}"
+    );
+    assert_eq!(
+        routes[2]["reason"],
+        "uri \"/\" does not match exact \"/old\""
+    );
+    let result = &doc["result"];
+    assert_eq!(result["action"], "forward");
+    assert_eq!(result["route"], 3);
+    let dests: Vec<(String, f64, String)> = result["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["subset"].as_str().unwrap_or("").to_string(),
+                d["share"].as_f64().unwrap_or(-1.0),
+                d["endpoints"][0]["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            ("v1".to_string(), 0.8, "10.0.0.1:9080".to_string()),
+            ("v2".to_string(), 0.2, "10.0.0.2:9080".to_string())
+        ]
+    );
+    // The text lines are the text output, line for line.
+    let text = ok(&["explain", "--config", SHOP, "http://reviews:9080/"]);
+    let lines: Vec<&str> = doc["text"]
+        .as_array()
+        .expect("text")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(lines, text.lines().collect::<Vec<_>>());
+
+    let unknown = ok(&["explain", "--config", SHOP, "-o", "json", "http://nope/"]);
+    let doc: serde_json::Value = serde_json::from_str(&unknown).expect("JSON");
+    assert_eq!(doc["result"]["action"], "reject");
+    assert_eq!(doc["result"]["status"], 502);
+}
