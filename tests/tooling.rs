@@ -1168,11 +1168,17 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
             .map(|(_, r)| r.as_str())
             .collect()
     };
+    // Two ways to the binary: the Rust build stage (the default) or the build context
+    // (`--build-arg BINARY_FROM=prebuilt`, what .ci/image builds); the runtime is scratch.
+    assert!(all("ARG").contains(&"BINARY_FROM=build"), "{inst:?}");
     let from = all("FROM");
-    assert_eq!(from.len(), 2, "multi-stage: {from:?}");
     assert!(from[0].starts_with("rust:") && from[0].ends_with(" AS build"));
-    assert!(
-        from[1].contains("distroless") || from[1].contains("debian") && from[1].contains("slim")
+    assert!(from.contains(&"scratch AS prebuilt"), "{from:?}");
+    assert!(from.contains(&"${BINARY_FROM} AS binary"), "{from:?}");
+    assert_eq!(
+        from.last(),
+        Some(&"scratch"),
+        "the runtime has nothing but what it copies"
     );
     assert!(
         all("RUN")
@@ -1193,10 +1199,14 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
         json_args(all("CMD")[0]),
         ["run", "--config", "/etc/switchyard"]
     );
-    // The runtime stage holds the binary only.
+    // The runtime stage: the binary, the CA bundle and /tmp from the chosen stage.
     let copies = all("COPY");
-    let runtime_copies: Vec<&&str> = copies.iter().filter(|c| c.contains("--from=")).collect();
-    assert_eq!(runtime_copies.len(), 1, "{copies:?}");
+    let runtime_copies: Vec<&&str> = copies
+        .iter()
+        .filter(|c| c.contains("--from=binary"))
+        .collect();
+    assert_eq!(runtime_copies.len(), 3, "{copies:?}");
+    assert!(copies.iter().all(|c| !c.contains("--from=build")));
 
     // The health check is the binary probing /healthz/ready, with arguments it accepts.
     let health = all("HEALTHCHECK");
@@ -1211,13 +1221,18 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
     args.push("--help");
     ok(&args);
 
-    // Every COPY source of the build stage exists and .dockerignore lets it through.
+    // Every COPY source from the context exists (target/image/ is staged by .ci/image) and
+    // .dockerignore lets it through.
     let ignore =
         std::fs::read_to_string(crate_root().join(".dockerignore")).expect(".dockerignore");
     for copy in copies.iter().filter(|c| !c.contains("--from=")) {
         let words: Vec<&str> = copy.split_whitespace().collect();
         for src in &words[..words.len() - 1] {
-            assert!(crate_root().join(src).exists(), "COPY {src}: missing");
+            let src = src.trim_end_matches('/');
+            assert!(
+                src.starts_with("target/") || crate_root().join(src).exists(),
+                "COPY {src}: missing"
+            );
             assert!(
                 ignore.lines().any(|l| l.trim() == format!("!{src}")),
                 ".dockerignore keeps {src} out of the context"
@@ -1294,4 +1309,64 @@ fn explain_json_is_the_same_walk_as_a_document() {
     let doc: serde_json::Value = serde_json::from_str(&unknown).expect("JSON");
     assert_eq!(doc["result"]["action"], "reject");
     assert_eq!(doc["result"]["status"], 502);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose example
+// ---------------------------------------------------------------------------------------------
+
+/// deploy/compose/compose.yaml: the proxy's mounted config validates, its DNS endpoints are the
+/// compose services, and the published port is the one it listens on.
+#[test]
+fn compose_example_mounts_a_config_that_validates_and_names_its_services() {
+    let dir = crate_root().join("deploy/compose");
+    let text = std::fs::read_to_string(dir.join("compose.yaml")).expect("compose.yaml");
+    let compose: yaml_serde::Value = yaml_serde::from_str(&text).expect("compose YAML");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(names, ["frontend-v1", "frontend-v2", "switchyard"]);
+    let proxy = &compose["services"]["switchyard"];
+    assert_eq!(proxy["image"].as_str(), Some("switchyard:0.1.0"));
+
+    // The mounted files, gathered as the container sees /etc/switchyard.
+    let config = tempfile::tempdir().expect("tempdir");
+    for volume in string_list(&proxy["volumes"]) {
+        let mut parts = volume.split(':');
+        let (src, dst) = (parts.next().expect("source"), parts.next().expect("target"));
+        let name = dst
+            .strip_prefix("/etc/switchyard/")
+            .unwrap_or_else(|| panic!("{volume}: not under /etc/switchyard"));
+        std::fs::copy(dir.join(src), config.path().join(name))
+            .unwrap_or_else(|e| panic!("{volume}: {e}"));
+    }
+    let cfg = config.path().to_str().expect("utf-8 path");
+    let command = string_list(&proxy["command"]);
+    assert_eq!(command[..3], ["run", "--config", "/etc/switchyard"]);
+    let v = run(&["validate", "--config", cfg]);
+    assert_eq!(v.code, Some(0), "{}", v.describe());
+    assert!(v.stdout.is_empty(), "findings:\n{}", v.stdout);
+
+    // Each version's endpoint is a compose service, by DNS, on the port it listens on.
+    let explain = ok(&["explain", "--config", cfg, "http://frontend/"]);
+    for version in ["v1", "v2"] {
+        let service = format!("frontend-{version}");
+        let listen = string_list(&compose["services"][service.as_str()]["command"])
+            .iter()
+            .find_map(|a| a.strip_prefix("-listen=:").map(str::to_string))
+            .expect("-listen=:PORT");
+        let line = format!("dns {service}:{listen} app=frontend,version={version}");
+        assert!(explain.contains(&line), "no {line:?} in\n{explain}");
+    }
+
+    // The published proxy port is the one --listen names.
+    let listen = command
+        .windows(2)
+        .find(|w| w[0] == "--listen")
+        .map(|w| w[1].clone())
+        .expect("--listen");
+    let port = listen.trim_start_matches(':');
+    assert!(
+        string_list(&proxy["ports"]).contains(&format!("{port}:{port}")),
+        "{listen} is not published"
+    );
 }
