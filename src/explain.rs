@@ -259,6 +259,27 @@ fn labels_text(labels: &Labels) -> String {
         .join(",")
 }
 
+/// The virtual host a decision came from and the VirtualService behind it (None for a host
+/// nothing serves).
+fn served_by<'t>(
+    loaded: &'t Loaded,
+    decision: &Decision<'t>,
+) -> Option<(&'t VirtualHost, Option<&'t VirtualService>)> {
+    let vhost = match decision {
+        Decision::UnknownHost => return None,
+        Decision::Forward { vhost, .. }
+        | Decision::Redirect { vhost, .. }
+        | Decision::Direct { vhost, .. }
+        | Decision::NoRoute { vhost } => *vhost,
+    };
+    let vs = loaded
+        .resources
+        .virtual_services
+        .iter()
+        .find(|vs| vs.id() == vhost.name);
+    Some((vhost, vs))
+}
+
 /// The full explanation, as `switchyard explain` prints it.
 pub fn explain(loaded: &Loaded, req: &RequestSpec) -> String {
     let table = &loaded.table;
@@ -277,21 +298,10 @@ pub fn explain(loaded: &Loaded, req: &RequestSpec) -> String {
     let view = req.view();
     // The random draw only picks among weighted destinations, which are all listed below.
     let decision = table.route(&req.host, &view, 0);
-    let vhost = match &decision {
-        Decision::UnknownHost => {
-            explain_unknown_host(o, table, req);
-            return out;
-        }
-        Decision::Forward { vhost, .. }
-        | Decision::Redirect { vhost, .. }
-        | Decision::Direct { vhost, .. }
-        | Decision::NoRoute { vhost } => *vhost,
+    let Some((vhost, vs)) = served_by(loaded, &decision) else {
+        explain_unknown_host(o, table, req);
+        return out;
     };
-    let vs = loaded
-        .resources
-        .virtual_services
-        .iter()
-        .find(|vs| vs.id() == vhost.name);
     let _ = write!(o, "served by {}", vhost.name);
     if let Some(vs) = vs {
         let _ = write!(
@@ -358,6 +368,125 @@ pub fn explain(loaded: &Loaded, req: &RequestSpec) -> String {
     out
 }
 
+/// `explain --output json`: the same walk as a document. `text` holds the text explanation
+/// line by line, for what the fields leave out (policies, header operations, rewrites).
+pub fn explain_json(loaded: &Loaded, req: &RequestSpec) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let table = &loaded.table;
+    let view = req.view();
+    let decision = table.route(&req.host, &view, 0);
+    let text: Vec<String> = explain(loaded, req).lines().map(str::to_string).collect();
+    let request = json!({
+        "method": req.method,
+        "url": req.summary(),
+        "host": req.host,
+        "port": req.port,
+        "path": req.path,
+        "raw_path": req.raw_path,
+        "query": req.query,
+    });
+    let Some((vhost, vs)) = served_by(loaded, &decision) else {
+        let action = match table.outbound_policy {
+            OutboundPolicy::RegistryOnly => json!({"action": "reject", "status": 502}),
+            OutboundPolicy::AllowAny => json!({"action": "passthrough"}),
+        };
+        return json!({
+            "request": request,
+            "served_by": Value::Null,
+            "routes": [],
+            "result": action,
+            "text": text,
+        });
+    };
+    let (steps, matched) = route_walk(vhost, vs, &loaded.identity, req);
+    let routes: Vec<Value> = steps
+        .iter()
+        .map(|step| match step {
+            WalkStep::Skipped { rule, block, why } => json!({
+                "index": Value::Null,
+                "rule": format!("http[{rule}].match[{block}]"),
+                "outcome": "not generated",
+                "reason": why,
+            }),
+            WalkStep::Route {
+                index,
+                label,
+                outcome,
+            } => {
+                let (outcome, reason) = match outcome {
+                    RouteOutcome::Match => ("match", None),
+                    RouteOutcome::NoMatch(why) => ("no match", Some(why.as_str())),
+                    RouteOutcome::NotEvaluated => ("not evaluated", None),
+                };
+                json!({"index": index, "rule": label, "outcome": outcome, "reason": reason})
+            }
+        })
+        .collect();
+    let result = match &decision {
+        Decision::UnknownHost => Value::Null,
+        Decision::NoRoute { .. } => json!({"action": "no_route", "status": 404, "flag": "NR"}),
+        Decision::Redirect { redirect, .. } => json!({
+            "action": "redirect",
+            "route": matched,
+            "status": redirect.code.as_u16(),
+            "location": redirect.location("http", &req.authority, &req.path, req.query.as_deref()),
+        }),
+        Decision::Direct { response, .. } => json!({
+            "action": "direct_response",
+            "route": matched,
+            "status": response.status.as_u16(),
+            "body": response.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+        }),
+        Decision::Forward { route, .. } => {
+            let mut destinations = Vec::new();
+            if let Action::Forward(pick) = &route.action {
+                for (i, (weight, target)) in pick.iter().enumerate() {
+                    let Some(cluster) = table.clusters.get(target.cluster) else {
+                        continue;
+                    };
+                    let endpoints: Vec<Value> = match &cluster.discovery {
+                        Discovery::OriginalDst => Vec::new(),
+                        Discovery::Dns(targets) => targets
+                            .iter()
+                            .map(|t| {
+                                json!({"dns": format!("{}:{}", t.hostname, t.port), "labels": t.labels})
+                            })
+                            .collect(),
+                        Discovery::Static => cluster
+                            .endpoints()
+                            .iter()
+                            .map(|e| {
+                                json!({"address": e.addr.to_string(), "labels": e.labels, "weight": e.weight})
+                            })
+                            .collect(),
+                    };
+                    destinations.push(json!({
+                        "weight": weight,
+                        "share": pick.share(i),
+                        "subset": (!cluster.subset.is_empty()).then(|| cluster.subset.clone()),
+                        "cluster": cluster.name,
+                        "lb": cluster.lb.as_str(),
+                        "endpoints": endpoints,
+                    }));
+                }
+            }
+            json!({"action": "forward", "route": matched, "destinations": destinations})
+        }
+    };
+    json!({
+        "request": request,
+        "served_by": {
+            "name": vhost.name,
+            "file": vs.map(|vs| vs.source.file.display().to_string()),
+            "line": vs.map(|vs| vs.source.line_of("metadata.name")),
+            "domains": vhost.domains,
+        },
+        "routes": routes,
+        "result": result,
+        "text": text,
+    })
+}
+
 fn explain_unknown_host(o: &mut String, table: &RouteTable, req: &RequestSpec) {
     let _ = writeln!(o);
     let _ = writeln!(
@@ -391,6 +520,69 @@ fn explain_unknown_host(o: &mut String, table: &RouteTable, req: &RequestSpec) {
     }
 }
 
+/// One line of the route walk: a match block the compiler left out for this proxy, or a
+/// route of the table with whether it matched.
+enum WalkStep {
+    Skipped {
+        rule: usize,
+        block: usize,
+        why: String,
+    },
+    Route {
+        index: usize,
+        label: String,
+        outcome: RouteOutcome,
+    },
+}
+
+enum RouteOutcome {
+    Match,
+    NoMatch(String),
+    NotEvaluated,
+}
+
+/// Every route in order with why it did or did not match, and the index of the first route
+/// that matched.
+fn route_walk(
+    vhost: &VirtualHost,
+    vs: Option<&VirtualService>,
+    me: &ProxyIdentity,
+    req: &RequestSpec,
+) -> (Vec<WalkStep>, Option<usize>) {
+    let view = req.view();
+    let skipped = vs
+        .map(|vs| skipped_blocks(vs, vhost, me))
+        .unwrap_or_default();
+    let mut skipped = skipped.into_iter().peekable();
+    let mut steps = Vec::new();
+    let mut matched = None;
+    for (i, route) in vhost.routes.iter().enumerate() {
+        while let Some(s) = skipped
+            .next_if(|s| matches!(s, WalkStep::Skipped { rule, .. } if *rule <= route.rule_index))
+        {
+            steps.push(s);
+        }
+        let outcome = if matched.is_some() {
+            RouteOutcome::NotEvaluated
+        } else {
+            match route.matches.first_mismatch(&view) {
+                Some(why) => RouteOutcome::NoMatch(why.to_string()),
+                None => {
+                    matched = Some(i);
+                    RouteOutcome::Match
+                }
+            }
+        };
+        steps.push(WalkStep::Route {
+            index: i,
+            label: route_label(route),
+            outcome,
+        });
+    }
+    steps.extend(skipped);
+    (steps, matched)
+}
+
 /// Prints every route in order with why it did or did not match; returns the index of the
 /// first route that matched.
 fn walk_routes(
@@ -400,39 +592,32 @@ fn walk_routes(
     me: &ProxyIdentity,
     req: &RequestSpec,
 ) -> Option<usize> {
-    let view = req.view();
     let _ = writeln!(o, "routes, in order (the first match wins):");
-    let skipped = vs
-        .map(|vs| skipped_blocks(vs, vhost, me))
-        .unwrap_or_default();
-    let mut noted = 0usize;
-    let note = |o: &mut String, upto: usize, noted: &mut usize| {
-        for (rule, line) in &skipped[*noted..] {
-            if *rule > upto {
-                break;
+    let (steps, matched) = route_walk(vhost, vs, me, req);
+    for step in &steps {
+        match step {
+            WalkStep::Skipped { rule, block, why } => {
+                let _ = writeln!(
+                    o,
+                    "  [-] http[{rule}].match[{block}]: not generated for this proxy: {why}"
+                );
             }
-            let _ = writeln!(o, "  {line}");
-            *noted += 1;
+            WalkStep::Route {
+                index,
+                label,
+                outcome,
+            } => {
+                let status = match outcome {
+                    RouteOutcome::Match => "MATCH".to_string(),
+                    RouteOutcome::NoMatch(why) => format!("no match: {why}"),
+                    RouteOutcome::NotEvaluated => {
+                        "not evaluated (an earlier route matched)".to_string()
+                    }
+                };
+                let _ = writeln!(o, "  [{index}] {label}: {status}");
+            }
         }
-    };
-    let mut matched = None;
-    for (i, route) in vhost.routes.iter().enumerate() {
-        note(o, route.rule_index, &mut noted);
-        let label = route_label(route);
-        let status = if matched.is_some() {
-            "not evaluated (an earlier route matched)".to_string()
-        } else {
-            match route.matches.first_mismatch(&view) {
-                Some(why) => format!("no match: {why}"),
-                None => {
-                    matched = Some(i);
-                    "MATCH".to_string()
-                }
-            }
-        };
-        let _ = writeln!(o, "  [{i}] {label}: {status}");
     }
-    note(o, usize::MAX, &mut noted);
     if vhost.routes.is_empty() {
         let _ = writeln!(o, "  (none)");
     }
@@ -441,12 +626,8 @@ fn walk_routes(
 }
 
 /// Match blocks the compiler left out because a config-time condition (`sourceLabels`,
-/// `sourceNamespace`, `gateways`) excludes this proxy, as `(rule index, line)`.
-fn skipped_blocks(
-    vs: &VirtualService,
-    vhost: &VirtualHost,
-    me: &ProxyIdentity,
-) -> Vec<(usize, String)> {
+/// `sourceNamespace`, `gateways`) excludes this proxy.
+fn skipped_blocks(vs: &VirtualService, vhost: &VirtualHost, me: &ProxyIdentity) -> Vec<WalkStep> {
     let mut out = Vec::new();
     for (r, rule) in vs.spec.http.iter().enumerate() {
         if rule.delegate.is_some() {
@@ -480,10 +661,11 @@ fn skipped_blocks(
             } else {
                 "not in the table".to_string()
             };
-            out.push((
-                r,
-                format!("[-] http[{r}].match[{m}]: not generated for this proxy: {why}"),
-            ));
+            out.push(WalkStep::Skipped {
+                rule: r,
+                block: m,
+                why,
+            });
         }
     }
     out

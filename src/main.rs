@@ -1,4 +1,5 @@
-//! The `switchyard` command line: `run`, `validate`, `explain`, `simulate`, `probe`, `demo`.
+//! The `switchyard` command line: `run`, `validate`, `explain`, `simulate`, `probe`, `demo`,
+//! `completions`, `man`.
 
 mod demo;
 
@@ -27,10 +28,20 @@ use switchyard::route::OutboundPolicy;
 use switchyard::upstream::PoolRegistry;
 use switchyard::{ReloadContext, Reloader};
 
+/// `--version`: the crate version, the commit it was built from and the cargo profile.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHYARD_COMMIT"),
+    ", ",
+    env!("SWITCHYARD_PROFILE"),
+    " build)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
-    version,
+    version = VERSION,
     about = "Istio canary routing (VirtualService / DestinationRule) in a standalone sidecar proxy"
 )]
 struct Cli {
@@ -52,6 +63,12 @@ enum Command {
     Probe(ProbeArgs),
     /// Quick start: built-in upstreams, the proxy, and a measured 95/5 split.
     Demo(DemoArgs),
+    /// Print a shell completion script, e.g. `switchyard completions bash >
+    /// ~/.local/share/bash-completion/completions/switchyard`.
+    Completions(CompletionsArgs),
+    /// Print a man page (roff) generated from these `--help` texts, e.g. `switchyard man |
+    /// man -l -`.
+    Man(ManArgs),
     /// Print the README's CLI reference (Markdown) from this binary's `--help` texts.
     #[command(name = "help-markdown", hide = true)]
     HelpMarkdown,
@@ -90,16 +107,17 @@ enum OutboundArg {
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
-    /// Proxy listener (HTTP/1.1 and h2c on one port).
-    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:15001")]
+    /// Proxy listener (HTTP/1.1 and h2c on one port): `IP:PORT`, `HOST:PORT` or `:PORT` (all
+    /// interfaces).
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "0.0.0.0:15001", value_parser = listen_arg)]
     listen: SocketAddr,
     /// Worker threads, each with its own single-threaded runtime and `SO_REUSEPORT` accept
     /// queue on the proxy listener (default: every core this process may run on).
     #[arg(long, env = "SWITCHYARD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
-    /// Admin listener (`off` disables it). Keep it on loopback: it can reload and stop us.
-    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:15000")]
-    admin: String,
+    /// Admin listener, as --listen, or `off`. Keep it on loopback: it can reload and stop us.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:15000", value_parser = optional_listen_arg)]
+    admin: OptionalAddr,
     /// Hosts no resource names: REGISTRY_ONLY answers 502; ALLOW_ANY forwards to them.
     #[arg(
         long,
@@ -164,9 +182,9 @@ pub struct ServeArgs {
     )]
     log_format: LogFormat,
     /// Read-only metrics listener (`/stats/prometheus`, `/stats/subsets`, `/healthz/ready`),
-    /// or `off`.
-    #[arg(long, env = "SWITCHYARD_METRICS", default_value = "0.0.0.0:15090")]
-    metrics: String,
+    /// as --listen, or `off`.
+    #[arg(long, env = "SWITCHYARD_METRICS", default_value = "0.0.0.0:15090", value_parser = optional_listen_arg)]
+    metrics: OptionalAddr,
     /// Istio `reporter` label: `source` (client-side sidecar) or `destination` (server-side,
     /// what Flagger queries).
     #[arg(
@@ -220,8 +238,12 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ValidateArgs {
-    /// A YAML file or a directory.
-    path: PathBuf,
+    /// A YAML file or a directory (or give it as --config, like the other commands).
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    path: Option<PathBuf>,
+    /// A YAML file or a directory (the same as the positional PATH).
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Hide Info lines (skipped kinds, resources that do not apply here).
     #[arg(long, short)]
     quiet: bool,
@@ -323,8 +345,31 @@ impl RequestArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
+    /// `text`: the explanation to read. `json`: the same as one document (request, routes
+    /// with their outcome, result with destinations and endpoints, and the text lines).
+    #[arg(long, short, value_enum, default_value = "text")]
+    output: ExplainOutput,
     #[command(flatten)]
     request: RequestArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExplainOutput {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+struct ManArgs {
+    /// A command's own page (`switchyard-run(1)` ...) instead of the top one.
+    command: Option<String>,
 }
 
 #[derive(Args)]
@@ -366,6 +411,10 @@ pub struct DemoArgs {
     /// Print the report and exit instead of serving on.
     #[arg(long)]
     exit: bool,
+    /// Start the built-in upstreams on free ports rather than the config's (when those are
+    /// taken), and serve a copy of the config whose loopback endpoints name them.
+    #[arg(long)]
+    free_upstream_ports: bool,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -377,6 +426,49 @@ impl DemoArgs {
 
     fn serve_access_log_is_default(&self) -> bool {
         self.serve.access_log == "off"
+    }
+}
+
+/// An address flag that may be `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionalAddr(Option<SocketAddr>);
+
+const LISTEN_FORMS: &str =
+    "expected IP:PORT, HOST:PORT or :PORT (all interfaces), e.g. 127.0.0.1:15001 or :15001";
+
+/// `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved once, IPv4 first) or `:PORT` (0.0.0.0).
+fn listen_arg(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port: {LISTEN_FORMS}"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: {port:?} is not a port number: {LISTEN_FORMS}"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: cannot resolve {host:?} ({e}): {LISTEN_FORMS}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?}: {host:?} has no address: {LISTEN_FORMS}"))
+}
+
+/// As [`listen_arg`], or `off` (an empty value means `off` too).
+fn optional_listen_arg(s: &str) -> Result<OptionalAddr, String> {
+    match s {
+        "off" | "" => Ok(OptionalAddr(None)),
+        s => listen_arg(s).map(|a| OptionalAddr(Some(a))),
     }
 }
 
@@ -423,6 +515,16 @@ fn main() -> ExitCode {
             run_validate(args)
         }
         Command::Explain(args) => run_explain(args),
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut cli_command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => run_man(args),
         Command::Simulate(args) => run_simulate(args),
         Command::Probe(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -507,10 +609,42 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn run_man(args: ManArgs) -> Result<ExitCode> {
+    let cmd = cli_command();
+    let page = match &args.command {
+        None => cmd,
+        Some(name) => {
+            let Some(sub) = cmd
+                .get_subcommands()
+                .find(|c| c.get_name() == name && !c.is_hide_set())
+            else {
+                let names: Vec<&str> = cmd
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name())
+                    .collect();
+                bail!("no command {name:?}; one of: {}", names.join(", "));
+            };
+            sub.clone()
+                .display_name(format!("switchyard-{name}"))
+                .bin_name(format!("switchyard {name}"))
+                .version(VERSION)
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    use std::io::Write;
+    std::io::stdout().write_all(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
     let identity = args.identity.identity()?;
+    let Some(path) = args.config.as_ref().or(args.path.as_ref()) else {
+        bail!("validate: give the config as PATH or --config PATH");
+    };
     let res = load(
-        &args.path,
+        path,
         &LoadOptions {
             default_namespace: identity.namespace.clone(),
         },
@@ -620,7 +754,13 @@ struct ValidateSummary {
 
 fn run_explain(args: ExplainArgs) -> Result<ExitCode> {
     let (req, loaded) = args.request.load()?;
-    print!("{}", switchyard::explain::explain(&loaded, &req));
+    match args.output {
+        ExplainOutput::Text => print!("{}", switchyard::explain::explain(&loaded, &req)),
+        ExplainOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&switchyard::explain::explain_json(&loaded, &req))?
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -821,35 +961,25 @@ pub async fn run(
     let (listener, _listen_lock) = switchyard::proxy::workers::bind_first(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let proxy_addr = listener.local_addr()?;
-    let admin_listener = match args.admin.as_str() {
-        "off" | "" => None,
-        a => {
-            let addr: SocketAddr = a
-                .parse()
-                .with_context(|| format!("--admin: {a:?} is not an address (or `off`)"))?;
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (--admin)"))?,
-            )
-        }
+    let admin_listener = match args.admin.0 {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin)"))?,
+        ),
     };
     let mut proxy = Proxy::new(reloader.table.clone(), pools, metrics.clone());
     if let Some(log) = access_log(&args, &metrics)? {
         proxy.access_log.store(Some(Arc::new(log)));
     }
-    let metrics_listener = match args.metrics.as_str() {
-        "off" | "" => None,
-        a => {
-            let addr: SocketAddr = a
-                .parse()
-                .with_context(|| format!("--metrics: {a:?} is not an address (or `off`)"))?;
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (--metrics)"))?,
-            )
-        }
+    let metrics_listener = match args.metrics.0 {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics)"))?,
+        ),
     };
     if let Some(l) = &metrics_listener {
         proxy.own_addrs.push(l.local_addr()?);

@@ -8,6 +8,7 @@
 mod support;
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ fn run_bin(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Outcome {
     cmd.args(args)
         .current_dir(crate_root())
         .env("NO_COLOR", "1")
+        // The metrics listener defaults to the fixed port 15090; no test binds a fixed port.
+        .env("SWITCHYARD_METRICS", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -563,11 +566,25 @@ fn demo_reports_the_split_and_the_beta_rule() {
             "127.0.0.1:0",
             "--admin",
             "off",
+            "--metrics",
+            "off",
+            // The shipped config's 18081/18082 may be taken: tests bind ephemeral ports only.
+            "--free-upstream-ports",
         ],
         &[],
         Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    for (v, port) in [("v1", 18081), ("v2", 18082)] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("upstream {v}"))
+                    && l.ends_with(&format!("(the config says 127.0.0.1:{port})"))),
+            "the banner says where {v} moved from:\n{}",
+            out.describe()
+        );
+    }
     let batches = demo_batches(&out.stdout);
     assert_eq!(
         batches.len(),
@@ -612,6 +629,85 @@ fn demo_reports_the_split_and_the_beta_rule() {
     );
 }
 
+/// The shipped demo config with its two endpoints moved to ports this test holds listeners
+/// on: `demo` names the taken port and the way out; with that flag it serves.
+#[test]
+fn demo_names_a_taken_upstream_port_and_moves_on_request() {
+    let hold = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let (taken, other) = (hold(), hold());
+    let port = taken.local_addr().expect("local addr").port();
+    let free = other.local_addr().expect("local addr").port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for name in ["frontend.yaml", "frontend-endpoints.yaml"] {
+        let text = std::fs::read_to_string(crate_root().join("config").join(name)).expect("read");
+        let text = text
+            .replace("http: 18081", &format!("http: {port}"))
+            .replace("http: 18082", &format!("http: {free}"));
+        std::fs::write(tmp.path().join(name), text).expect("write");
+    }
+    let config = tmp.path().to_str().expect("utf-8 path");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "demo",
+            "--config",
+            config,
+            "--exit",
+            "--requests",
+            "100",
+            "--beta-requests",
+            "10",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--metrics",
+            "off",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = run_bin(&args(&[]), &[], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    for needle in [
+        // The upstreams are started in address order.
+        format!("127.0.0.1:{} is already in use", port.min(free)),
+        "--free-upstream-ports".to_string(),
+    ] {
+        assert!(
+            out.stderr.contains(&needle),
+            "no {needle:?}:\n{}",
+            out.describe()
+        );
+    }
+
+    let out = run_bin(
+        &args(&["--free-upstream-ports"]),
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains(&format!("(the config says 127.0.0.1:{port})")),
+        "{}",
+        out.describe()
+    );
+    let batches = demo_batches(&out.stdout);
+    assert_eq!(batches.len(), 2, "{}", out.describe());
+    let total: usize = batches[0].1.iter().map(|r| r.2).sum();
+    assert_eq!(
+        total, 100,
+        "every request answered by a moved upstream:\n{}",
+        out.stdout
+    );
+    assert!(
+        batches[0].1.iter().all(|r| r.0 == "v1" || r.0 == "v2"),
+        "no error rows:\n{}",
+        out.stdout
+    );
+    drop((taken, other));
+}
+
 #[test]
 fn help_lists_the_commands() {
     let out = run_bin(&["--help"], &[], QUICK);
@@ -625,4 +721,146 @@ fn help_lists_the_commands() {
             out.stdout
         );
     }
+}
+
+#[test]
+fn validate_takes_the_config_as_a_flag_like_the_other_commands() {
+    let path = fixture("unknown-subset.yaml");
+    let positional = run_bin(&["validate", &path], &[], QUICK);
+    let flag = run_bin(&["validate", "--config", &path], &[], QUICK);
+    assert_eq!(flag.status.code(), Some(1), "{}", flag.describe());
+    assert_eq!(flag.stdout, positional.stdout, "{}", flag.describe());
+    assert!(flag.stdout.contains("IST0101"), "{}", flag.describe());
+    let short = run_bin(&["validate", "-c", &fixture("good.yaml")], &[], QUICK);
+    assert_eq!(short.status.code(), Some(0), "{}", short.describe());
+
+    let both = run_bin(&["validate", &path, "--config", &path], &[], QUICK);
+    assert_eq!(both.status.code(), Some(2), "{}", both.describe());
+    assert!(
+        both.stderr.contains("cannot be used with"),
+        "{}",
+        both.describe()
+    );
+    let neither = run_bin(&["validate"], &[], QUICK);
+    assert_eq!(neither.status.code(), Some(2), "{}", neither.describe());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_accepts_host_port_and_bare_port() {
+    let config = crate_root().join(fixture("good.yaml"));
+    let config = config.to_str().expect("utf-8 path");
+    for (listen, admin, want_proxy_ip, want_admin_ip) in [
+        ("localhost:0", ":0", "127.0.0.1", "0.0.0.0"),
+        (":0", "localhost:0", "0.0.0.0", "127.0.0.1"),
+    ] {
+        let p = ProxyProcess::spawn(
+            BIN,
+            &[
+                "run", "--config", config, "--listen", listen, "--admin", admin,
+            ],
+            &[],
+        );
+        let proxy = p
+            .proxy
+            .unwrap_or_else(|| panic!("{listen}: {}", p.stderr_text()));
+        let admin_addr = p
+            .admin
+            .unwrap_or_else(|| panic!("{admin}: {}", p.stderr_text()));
+        assert_eq!(proxy.ip().to_string(), want_proxy_ip, "--listen {listen}");
+        assert_eq!(
+            admin_addr.ip().to_string(),
+            want_admin_ip,
+            "--admin {admin}"
+        );
+        assert_ne!(proxy.port(), 0);
+        let mut c = Client::h1(SocketAddr::from(([127, 0, 0, 1], admin_addr.port()))).await;
+        assert_eq!(
+            c.get("127.0.0.1", "/ready").await.status,
+            200,
+            "--admin {admin}"
+        );
+    }
+
+    // A form it cannot take is refused with the forms it can.
+    for bad in [
+        "15001",
+        "localhost",
+        "127.0.0.1:http",
+        "no-such-host.invalid:1",
+    ] {
+        let out = run_bin(&["run", "--config", config, "--listen", bad], &[], QUICK);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", out.describe());
+        assert!(
+            out.stderr.contains("IP:PORT, HOST:PORT or :PORT"),
+            "{bad}: {}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn version_names_the_commit_and_the_build_profile() {
+    let out = run_bin(&["--version"], &[], QUICK);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    let line = out.stdout.trim();
+    let rest = line
+        .strip_prefix(&format!(
+            "switchyard {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (commit, profile) = rest
+        .strip_suffix(" build)")
+        .and_then(|r| r.split_once(", "))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{line:?}"
+    );
+    // The test binary's own profile: tests build the binary in the same profile.
+    let want = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(profile, want, "{line:?}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F _switchyard"),
+        ("zsh", "#compdef switchyard"),
+        ("fish", "complete -c switchyard"),
+    ] {
+        let out = run_bin(&["completions", shell], &[], QUICK);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", out.describe());
+        assert!(out.stdout.contains(marker), "{shell}: no {marker:?}");
+        for word in ["validate", "simulate", "free-upstream-ports"] {
+            assert!(out.stdout.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = run_bin(&["completions", "tcsh"], &[], QUICK);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+
+    let top = run_bin(&["man"], &[], QUICK);
+    assert_eq!(top.status.code(), Some(0), "{}", top.describe());
+    assert!(top.stdout.contains(".TH switchyard 1"), "{}", top.stdout);
+    assert!(top.stdout.contains(".SH SUBCOMMANDS"), "{}", top.stdout);
+    let run = run_bin(&["man", "run"], &[], QUICK);
+    assert_eq!(run.status.code(), Some(0), "{}", run.describe());
+    assert!(
+        run.stdout.contains(".TH switchyard-run 1"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(r"\fB\-\-listen\fR"), "{}", run.stdout);
+    let none = run_bin(&["man", "serve"], &[], QUICK);
+    assert_eq!(none.status.code(), Some(1), "{}", none.describe());
+    assert!(
+        none.stderr.contains("one of: run, validate"),
+        "{}",
+        none.describe()
+    );
 }

@@ -1,35 +1,35 @@
 //! HTTP/2 abuse against the real `switchyard` binary (issue #8; reliability.md R12), driven by
-//! python `h2` frame-level probes in tests/h2probes/abuse.py: rapid reset, CONTINUATION flood,
-//! SETTINGS and PING floods, one stream past `max_concurrent_streams`, and a header list over
-//! the limit. Each probe runs against its own proxy process, whose RSS (/proc/<pid>/status
-//! VmRSS) is read before and after; the proxy must still serve a normal request afterwards.
+//! frame-level probes written in Rust (tests/h2probes/mod.rs: hand-built frames over a
+//! `TcpStream`): rapid reset, CONTINUATION flood, SETTINGS and PING floods, one stream past
+//! `max_concurrent_streams`, and a header list over the limit. Each probe runs against its own
+//! proxy process, whose RSS (/proc/<pid>/status VmRSS) is read before and after; the proxy must
+//! still serve a normal request afterwards.
 //!
 //! The four floods take 1-5 s each and are `#[ignore]`d; CI runs them with
-//! `cargo test --test h2_abuse -- --include-ignored`. The rest stay in the default suite.
-//!
-//! python3 with the `h2` package is a hard requirement (CI installs it with `pip install h2`):
-//! without it these tests fail, they do not skip.
+//! `cargo test --test h2_abuse -- --ignored`. The rest stay in the default suite, which needs
+//! nothing but the Rust toolchain.
 
+#[path = "h2probes/mod.rs"]
+mod h2probes;
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
-
+use h2probes::{Conn, Report};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2probes/abuse.py");
 /// Per-probe budget; each finishes in a few seconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(40);
 /// reliability.md R12: floods must not grow the proxy by more than this.
 const MAX_RSS_GROWTH_KB: u64 = 20 * 1024;
 /// h2 error codes (RFC 9113 §7).
-const REFUSED_STREAM: u64 = 7;
+const REFUSED_STREAM: u32 = 7;
+/// GOAWAY ENHANCE_YOUR_CALM.
+const ENHANCE_YOUR_CALM: u32 = 11;
 
 /// `web` on a real upstream; `/hold` is delayed 10 s by a fault so its streams stay open.
 fn config(up: &Upstream) -> String {
@@ -61,20 +61,6 @@ spec:
     )
 }
 
-fn require_python_h2() {
-    let out = Command::new("python3")
-        .args(["-c", "import h2, hyperframe, hpack"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "python3 is present but the h2 package is not: install it with `pip install h2` (CI does).\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!("python3 is required for the HTTP/2 abuse probes (CI installs it): {e}"),
-    }
-}
-
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
@@ -85,49 +71,27 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// Runs one probe to completion (bounded by PROBE_TIMEOUT) and returns its JSON verdict.
-fn run_probe(probe: &str, addr: std::net::SocketAddr) -> Value {
-    let mut child = Command::new("python3")
-        .arg(PROBE)
-        .args([
-            probe,
-            &addr.ip().to_string(),
-            &addr.port().to_string(),
-            "web",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("python3 {PROBE}: {e}"));
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("probe {probe} still running after {PROBE_TIMEOUT:?}");
-            }
-            Err(e) => panic!("waiting for probe {probe}: {e}"),
-        }
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("probe {probe} output: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "probe {probe} failed ({})\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("probe {probe} printed no JSON ({e}): {stdout}"))
+type Probe = fn(&mut Conn) -> Report;
+
+/// Runs one probe on its own thread and connection, bounded by PROBE_TIMEOUT.
+fn run_probe(name: &str, probe: Probe, addr: std::net::SocketAddr) -> Report {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let report = match Conn::connect(addr, "web") {
+            Ok(mut conn) => probe(&mut conn),
+            Err(e) => Report {
+                error: Some(format!("connect {addr}: {e}")),
+                ..Report::default()
+            },
+        };
+        let _ = tx.send(report);
+    });
+    rx.recv_timeout(PROBE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("probe {name} still running after {PROBE_TIMEOUT:?}: {e}"))
 }
 
 struct Outcome {
-    report: Value,
+    report: Report,
     rss_before_kb: u64,
     /// Highest VmRSS sampled every 5 ms while the probe ran.
     rss_peak_kb: u64,
@@ -142,14 +106,13 @@ impl Outcome {
     }
 
     fn ended_connection(&self) -> bool {
-        !self.report["goaway"].is_null() || self.report["closed"] == Value::Bool(true)
+        self.report.ended_connection()
     }
 }
 
 /// Starts a proxy, warms it up, runs `probe`, and checks the proxy still serves h1 and h2
 /// afterwards and grew by less than MAX_RSS_GROWTH_KB.
-async fn abuse(probe: &'static str) -> Outcome {
-    require_python_h2();
+async fn abuse(name: &'static str, probe: Probe) -> Outcome {
     let up = Upstream::start("v1").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("web.yaml");
@@ -195,12 +158,12 @@ async fn abuse(probe: &'static str) -> Outcome {
             peak
         })
     };
-    let report = tokio::task::spawn_blocking(move || run_probe(probe, addr))
+    let report = tokio::task::spawn_blocking(move || run_probe(name, probe, addr))
         .await
         .expect("probe task");
     done.store(true, Ordering::Relaxed);
     let rss_peak_kb = sampler.join().expect("RSS sampler");
-    assert!(report["error"].is_null(), "probe {probe}: {report}");
+    assert!(report.error.is_none(), "probe {name}: {report:?}");
     // Closed streams and connections are freed asynchronously; give it a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_after_kb = rss_kb(pid);
@@ -210,11 +173,11 @@ async fn abuse(probe: &'static str) -> Outcome {
         assert_eq!(
             r.status,
             200,
-            "{proto:?} request after {probe}: {}",
+            "{proto:?} request after {name}: {}",
             r.text()
         );
     }
-    assert!(proxy_alive(&proxy), "the proxy exited during {probe}");
+    assert!(proxy_alive(&proxy), "the proxy exited during {name}");
     let outcome = Outcome {
         report,
         rss_before_kb,
@@ -222,7 +185,7 @@ async fn abuse(probe: &'static str) -> Outcome {
         rss_after_kb,
     };
     eprintln!(
-        "{probe}: {} | RSS {} kB, peak {} kB, after {} kB (+{} kB)",
+        "{name}: {:?} | RSS {} kB, peak {} kB, after {} kB (+{} kB)",
         outcome.report,
         outcome.rss_before_kb,
         outcome.rss_peak_kb,
@@ -231,7 +194,7 @@ async fn abuse(probe: &'static str) -> Outcome {
     );
     assert!(
         outcome.growth_kb() < MAX_RSS_GROWTH_KB,
-        "{probe}: RSS grew by {} kB (limit {MAX_RSS_GROWTH_KB} kB)",
+        "{name}: RSS grew by {} kB (limit {MAX_RSS_GROWTH_KB} kB)",
         outcome.growth_kb()
     );
     drop(proxy);
@@ -245,25 +208,24 @@ fn proxy_alive(p: &ProxyProcess) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_gets_goaway() {
-    let o = abuse("rapid_reset").await;
-    let goaway = &o.report["goaway"];
+    let o = abuse("rapid_reset", h2probes::rapid_reset).await;
     assert!(
         o.ended_connection(),
-        "2000 HEADERS+RST_STREAM and no GOAWAY or close: {}",
+        "2000 HEADERS+RST_STREAM and no GOAWAY or close: {:?}",
         o.report
     );
-    if !goaway.is_null() {
+    if let Some(goaway) = o.report.goaway {
         // hyper's h2 answers a reset flood with ENHANCE_YOUR_CALM (11).
-        assert_eq!(goaway["error_code"], 11, "{}", o.report);
+        assert_eq!(goaway.error_code, ENHANCE_YOUR_CALM, "{:?}", o.report);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
-    let o = abuse("continuation_flood").await;
+    let o = abuse("continuation_flood", h2probes::continuation_flood).await;
     assert!(
         o.ended_connection(),
-        "10 000 CONTINUATION frames without END_HEADERS and no GOAWAY or close: {}",
+        "10 000 CONTINUATION frames without END_HEADERS and no GOAWAY or close: {:?}",
         o.report
     );
 }
@@ -273,15 +235,16 @@ async fn continuation_flood_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flood: 1-5 s each; CI runs it with --ignored"]
 async fn settings_flood_is_answered_without_growth() {
-    let o = abuse("settings_flood").await;
-    assert_answered_or_ended(&o, "settings_acks");
+    let o = abuse("settings_flood", h2probes::settings_flood).await;
+    // SETTINGS ACKs include the one for the connection preface.
+    assert_answered_or_ended(&o, o.report.settings_acks);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flood: 1-5 s each; CI runs it with --ignored"]
 async fn ping_flood_is_answered_without_growth() {
-    let o = abuse("ping_flood").await;
-    assert_answered_or_ended(&o, "pongs");
+    let o = abuse("ping_flood", h2probes::ping_flood).await;
+    assert_answered_or_ended(&o, o.report.pongs);
 }
 
 /// The dangerous variant: tens of MB of PINGs from a client that never reads the PONGs. The
@@ -290,64 +253,66 @@ async fn ping_flood_is_answered_without_growth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flood: 1-5 s each; CI runs it with --ignored"]
 async fn ping_flood_without_reading_is_pushed_back() {
-    let o = abuse("ping_flood_noread").await;
+    let o = abuse("ping_flood_noread", h2probes::ping_flood_noread).await;
     assert_pushed_back(&o);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flood: 1-5 s each; CI runs it with --ignored"]
 async fn settings_flood_without_reading_is_pushed_back() {
-    let o = abuse("settings_flood_noread").await;
+    let o = abuse("settings_flood_noread", h2probes::settings_flood_noread).await;
     assert_pushed_back(&o);
 }
 
-fn assert_answered_or_ended(o: &Outcome, answers: &str) {
-    let sent = o.report["frames_sent"].as_u64().unwrap_or(0);
-    // SETTINGS ACKs include the one for the connection preface.
-    let answered = o.report[answers].as_u64().unwrap_or(0);
-    assert!(sent >= 10_000, "the flood was cut short: {}", o.report);
+fn assert_answered_or_ended(o: &Outcome, answered: u64) {
+    let sent = o.report.frames_sent;
+    assert!(sent >= 10_000, "the flood was cut short: {:?}", o.report);
     assert!(
         o.ended_connection() || answered >= sent,
-        "{sent} frames, {answered} answers, and the connection still open: {}",
+        "{sent} frames, {answered} answers, and the connection still open: {:?}",
         o.report
     );
 }
 
 fn assert_pushed_back(o: &Outcome) {
+    assert!(o.report.bytes_total > 30_000_000, "{:?}", o.report);
     assert!(
-        o.report["backpressure"] == Value::Bool(true) || o.ended_connection(),
-        "the proxy read all {} bytes without pushing back or closing: {}",
-        o.report["bytes_total"],
+        o.report.backpressure || o.ended_connection(),
+        "the proxy read all {} bytes without pushing back or closing: {:?}",
+        o.report.bytes_total,
         o.report
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_past_max_concurrent_streams_is_refused() {
-    let o = abuse("max_streams").await;
+    let o = abuse("max_streams", h2probes::max_streams).await;
     assert_eq!(
-        o.report["limit"], 1024,
+        o.report.limit,
+        Some(1024),
         "advertised SETTINGS_MAX_CONCURRENT_STREAMS"
     );
     assert_eq!(
-        o.report["extra_reset"], REFUSED_STREAM,
-        "stream {} past the limit: {}",
-        o.report["extra_stream"], o.report
+        o.report.extra_reset,
+        Some(REFUSED_STREAM),
+        "stream {:?} past the limit: {:?}",
+        o.report.extra_stream,
+        o.report
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_list_over_the_limit_is_refused_and_the_connection_survives() {
-    let o = abuse("big_headers").await;
-    let big = &o.report["big"];
+    let o = abuse("big_headers", h2probes::big_headers).await;
     assert!(
-        big["status"] == "431" || !big["reset"].is_null(),
-        "an 80 KiB header list must get 431 or a stream reset: {}",
+        o.report.big_status == Some(431) || o.report.big_reset.is_some(),
+        "an 80 KiB header list must get 431 or a stream reset: {:?}",
         o.report
     );
     assert_eq!(
-        o.report["after_status"], "200",
-        "same connection afterwards: {}",
+        o.report.after_status,
+        Some(200),
+        "same connection afterwards: {:?}",
         o.report
     );
 }

@@ -695,20 +695,23 @@ fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
-/// A scratch directory holding `canary/` = the walkthrough's base files + one step.
+/// A scratch directory holding `canary/` and `staging/`, each the walkthrough's base files +
+/// one step.
 fn walkthrough_dir(step: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let canary = dir.path().join("canary");
-    std::fs::create_dir(&canary).expect("mkdir");
-    let base = crate_root().join("examples/walkthrough/base");
-    for entry in std::fs::read_dir(&base).expect("base") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name");
-        std::fs::copy(&path, canary.join(name)).expect("copy base");
+    for copy in ["canary", "staging"] {
+        let canary = dir.path().join(copy);
+        std::fs::create_dir(&canary).expect("mkdir");
+        let base = crate_root().join("examples/walkthrough/base");
+        for entry in std::fs::read_dir(&base).expect("base") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name");
+            std::fs::copy(&path, canary.join(name)).expect("copy base");
+        }
+        let step_file = crate_root().join(format!("examples/walkthrough/steps/{step}.yaml"));
+        std::fs::copy(&step_file, canary.join("frontend-vs.yaml"))
+            .unwrap_or_else(|e| panic!("{}: {e}", step_file.display()));
     }
-    let step_file = crate_root().join(format!("examples/walkthrough/steps/{step}.yaml"));
-    std::fs::copy(&step_file, canary.join("frontend-vs.yaml"))
-        .unwrap_or_else(|e| panic!("{}: {e}", step_file.display()));
     dir
 }
 
@@ -1168,11 +1171,17 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
             .map(|(_, r)| r.as_str())
             .collect()
     };
+    // Two ways to the binary: the Rust build stage (the default) or the build context
+    // (`--build-arg BINARY_FROM=prebuilt`, what .ci/image builds); the runtime is scratch.
+    assert!(all("ARG").contains(&"BINARY_FROM=build"), "{inst:?}");
     let from = all("FROM");
-    assert_eq!(from.len(), 2, "multi-stage: {from:?}");
     assert!(from[0].starts_with("rust:") && from[0].ends_with(" AS build"));
-    assert!(
-        from[1].contains("distroless") || from[1].contains("debian") && from[1].contains("slim")
+    assert!(from.contains(&"scratch AS prebuilt"), "{from:?}");
+    assert!(from.contains(&"${BINARY_FROM} AS binary"), "{from:?}");
+    assert_eq!(
+        from.last(),
+        Some(&"scratch"),
+        "the runtime has nothing but what it copies"
     );
     assert!(
         all("RUN")
@@ -1193,10 +1202,14 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
         json_args(all("CMD")[0]),
         ["run", "--config", "/etc/switchyard"]
     );
-    // The runtime stage holds the binary only.
+    // The runtime stage: the binary, the CA bundle and /tmp from the chosen stage.
     let copies = all("COPY");
-    let runtime_copies: Vec<&&str> = copies.iter().filter(|c| c.contains("--from=")).collect();
-    assert_eq!(runtime_copies.len(), 1, "{copies:?}");
+    let runtime_copies: Vec<&&str> = copies
+        .iter()
+        .filter(|c| c.contains("--from=binary"))
+        .collect();
+    assert_eq!(runtime_copies.len(), 3, "{copies:?}");
+    assert!(copies.iter().all(|c| !c.contains("--from=build")));
 
     // The health check is the binary probing /healthz/ready, with arguments it accepts.
     let health = all("HEALTHCHECK");
@@ -1211,17 +1224,460 @@ fn dockerfile_builds_like_ci_and_runs_the_binary_unprivileged() {
     args.push("--help");
     ok(&args);
 
-    // Every COPY source of the build stage exists and .dockerignore lets it through.
+    // Every COPY source from the context exists (target/image/ is staged by .ci/image) and
+    // .dockerignore lets it through.
     let ignore =
         std::fs::read_to_string(crate_root().join(".dockerignore")).expect(".dockerignore");
     for copy in copies.iter().filter(|c| !c.contains("--from=")) {
         let words: Vec<&str> = copy.split_whitespace().collect();
         for src in &words[..words.len() - 1] {
-            assert!(crate_root().join(src).exists(), "COPY {src}: missing");
+            let src = src.trim_end_matches('/');
+            assert!(
+                src.starts_with("target/") || crate_root().join(src).exists(),
+                "COPY {src}: missing"
+            );
             assert!(
                 ignore.lines().any(|l| l.trim() == format!("!{src}")),
                 ".dockerignore keeps {src} out of the context"
             );
         }
     }
+}
+
+#[test]
+fn explain_json_is_the_same_walk_as_a_document() {
+    let out = ok(&[
+        "explain",
+        "--config",
+        SHOP,
+        "-o",
+        "json",
+        "http://reviews:9080/",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["request"]["host"], "reviews");
+    assert_eq!(doc["request"]["port"], 9080);
+    assert_eq!(doc["served_by"]["name"], "VirtualService/default/reviews");
+    assert_eq!(doc["served_by"]["file"], SHOP);
+    let routes = doc["routes"].as_array().expect("routes");
+    let outcomes: Vec<&str> = routes
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["not generated", "no match", "no match", "no match", "match"],
+        "{out}"
+    );
+    assert_eq!(
+        routes[2]["reason"],
+        "uri \"/\" does not match exact \"/old\""
+    );
+    let result = &doc["result"];
+    assert_eq!(result["action"], "forward");
+    assert_eq!(result["route"], 3);
+    let dests: Vec<(String, f64, String)> = result["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["subset"].as_str().unwrap_or("").to_string(),
+                d["share"].as_f64().unwrap_or(-1.0),
+                d["endpoints"][0]["address"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            ("v1".to_string(), 0.8, "10.0.0.1:9080".to_string()),
+            ("v2".to_string(), 0.2, "10.0.0.2:9080".to_string())
+        ]
+    );
+    // The text lines are the text output, line for line.
+    let text = ok(&["explain", "--config", SHOP, "http://reviews:9080/"]);
+    let lines: Vec<&str> = doc["text"]
+        .as_array()
+        .expect("text")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(lines, text.lines().collect::<Vec<_>>());
+
+    let unknown = ok(&["explain", "--config", SHOP, "-o", "json", "http://nope/"]);
+    let doc: serde_json::Value = serde_json::from_str(&unknown).expect("JSON");
+    assert_eq!(doc["result"]["action"], "reject");
+    assert_eq!(doc["result"]["status"], 502);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose example
+// ---------------------------------------------------------------------------------------------
+
+/// deploy/compose/compose.yaml: the proxy's mounted config validates, its DNS endpoints are the
+/// compose services, and the published port is the one it listens on.
+#[test]
+fn compose_example_mounts_a_config_that_validates_and_names_its_services() {
+    let dir = crate_root().join("deploy/compose");
+    let text = std::fs::read_to_string(dir.join("compose.yaml")).expect("compose.yaml");
+    let compose: yaml_serde::Value = yaml_serde::from_str(&text).expect("compose YAML");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(names, ["frontend-v1", "frontend-v2", "switchyard"]);
+    let proxy = &compose["services"]["switchyard"];
+    assert_eq!(proxy["image"].as_str(), Some("switchyard:0.1.0"));
+
+    // The mounted files, gathered as the container sees /etc/switchyard.
+    let config = tempfile::tempdir().expect("tempdir");
+    for volume in string_list(&proxy["volumes"]) {
+        let mut parts = volume.split(':');
+        let (src, dst) = (parts.next().expect("source"), parts.next().expect("target"));
+        let name = dst
+            .strip_prefix("/etc/switchyard/")
+            .unwrap_or_else(|| panic!("{volume}: not under /etc/switchyard"));
+        std::fs::copy(dir.join(src), config.path().join(name))
+            .unwrap_or_else(|e| panic!("{volume}: {e}"));
+    }
+    let cfg = config.path().to_str().expect("utf-8 path");
+    let command = string_list(&proxy["command"]);
+    assert_eq!(command[..3], ["run", "--config", "/etc/switchyard"]);
+    let v = run(&["validate", "--config", cfg]);
+    assert_eq!(v.code, Some(0), "{}", v.describe());
+    assert!(v.stdout.is_empty(), "findings:\n{}", v.stdout);
+
+    // Each version's endpoint is a compose service, by DNS, on the port it listens on.
+    let explain = ok(&["explain", "--config", cfg, "http://frontend/"]);
+    for version in ["v1", "v2"] {
+        let service = format!("frontend-{version}");
+        let listen = string_list(&compose["services"][service.as_str()]["command"])
+            .iter()
+            .find_map(|a| a.strip_prefix("-listen=:").map(str::to_string))
+            .expect("-listen=:PORT");
+        let line = format!("dns {service}:{listen} app=frontend,version={version}");
+        assert!(explain.contains(&line), "no {line:?} in\n{explain}");
+    }
+
+    // The published proxy port is the one --listen names.
+    let listen = command
+        .windows(2)
+        .find(|w| w[0] == "--listen")
+        .map(|w| w[1].clone())
+        .expect("--listen");
+    let port = listen.trim_start_matches(':');
+    assert!(
+        string_list(&proxy["ports"]).contains(&format!("{port}:{port}")),
+        "{listen} is not published"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walkthrough, run as written
+// ---------------------------------------------------------------------------------------------
+
+/// The commands of the README's canary walkthrough, in order: every line of its `sh` blocks
+/// and every `$ ` line of its `console` blocks.
+fn walkthrough_commands(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("\n## Canary walkthrough\n")
+        .expect("walkthrough section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut out = Vec::new();
+    let mut block: Option<&str> = None;
+    for line in section.lines() {
+        match (block, line.trim_end()) {
+            (None, "```sh") => block = Some("sh"),
+            (None, "```console") => block = Some("console"),
+            (None, _) => {}
+            (Some(_), "```") => block = None,
+            (Some("sh"), l) if !l.trim().is_empty() => out.push(l.to_string()),
+            (Some("console"), l) => {
+                if let Some(cmd) = l.strip_prefix("$ ") {
+                    out.push(cmd.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `line` without a trailing `# comment` (outside quotes), and the comment.
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '#' if !quoted && (i == 0 || line[..i].ends_with(' ')) => {
+                return (line[..i].trim_end(), Some(line[i + 1..].trim()));
+            }
+            _ => {}
+        }
+    }
+    (line.trim_end(), None)
+}
+
+/// One HTTP/1.1 request as curl sends it; returns status and body.
+fn http_get(
+    addr: std::net::SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[String],
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(HANG)).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: {host}\r\n"));
+    }
+    for h in headers {
+        req.push_str(&format!("{h}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs the walkthrough's commands in a scratch copy of the repository's examples: files
+/// with `mkdir`/`cp`/`rm`/`mv`, `switchyard` with this binary, `curl` against `demo
+/// --config canary` started where the prose says to (on ephemeral ports: the test moves the
+/// base's endpoints and rewrites localhost:15001/15000 to the demo's addresses). A `# v1` or
+/// `# v2` comment on a curl line is the body it must get; a `mv` into canary/ must be served
+/// within 3 s (the watcher applies it at once).
+#[test]
+fn readme_walkthrough_runs_as_written() {
+    let readme = std::fs::read_to_string(crate_root().join("README.md")).expect("README.md");
+    assert!(
+        readme.contains("`switchyard demo --config canary`"),
+        "the walkthrough starts the demo on canary/"
+    );
+    let commands = walkthrough_commands(&readme);
+    assert!(commands.len() >= 25, "{commands:#?}");
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    // examples/, with the base's loopback ports moved to free ephemeral ones.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port()
+        })
+        .collect();
+    for sub in ["base", "steps"] {
+        let from = crate_root().join("examples/walkthrough").join(sub);
+        let to = root.join("examples/walkthrough").join(sub);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for e in std::fs::read_dir(&from).expect("examples") {
+            let p = e.expect("entry").path();
+            let text = std::fs::read_to_string(&p)
+                .expect("read")
+                .replace("http: 18081", &format!("http: {}", ports[0]))
+                .replace("http: 18082", &format!("http: {}", ports[1]));
+            std::fs::write(to.join(p.file_name().expect("name")), text).expect("write");
+        }
+    }
+    let mut demo: Option<ProxyProcess> = None;
+    let dump =
+        |admin: std::net::SocketAddr| http_get(admin, "GET", "127.0.0.1", "/config_dump", &[]).1;
+    for line in &commands {
+        let (cmd, comment) = split_comment(line);
+        for part in cmd.split(" && ") {
+            let words = shell_words(part);
+            let args: Vec<&str> = words.iter().map(String::as_str).collect();
+            let at = |p: &str| root.join(p);
+            match args.as_slice() {
+                ["mkdir", d] => std::fs::create_dir(at(d)).expect("mkdir"),
+                ["rm", "-rf", d] => {
+                    let _ = std::fs::remove_dir_all(at(d));
+                }
+                ["cp", "-r", from, to] => {
+                    std::fs::create_dir(at(to)).expect("cp -r target");
+                    for e in std::fs::read_dir(at(from)).expect("cp -r source") {
+                        let p = e.expect("entry").path();
+                        std::fs::copy(&p, at(to).join(p.file_name().expect("name"))).expect("cp");
+                    }
+                }
+                ["cp", from, to] if from.ends_with("/*.yaml") => {
+                    let dir = at(from.trim_end_matches("/*.yaml"));
+                    for e in std::fs::read_dir(dir).expect("cp source") {
+                        let p = e.expect("entry").path();
+                        std::fs::copy(&p, at(to).join(p.file_name().expect("name"))).expect("cp");
+                    }
+                }
+                ["cp", from, to] => {
+                    std::fs::copy(at(from), at(to)).unwrap_or_else(|e| panic!("{line}: {e}"));
+                }
+                ["mv", from, to] => {
+                    let before = demo.as_ref().and_then(|d| d.admin).map(dump);
+                    std::fs::rename(at(from), at(to)).unwrap_or_else(|e| panic!("{line}: {e}"));
+                    if let (Some(before), Some(admin)) =
+                        (before, demo.as_ref().and_then(|d| d.admin))
+                    {
+                        let deadline = Instant::now() + Duration::from_secs(3);
+                        while dump(admin) == before {
+                            assert!(Instant::now() < deadline, "{line}: not applied within 3 s");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+                ["switchyard", rest @ ..] => {
+                    let out = run_in(root, rest);
+                    assert_eq!(out.code, Some(0), "{line}\n{}", out.describe());
+                }
+                ["curl", rest @ ..] => {
+                    let d = demo.get_or_insert_with(|| {
+                        let canary = root.join("canary");
+                        ProxyProcess::spawn(
+                            BIN,
+                            &[
+                                "demo",
+                                "--config",
+                                canary.to_str().expect("utf-8"),
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--admin",
+                                "127.0.0.1:0",
+                                "--metrics",
+                                "off",
+                                "--requests",
+                                "200",
+                                "--beta-requests",
+                                "20",
+                            ],
+                            &[],
+                        )
+                    });
+                    let (mut method, mut headers, mut url) = ("GET", Vec::new(), None);
+                    let mut it = rest.iter();
+                    while let Some(a) = it.next() {
+                        match *a {
+                            "-X" => method = it.next().expect("-X METHOD"),
+                            "-H" => headers.push(it.next().expect("-H VALUE").to_string()),
+                            "-s" => {}
+                            u => url = Some(u),
+                        }
+                    }
+                    let url = url.expect("a URL");
+                    let (hostport, path) = url
+                        .split_once('/')
+                        .map_or((url, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+                    let addr = match hostport {
+                        "localhost:15001" => d.proxy.expect("demo proxy address"),
+                        "localhost:15000" => d.admin.expect("demo admin address"),
+                        other => panic!("{line}: curl to {other}"),
+                    };
+                    let (status, body) = http_get(addr, method, "localhost", &path, &headers);
+                    assert!((200..300).contains(&status), "{line}: {status} {body}");
+                    if let Some(want @ ("v1" | "v2")) = comment {
+                        assert_eq!(body.trim(), want, "{line}");
+                    }
+                }
+                other => panic!("the walkthrough runs {other:?}, which this test does not know"),
+            }
+        }
+    }
+    assert!(demo.is_some(), "the walkthrough never reached the proxy");
+}
+
+/// Every repository path the README names in backticks exists: a path whose first component
+/// is a top-level entry (build outputs under target/ aside), and a bare `*.md`/`*.rs`/`*.sh`/
+/// `*.toml`/`*.yaml` name somewhere in the tree. Nothing points outside the repository.
+#[test]
+fn readme_names_only_files_that_exist() {
+    let readme = std::fs::read_to_string(crate_root().join("README.md")).expect("README.md");
+    fn find(dir: &Path, name: &str) -> bool {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                let skip = p.file_name().is_some_and(|n| n == "target" || n == ".git");
+                !skip
+                    && (p.file_name().is_some_and(|n| n == name) || (p.is_dir() && find(&p, name)))
+            })
+    }
+    let mut checked = 0;
+    for (i, token) in readme.split('`').enumerate() {
+        if i % 2 == 0 || token.contains(char::is_whitespace) || token.is_empty() {
+            continue;
+        }
+        assert!(
+            !token.starts_with("../"),
+            "the README points outside the repository: {token}"
+        );
+        let path_like = token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+        if !path_like || token.starts_with('/') {
+            continue;
+        }
+        match token.split_once('/') {
+            Some((first, _)) => {
+                if first == "target" || !crate_root().join(first).exists() {
+                    continue;
+                }
+                assert!(
+                    crate_root().join(token).exists(),
+                    "README names {token}: missing"
+                );
+                checked += 1;
+            }
+            None => {
+                let ext = token.rsplit_once('.').map(|(_, e)| e);
+                if matches!(ext, Some("md" | "rs" | "sh" | "toml" | "yaml")) {
+                    assert!(
+                        find(crate_root(), token),
+                        "README names {token}: not in the tree"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} paths checked");
+}
+
+/// The README's list of environment variables is every `[env: ...]` of every command, no more.
+#[test]
+fn readme_lists_every_environment_variable() {
+    let readme = std::fs::read_to_string(crate_root().join("README.md")).expect("README.md");
+    let start = readme
+        .find("also read environment variables")
+        .expect("the environment paragraph");
+    let para = &readme[start..start + readme[start..].find("\n\n").expect("paragraph end")];
+    let listed: std::collections::BTreeSet<&str> = para
+        .split('`')
+        .filter(|t| t.starts_with("SWITCHYARD_"))
+        .collect();
+    let reference = ok(&["help-markdown"]);
+    let read: std::collections::BTreeSet<&str> = reference
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|t| t.split(']').next())
+        .collect();
+    assert_eq!(listed, read);
+    assert!(para.contains(&format!("{} in all", read.len())), "{para}");
 }
