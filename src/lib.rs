@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod recycle;
 pub mod reload;
+pub mod rollout;
 pub mod route;
 pub mod simulate;
 pub mod upstream;

@@ -63,6 +63,9 @@ enum Command {
     Probe(ProbeArgs),
     /// Quick start: built-in upstreams, the proxy, and a measured 95/5 split.
     Demo(DemoArgs),
+    /// Automated canary rollouts from Argo Rollouts' `Rollout` and `AnalysisTemplate`
+    /// documents in the config folder: run the controller, watch and steer a rollout.
+    Rollout(RolloutArgs),
     /// Print a shell completion script, e.g. `switchyard completions bash >
     /// ~/.local/share/bash-completion/completions/switchyard`.
     Completions(CompletionsArgs),
@@ -72,6 +75,69 @@ enum Command {
     /// Print the README's CLI reference (Markdown) from this binary's `--help` texts.
     #[command(name = "help-markdown", hide = true)]
     HelpMarkdown,
+}
+
+#[derive(Args)]
+struct RolloutArgs {
+    #[command(subcommand)]
+    command: RolloutCommand,
+}
+
+#[derive(Args)]
+struct RolloutFolder {
+    /// The config folder holding the Rollout, its VirtualService and the state files.
+    #[arg(long, short, env = "SWITCHYARD_CONFIG")]
+    config: PathBuf,
+    /// Namespace of documents that name none.
+    #[arg(long, env = "SWITCHYARD_NAMESPACE", default_value = "default")]
+    namespace: String,
+}
+
+#[derive(Args)]
+struct RolloutTarget {
+    /// The Rollout's `metadata.name`.
+    name: String,
+    #[command(flatten)]
+    folder: RolloutFolder,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Run the controller alone (web and prometheus providers; the built-in provider needs
+    /// `run --rollouts`, which runs it inside the proxy).
+    Run(RolloutFolder),
+    /// Print a rollout as `kubectl argo rollouts get rollout` does.
+    Get {
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Print again whenever it changes.
+        #[arg(long, short)]
+        watch: bool,
+    },
+    /// One line per rollout in the folder.
+    List(RolloutFolder),
+    /// Leave a pause (or step past an Inconclusive analysis); `--full` skips to 100%.
+    Promote {
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Skip the remaining steps and analysis.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send all traffic back to stable and remove the rollout's progress (Degraded).
+    Abort(RolloutTarget),
+    /// Restart an aborted rollout at step 0.
+    Retry(RolloutTarget),
+    /// Pause the rollout until `promote`.
+    Pause(RolloutTarget),
+    /// Exit 0 once the rollout is Healthy, 1 if it is Degraded or the timeout passes.
+    Status {
+        #[command(flatten)]
+        target: RolloutTarget,
+        /// Give up after this long (Go duration; `0s` checks once).
+        #[arg(long, short, default_value = "0s", value_parser = duration_arg)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -115,6 +181,11 @@ pub struct ServeArgs {
     /// queue on the proxy listener (default: every core this process may run on).
     #[arg(long, env = "SWITCHYARD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// Run the rollout controller in this proxy: it drives the config folder's Argo `Rollout`s,
+    /// writing the managed VirtualService weights, and the built-in analysis provider reads
+    /// this proxy's counters. Without it the weights on disk are served and never written.
+    #[arg(long, env = "SWITCHYARD_ROLLOUTS")]
+    rollouts: bool,
     /// Admin listener, as --listen, or `off`. Keep it on loopback: it can reload and stop us.
     #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:15000", value_parser = optional_listen_arg)]
     admin: OptionalAddr,
@@ -535,6 +606,7 @@ fn main() -> ExitCode {
             print!("{}", help_markdown());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rollout(args) => run_rollout(args.command),
         Command::Run(args) => {
             init_logging(args.serve.log_format);
             serve_then_exit(run(args.config, args.serve, None))
@@ -562,6 +634,110 @@ fn serve_then_exit(serve: impl std::future::Future<Output = Result<ExitCode>>) -
     let code = rt.block_on(serve);
     rt.shutdown_background();
     code
+}
+
+fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
+    use switchyard::rollout::{cli, state};
+    let ask = |t: &RolloutTarget, a: state::Action, said: &str| -> Result<ExitCode> {
+        let dir = &t.folder.config;
+        if state::read(dir, &t.folder.namespace, &t.name).is_none() {
+            bail!(
+                "no rollout {}/{} has run in {} (no state file): is a controller running (`run --rollouts` or `rollout run`)?",
+                t.folder.namespace,
+                t.name,
+                dir.display()
+            );
+        }
+        state::request(dir, &t.folder.namespace, &t.name, a)
+            .with_context(|| format!("cannot leave the request in {}", dir.display()))?;
+        println!("rollout '{}' {said}", t.name);
+        Ok(ExitCode::SUCCESS)
+    };
+    let read = |t: &RolloutTarget| {
+        state::read(&t.folder.config, &t.folder.namespace, &t.name).with_context(|| {
+            format!(
+                "no rollout {}/{} in {} (no state file yet)",
+                t.folder.namespace,
+                t.name,
+                t.folder.config.display()
+            )
+        })
+    };
+    match cmd {
+        RolloutCommand::Run(f) => {
+            init_logging(LogFormat::Text);
+            let lock = state::lock(&f.config)?;
+            let controller =
+                switchyard::rollout::Controller::new(f.config.clone(), f.namespace, None, None);
+            tracing::info!(config = %f.config.display(), "rollout controller running");
+            let rt = runtime()?;
+            rt.block_on(async {
+                tokio::select! {
+                    _ = controller.run() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            });
+            rt.shutdown_background();
+            drop(lock);
+            Ok(ExitCode::SUCCESS)
+        }
+        RolloutCommand::Get { target, watch } => {
+            let mut last = String::new();
+            loop {
+                let text = cli::describe(&read(&target)?);
+                if text != last {
+                    if watch && !last.is_empty() {
+                        println!();
+                    }
+                    print!("{text}");
+                    last = text;
+                }
+                if !watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        RolloutCommand::List(f) => {
+            println!("{}", cli::LIST_HEADER);
+            for st in state::list(&f.config) {
+                println!("{}", cli::list_line(&st));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RolloutCommand::Promote { target, full } => {
+            if full {
+                ask(&target, state::Action::PromoteFull, "fully promoted")
+            } else {
+                ask(&target, state::Action::Promote, "promoted")
+            }
+        }
+        RolloutCommand::Abort(t) => ask(&t, state::Action::Abort, "aborted"),
+        RolloutCommand::Retry(t) => ask(&t, state::Action::Retry, "retried"),
+        RolloutCommand::Pause(t) => ask(&t, state::Action::Pause, "paused"),
+        RolloutCommand::Status { target, timeout } => {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let st = read(&target)?;
+                match st.phase.as_str() {
+                    "Healthy" => {
+                        println!("Healthy");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    "Degraded" => {
+                        println!("Degraded - {}", st.message);
+                        return Ok(ExitCode::from(1));
+                    }
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    println!("{} - {}", st.phase, st.message);
+                    return Ok(ExitCode::from(1));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -1023,6 +1199,26 @@ pub async fn run(
     };
     let server = Workers::start(listener, workers, proxy.clone(), limits)
         .context("cannot start the proxy workers")?;
+    // The rollout controller writes the folder this proxy reads; one writer per folder.
+    let _rollouts = if args.rollouts {
+        if !config.is_dir() {
+            bail!(
+                "--rollouts needs --config to be a folder (it writes the VirtualService and a state file there); {} is a file",
+                config.display()
+            );
+        }
+        let lock = switchyard::rollout::state::lock(&config)?;
+        let controller = switchyard::rollout::Controller::new(
+            config.clone(),
+            args.identity.namespace.clone(),
+            Some(metrics.clone()),
+            Some(reloader.clone()),
+        );
+        tracing::info!("rollout controller running in this proxy");
+        Some((lock, AbortOnDrop(tokio::spawn(controller.run()))))
+    } else {
+        None
+    };
     let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     // Armed before "listening" is logged; dropping the handle stops the watcher.
     let _watch = (!args.no_watch).then(|| {
@@ -1077,6 +1273,15 @@ pub async fn run(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops a task when the value goes out of scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Waits for SIGTERM, SIGINT or /quitquitquit; SIGHUP reloads the config meanwhile.

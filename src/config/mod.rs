@@ -42,6 +42,17 @@ impl Source {
     }
 }
 
+/// One Argo Rollouts document as written, for `crate::rollout` to parse.
+#[derive(Debug, Clone)]
+pub struct ArgoDoc {
+    pub kind: String,
+    pub name: String,
+    /// `metadata.namespace`, else the proxy's `--namespace`.
+    pub namespace: String,
+    pub value: yaml_serde::Value,
+    pub source: Source,
+}
+
 #[derive(Debug, Clone)]
 pub struct Resource<S> {
     pub kind: &'static str,
@@ -98,6 +109,9 @@ pub struct Resources {
     pub kube_services: Vec<ServiceEntry>,
     /// Pod labels of the Pods and workload templates in the files.
     pub workloads: Vec<kube::KubeWorkload>,
+    /// Argo Rollouts documents (`Rollout`, `AnalysisTemplate`, `ClusterAnalysisTemplate`),
+    /// read by the rollout controller (`crate::rollout`); the routing table never looks at them.
+    pub argo: Vec<ArgoDoc>,
     /// Problems found while reading (the validator adds its own).
     pub diagnostics: Vec<Diagnostic>,
     /// The files read, in order.
@@ -428,6 +442,28 @@ fn load_document(
             &opts.default_namespace,
             res,
         );
+        return;
+    }
+    if api_version.starts_with("argoproj.io/")
+        && matches!(
+            kind.as_str(),
+            "Rollout" | "AnalysisTemplate" | "ClusterAnalysisTemplate"
+        )
+    {
+        let meta = |k: &str| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get(k))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        };
+        res.argo.push(ArgoDoc {
+            name: meta("name").unwrap_or_default(),
+            namespace: meta("namespace").unwrap_or_else(|| opts.default_namespace.clone()),
+            kind,
+            value,
+            source,
+        });
         return;
     }
     let istio = ISTIO_API_VERSIONS.contains(&api_version.as_str());

@@ -135,6 +135,7 @@ pub struct Registry {
     istio: Mutex<Vec<Arc<IstioSeries>>>,
     istio_index: Mutex<HashMap<String, Arc<IstioSeries>>>,
     windows: Mutex<HashMap<WindowKey, Arc<window::Window>>>,
+    rollouts: Mutex<RolloutSeries>,
     pub source: SourceLabels,
     pub reporter: Reporter,
     pub version: &'static str,
@@ -144,6 +145,16 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry").finish_non_exhaustive()
     }
+}
+
+/// The rollout controller's series (`run --rollouts`): written once per tick or measurement,
+/// never on the request path.
+#[derive(Default)]
+struct RolloutSeries {
+    /// rollout → (phase, step, set weight)
+    status: std::collections::BTreeMap<String, (String, usize, u32)>,
+    /// (rollout, metric, result) → count
+    measurements: std::collections::BTreeMap<(String, String, String), u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,6 +190,18 @@ impl Registry {
 
     /// `/stats/subsets`: per route and subset, requests, success rate and p50/p90/p99 over
     /// the last minute and since start.
+    /// Totals of every window whose key passes `keep`, added up.
+    pub fn window_totals(&self, keep: impl Fn(&WindowKey) -> bool) -> window::Totals {
+        let windows = lock(&self.windows);
+        let mut sum = window::Totals::default();
+        for (k, w) in windows.iter() {
+            if keep(k) {
+                sum.add(&w.totals());
+            }
+        }
+        sum
+    }
+
     pub fn subsets_json(&self) -> serde_json::Value {
         let windows = lock(&self.windows);
         let mut keys: Vec<&WindowKey> = windows.keys().collect();
@@ -214,6 +237,70 @@ impl Registry {
 
     /// Series of clusters and routes no table uses any more are kept: Prometheus counters
     /// must not go backwards while a scraper still sees them. (A restart resets them all.)
+    /// A rollout's phase, step and set weight, as the controller last saw them.
+    pub fn rollout_status(&self, rollout: &str, phase: &str, step: usize, set_weight: u32) {
+        lock(&self.rollouts)
+            .status
+            .insert(rollout.to_string(), (phase.to_string(), step, set_weight));
+    }
+
+    /// One analysis measurement and its result (`Successful`, `Failed`, ...).
+    pub fn rollout_measurement(&self, rollout: &str, metric: &str, result: impl std::fmt::Debug) {
+        *lock(&self.rollouts)
+            .measurements
+            .entry((
+                rollout.to_string(),
+                metric.to_string(),
+                format!("{result:?}"),
+            ))
+            .or_default() += 1;
+    }
+
+    fn encode_rollouts(&self, out: &mut String) {
+        let r = lock(&self.rollouts);
+        if r.status.is_empty() && r.measurements.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# TYPE switchyard_rollout_info gauge");
+        for (name, (phase, _, _)) in &r.status {
+            let _ = writeln!(
+                out,
+                "switchyard_rollout_info{{rollout=\"{}\",phase=\"{}\"}} 1",
+                escape(name),
+                escape(phase)
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_rollout_step gauge");
+        for (name, (_, step, _)) in &r.status {
+            let _ = writeln!(
+                out,
+                "switchyard_rollout_step{{rollout=\"{}\"}} {step}",
+                escape(name)
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_rollout_set_weight gauge");
+        for (name, (_, _, w)) in &r.status {
+            let _ = writeln!(
+                out,
+                "switchyard_rollout_set_weight{{rollout=\"{}\"}} {w}",
+                escape(name)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE switchyard_rollout_analysis_measurements_total counter"
+        );
+        for ((name, metric, result), n) in &r.measurements {
+            let _ = writeln!(
+                out,
+                "switchyard_rollout_analysis_measurements_total{{rollout=\"{}\",metric=\"{}\",result=\"{}\"}} {n}",
+                escape(name),
+                escape(metric),
+                escape(result)
+            );
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         istio::encode(&mut out, &lock(&self.istio));
@@ -225,6 +312,7 @@ impl Registry {
         );
         self.encode_clusters(&mut out);
         self.encode_own(&mut out);
+        self.encode_rollouts(&mut out);
         out
     }
 

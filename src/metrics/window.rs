@@ -152,6 +152,64 @@ impl Window {
     pub fn since_start(&self) -> Summary {
         summarize(&[&self.total])
     }
+
+    /// The running totals, to subtract an earlier copy from: a summary over any period,
+    /// exact to the request, not only the ten-second slots.
+    pub fn totals(&self) -> Totals {
+        let t = &self.total;
+        Totals {
+            requests: t.requests.load(Ordering::Relaxed),
+            errors: t.errors.load(Ordering::Relaxed),
+            latency: t
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// A copy of a window's totals at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    latency: Box<[u64]>,
+}
+
+impl Totals {
+    /// Adds another window's totals (several clusters of one subset).
+    pub fn add(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.latency.len() < other.latency.len() {
+            let mut grown = vec![0; other.latency.len()];
+            grown[..self.latency.len()].copy_from_slice(&self.latency);
+            self.latency = grown.into();
+        }
+        for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
+            *a += b;
+        }
+    }
+
+    /// What happened between `earlier` and these totals.
+    pub fn since(&self, earlier: &Totals) -> Summary {
+        let slot = Slot::new();
+        slot.requests.store(
+            self.requests.saturating_sub(earlier.requests),
+            Ordering::Relaxed,
+        );
+        slot.errors.store(
+            self.errors.saturating_sub(earlier.errors),
+            Ordering::Relaxed,
+        );
+        for (i, b) in slot.latency.iter().enumerate() {
+            let now = self.latency.get(i).copied().unwrap_or(0);
+            let then = earlier.latency.get(i).copied().unwrap_or(0);
+            b.store(now.saturating_sub(then), Ordering::Relaxed);
+        }
+        summarize(&[&slot])
+    }
 }
 
 fn summarize(slots: &[&Slot]) -> Summary {
