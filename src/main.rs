@@ -838,6 +838,7 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
             istio_mutual_as_plaintext: false,
         },
     ));
+    diags.extend(switchyard::rollout::controller::check(&res));
     diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let mut counts = [0usize; 3];
     for d in &diags {
@@ -851,7 +852,8 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
         + res.service_entries.len()
         + res.workload_entries.len()
         + res.kube_services.len()
-        + res.workloads.len();
+        + res.workloads.len()
+        + res.argo.len();
     let summary = ValidateSummary {
         files: res.files.len(),
         resources,

@@ -507,3 +507,66 @@ async fn bad_rollouts_are_refused_with_file_line_and_the_proxy_keeps_serving() {
     assert!(out.contains("another rollout controller (pid "), "{out}");
     assert_eq!(c.get("web", "/").await.text(), "stable");
 }
+
+#[test]
+fn validate_checks_rollouts_as_the_controller_would() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let good = folder(&[
+        ("services.yaml", services(addr, addr)),
+        ("vs.yaml", VS.to_string()),
+        (
+            "rollout.yaml",
+            rollout("      - setWeight: 5\n", BACKGROUND),
+        ),
+        (
+            "template.yaml",
+            template("result.canary.success_rate >= 0.95", "1s", 1, 0),
+        ),
+    ]);
+    let run = |dir: &Path| {
+        let out = std::process::Command::new(BIN)
+            .args(["validate", dir.to_str().expect("utf-8")])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("validate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(good.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("SY0006"), "{out}");
+    // A missing template and a refused step: each an SY0006 error naming the field's line.
+    let bad = folder(&[
+        ("services.yaml", services(addr, addr)),
+        ("vs.yaml", VS.to_string()),
+        (
+            "rollout.yaml",
+            rollout("      - setWeight: 5\n      - experiment: {}\n", ""),
+        ),
+    ]);
+    let (code, out) = run(bad.path());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines().any(
+            |l| l.contains("rollout.yaml:14: Error SY0006 Rollout/default/web")
+                && l.contains("experiment steps manage pods or plugins")
+        ),
+        "{out}"
+    );
+    let missing = folder(&[
+        ("services.yaml", services(addr, addr)),
+        ("vs.yaml", VS.to_string()),
+        (
+            "rollout.yaml",
+            rollout("      - setWeight: 5\n", BACKGROUND),
+        ),
+    ]);
+    let (code, out) = run(missing.path());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("AnalysisTemplate \"success-rate\" is not in the folder"),
+        "{out}"
+    );
+}

@@ -59,6 +59,9 @@ pub mod codes {
     pub const NOT_APPLICABLE: &str = "SY0004";
     /// Ours: the config holds no VirtualService and no ServiceEntry: nothing can be routed.
     pub const NOTHING_ROUTABLE: &str = "SY0005";
+    /// Ours: a Rollout (or its AnalysisTemplates) the rollout controller cannot drive. It
+    /// refuses that rollout, never the routing table.
+    pub const ROLLOUT: &str = "SY0006";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

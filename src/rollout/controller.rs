@@ -535,6 +535,75 @@ impl Controller {
     }
 }
 
+/// `validate`'s view of the folder's Rollouts, as the controller would find them: the spec,
+/// its templates, the VirtualService and Argo's rules for managed routes (`SY0006` errors),
+/// and a warning for any other destination with a weight (Argo would delete it).
+pub fn check(res: &Resources) -> Vec<crate::config::Diagnostic> {
+    use crate::config::{Diagnostic, Severity, codes};
+    let mut out = Vec::new();
+    for doc in res.argo.iter().filter(|d| d.kind == "Rollout") {
+        let diag = |severity, message: String| Diagnostic {
+            severity,
+            code: codes::ROLLOUT,
+            file: doc.source.file.to_path_buf(),
+            line: doc.source.line_of("spec"),
+            resource: format!("Rollout/{}/{}", doc.namespace, doc.name),
+            field_path: String::new(),
+            message,
+        };
+        let r = match spec::rollout(doc) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Diagnostic {
+                    line: e.line,
+                    field_path: e.field.clone(),
+                    ..diag(Severity::Error, e.message)
+                });
+                continue;
+            }
+        };
+        if let Err(e) = templates(res, &r) {
+            out.push(diag(Severity::Error, e));
+        }
+        let Some(vs) = res
+            .virtual_services
+            .iter()
+            .find(|v| v.meta.name == r.virtual_service && v.namespace == r.vs_namespace)
+        else {
+            out.push(diag(
+                Severity::Error,
+                format!(
+                    "VirtualService {}/{} (trafficRouting.istio.virtualService) is not in the config",
+                    r.vs_namespace, r.virtual_service
+                ),
+            ));
+            continue;
+        };
+        match managed_routes(vs, &r) {
+            Err(e) => out.push(diag(Severity::Error, e)),
+            Ok(routes) => {
+                for (i, c, s) in routes {
+                    for (j, d) in vs.spec.http[i].route.iter().enumerate() {
+                        if j != c && j != s && d.weight.is_some_and(|w| w.0 > 0) {
+                            out.push(diag(
+                                Severity::Warning,
+                                format!(
+                                    "VirtualService/{}/{}: spec.http[{i}].route[{j}] ({}) is neither canary nor stable but has weight {}: Argo Rollouts would delete it; switchyard leaves it and writes canary + stable = 100",
+                                    vs.namespace,
+                                    vs.meta.name,
+                                    d.destination.host,
+                                    d.weight.map_or(0, |w| w.0)
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The edited file, parsed again, says exactly what was meant.
 fn verify(
     path: &std::path::Path,
