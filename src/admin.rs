@@ -61,7 +61,7 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if let Some(r) =
-            crate::metrics::server::read_only(path, req.method(), &self.metrics, &self.state)
+            crate::metrics::server::read_only(req.uri(), req.method(), &self.metrics, &self.state)
         {
             return r;
         }
@@ -71,6 +71,9 @@ impl Admin {
         }
         if path == "/logging" {
             return self.logging(&req);
+        }
+        if path == "/rollouts" || path.starts_with("/rollouts/") {
+            return self.rollouts(path, req.method());
         }
         let post_only = matches!(
             path,
@@ -200,6 +203,65 @@ impl Admin {
         crate::metrics::server::respond(StatusCode::OK, "text/plain", out.into_bytes())
     }
 
+    /// `GET /rollouts`: every rollout's state in the config folder (what `rollout get` reads);
+    /// `POST /rollouts/NAME/{promote,promote-full,abort,retry,pause}` (namespace: ours, or
+    /// `NAMESPACE.NAME`): the CLI's requests, left for the controller the same way.
+    fn rollouts(&self, path: &str, method: &Method) -> Response<Full<Bytes>> {
+        use crate::rollout::state;
+        let dir = &self.reloader.ctx.path;
+        if path == "/rollouts" {
+            if method != Method::GET {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use GET\n",
+                );
+            }
+            return json_response(StatusCode::OK, json!({ "rollouts": state::list(dir) }));
+        }
+        if method != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use POST\n",
+            );
+        }
+        let rest = &path["/rollouts/".len()..];
+        let Some((target, verb)) = rest.rsplit_once('/') else {
+            return text(StatusCode::NOT_FOUND, "use POST /rollouts/NAME/ACTION\n");
+        };
+        let action = match verb {
+            "promote" => state::Action::Promote,
+            "promote-full" => state::Action::PromoteFull,
+            "abort" => state::Action::Abort,
+            "retry" => state::Action::Retry,
+            "pause" => state::Action::Pause,
+            _ => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "actions: promote, promote-full, abort, retry, pause\n",
+                );
+            }
+        };
+        let namespace = self.reloader.ctx.identity.namespace.clone();
+        let (ns, name) = match target.split_once('.') {
+            Some((ns, name)) => (ns.to_string(), name),
+            None => (namespace, target),
+        };
+        if state::read(dir, &ns, name).is_none() {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no such rollout in the config folder\n",
+            );
+        }
+        match state::request(dir, &ns, name, action) {
+            Ok(()) => json_response(StatusCode::OK, json!({"rollout": name, "requested": verb})),
+            Err(e) => crate::metrics::server::respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot leave the request: {e}\n").into_bytes(),
+            ),
+        }
+    }
+
     /// `POST /logging?level=debug` (Envoy's admin convention); `GET` lists how to use it.
     fn logging(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::POST {
@@ -318,6 +380,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/healthcheck/ok", "POST: pass /ready again"),
     ("/drain_listeners", "POST: as /healthcheck/fail"),
     ("/quitquitquit", "POST: drain and exit"),
+    (
+        "/rollouts",
+        "the config folder's rollouts (JSON); POST /rollouts/NAME/promote|promote-full|abort|retry|pause",
+    ),
 ];
 
 fn help() -> Response<Full<Bytes>> {

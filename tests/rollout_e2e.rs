@@ -570,3 +570,167 @@ fn validate_checks_rollouts_as_the_controller_would() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_resumes_at_its_step_and_a_second_proxy_follows_the_folder() {
+    let stable = Canary::start("stable", 0).await;
+    let canary = Canary::start("canary", 0).await;
+    let steps = "      - setWeight: 10\n      - pause: {duration: 1s}\n      - setWeight: 30\n      - pause: {}\n      - setWeight: 60\n";
+    let dir = folder(&[
+        ("services.yaml", services(stable.addr, canary.addr)),
+        ("vs.yaml", VS.to_string()),
+        ("rollout.yaml", rollout(steps, "")),
+    ]);
+    // A plain proxy on the same folder: it never writes, it follows.
+    let follower = ProxyProcess::spawn(
+        BIN,
+        &[
+            "run",
+            "--config",
+            dir.path().to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let mut p = serve(dir.path());
+    until(dir.path(), Duration::from_secs(10), |s| {
+        s["step"] == 3 && s["set_weight"] == 30
+    })
+    .await;
+    // Both proxies serve step 3's weights.
+    for addr in [p.proxy.expect("proxy"), follower.proxy.expect("follower")] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let (hits, _) = traffic(addr, 400).await;
+            if (hits as f64 / 400.0 - 0.3).abs() < 0.1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} serves {hits}/400 to the canary"
+            );
+        }
+    }
+    p.signal(SIGKILL);
+    let _ = p.wait_exit_async(Duration::from_secs(5)).await;
+    let text = std::fs::read_to_string(dir.path().join("vs.yaml")).expect("vs");
+    assert!(
+        text.contains("      weight: 70\n") && text.contains("      weight: 30\n"),
+        "{text}"
+    );
+    // Restarted: it resumes at step 3 (the pause {}), and the weights never move meanwhile.
+    let _p = serve(dir.path());
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = std::fs::read_to_string(dir.path().join("vs.yaml")).expect("vs");
+        assert!(text.contains("      weight: 30\n"), "{text}");
+        let s = state(dir.path());
+        assert_eq!(
+            (s["step"].as_u64(), s["revision"].as_u64()),
+            (Some(3), Some(1))
+        );
+    }
+    let (code, _) = cli(dir.path(), &["promote", "web"]);
+    assert_eq!(code, Some(0));
+    until(dir.path(), Duration::from_secs(10), |s| {
+        s["phase"] == "Healthy"
+    })
+    .await;
+    let f = follower.proxy.expect("follower");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while traffic(f, 100).await.0 != 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never served 100% canary"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_metric_reads_the_proxys_own_subset_json_and_the_admin_steers_rollouts() {
+    let stable = Canary::start("stable", 0).await;
+    let canary = Canary::start("canary", 0).await;
+    let dir = folder(&[
+        ("services.yaml", services(stable.addr, canary.addr)),
+        ("vs.yaml", VS.to_string()),
+    ]);
+    let p = serve(dir.path());
+    let metrics = p
+        .stderr_text()
+        .lines()
+        .find_map(|l| parse_log_addr(l, "metrics"))
+        .expect("metrics address in the log");
+    let load = keep_traffic(p.proxy.expect("proxy"), 20);
+    // The same template works under Argo Rollouts against a switchyard sidecar.
+    std::fs::write(
+        dir.path().join("template.yaml"),
+        format!(
+            "apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: web-success}}
+spec:
+  metrics:
+  - name: web-success
+    interval: 200ms
+    count: 3
+    successCondition: result >= 0.95
+    provider:
+      web:
+        url: http://{metrics}/stats/subsets?route=web/primary&subset=canary
+        jsonPath: \"{{$.since_start.success_rate}}\"
+"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("rollout.yaml"),
+        rollout(
+            "      - setWeight: 50\n      - analysis: {templates: [{templateName: web-success}]}\n",
+            "",
+        ),
+    )
+    .expect("write");
+    until(dir.path(), Duration::from_secs(15), |s| {
+        s["phase"] == "Healthy"
+    })
+    .await;
+    let log = p.stderr_text();
+    let measured = log
+        .lines()
+        .filter(|l| l.contains("analysis measurement") && l.contains("metric=web-success"))
+        .collect::<Vec<_>>();
+    assert!(measured.len() >= 3, "{log}");
+    assert!(
+        measured
+            .iter()
+            .all(|l| l.contains("phase=Successful") && l.contains("value=1.0")),
+        "{measured:#?}"
+    );
+    // The admin listener lists rollouts and takes the CLI's actions.
+    let mut admin = Client::h1(p.admin.expect("admin")).await;
+    let r = admin.get("127.0.0.1", "/rollouts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rollouts"][0]["phase"], "Healthy", "{}", r.text());
+    let r = admin
+        .request("POST", "127.0.0.1", "/rollouts/web/abort", &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    until(dir.path(), Duration::from_secs(5), |s| {
+        s["phase"] == "Degraded"
+    })
+    .await;
+    let r = admin
+        .request("POST", "127.0.0.1", "/rollouts/web/bogus", &[])
+        .await;
+    assert_eq!(r.status, 404);
+    // The single-object form: 404 for a subset never routed to.
+    let mut m = Client::h1(metrics).await;
+    let r = m
+        .get("127.0.0.1", "/stats/subsets?route=web/primary&subset=nope")
+        .await;
+    assert_eq!(r.status, 404);
+    let _ = load.failures().await;
+}

@@ -95,7 +95,8 @@ async fn run_warns_at_start_and_on_every_reload_that_nothing_is_routable() {
     let r = c.request("POST", "127.0.0.1", "/reload", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
-        p.wait_for_stderr("config reloaded", Duration::from_secs(5)).await,
+        p.wait_for_stderr("config reloaded", Duration::from_secs(5))
+            .await,
         "{}",
         p.stderr_text()
     );

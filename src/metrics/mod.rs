@@ -188,8 +188,6 @@ impl Registry {
         lock(&self.windows).entry(key).or_default().clone()
     }
 
-    /// `/stats/subsets`: per route and subset, requests, success rate and p50/p90/p99 over
-    /// the last minute and since start.
     /// Totals of every window whose key passes `keep`, added up.
     pub fn window_totals(&self, keep: impl Fn(&WindowKey) -> bool) -> window::Totals {
         let windows = lock(&self.windows);
@@ -202,6 +200,26 @@ impl Registry {
         sum
     }
 
+    /// `/stats/subsets?route=VHOST/ROUTE&subset=S`: one object, for an Argo `web` metric's
+    /// `jsonPath` (`{$.last_1m.success_rate}`). `VHOST` may be the full virtual host name
+    /// (`VirtualService/default/web`) or its tail (`default/web`, `web`). `None`: no such row.
+    pub fn subset_json(&self, route: &str, subset: &str) -> Option<serde_json::Value> {
+        let (vhost, route) = route.rsplit_once('/').unwrap_or(("", route));
+        let rows = self.subsets_json();
+        rows["subsets"]
+            .as_array()?
+            .iter()
+            .find(|r| {
+                let vh = r["virtual_host"].as_str().unwrap_or("");
+                (vhost.is_empty() || vh == vhost || vh.ends_with(&format!("/{vhost}")))
+                    && r["route"] == route
+                    && r["subset"] == subset
+            })
+            .cloned()
+    }
+
+    /// `/stats/subsets`: per route and subset, requests, success rate and p50/p90/p99 over
+    /// the last minute and since start.
     pub fn subsets_json(&self) -> serde_json::Value {
         let windows = lock(&self.windows);
         let mut keys: Vec<&WindowKey> = windows.keys().collect();

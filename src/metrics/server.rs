@@ -18,12 +18,43 @@ use tokio::net::TcpListener;
 use super::Registry;
 use crate::proxy::DrainState;
 
+/// A query parameter's value, percent-decoded.
+fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let q = uri.query()?;
+    let raw = q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })?;
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Prometheus text exposition, as Envoy's `/stats/prometheus` serves it.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Answers the paths both the admin and the metrics listener serve; `None` for others.
 pub fn read_only(
-    path: &str,
+    uri: &http::Uri,
     method: &Method,
     registry: &Registry,
     state: &DrainState,
@@ -31,17 +62,33 @@ pub fn read_only(
     if method != Method::GET && method != Method::HEAD {
         return None;
     }
+    let path = uri.path();
     Some(match path {
         "/stats/prometheus" | "/metrics" => respond(
             StatusCode::OK,
             PROMETHEUS_CONTENT_TYPE,
             registry.encode().into_bytes(),
         ),
-        "/stats/subsets" => respond(
-            StatusCode::OK,
-            "application/json",
-            serde_json::to_vec_pretty(&registry.subsets_json()).unwrap_or_default(),
-        ),
+        "/stats/subsets" => match (query_param(uri, "route"), query_param(uri, "subset")) {
+            (Some(route), Some(subset)) => match registry.subset_json(&route, &subset) {
+                Some(row) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec_pretty(&row).unwrap_or_default(),
+                ),
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("no subset {subset:?} of route {route:?} has been routed to yet\n")
+                        .into_bytes(),
+                ),
+            },
+            _ => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&registry.subsets_json()).unwrap_or_default(),
+            ),
+        },
         "/healthz/ready" | "/ready" => {
             if state.is_draining() {
                 respond(
@@ -87,7 +134,7 @@ pub fn spawn(
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let resp = read_only(req.uri().path(), req.method(), &registry, &state)
+                    let resp = read_only(req.uri(), req.method(), &registry, &state)
                         .unwrap_or_else(|| {
                             let status = if matches!(*req.method(), Method::GET | Method::HEAD) {
                                 StatusCode::NOT_FOUND
