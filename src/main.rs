@@ -2,6 +2,7 @@
 //! `completions`, `man`.
 
 mod demo;
+mod demo_rollout;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -486,6 +487,10 @@ pub struct DemoArgs {
     /// taken), and serve a copy of the config whose loopback endpoints name them.
     #[arg(long)]
     free_upstream_ports: bool,
+    /// Instead: two automated canary rollouts with real traffic, a healthy one through
+    /// 5/25/50/100 and a faulty one (30% 5xx) into an automatic abort, as a timeline.
+    #[arg(long)]
+    rollout: bool,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -610,6 +615,12 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             init_logging(args.serve.log_format);
             serve_then_exit(run(args.config, args.serve, None))
+        }
+        Command::Demo(args) if args.rollout => {
+            // The timeline is the output; the proxy's INFO lines would bury it (`RUST_LOG`
+            // still wins).
+            init_logging_filter(args.serve.log_format, "error");
+            serve_then_exit(demo_rollout::run(args))
         }
         Command::Demo(args) => {
             init_logging(args.serve.log_format);
@@ -749,8 +760,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_filter(format, "info");
+}
+
+/// Logging with `default` as the filter when `RUST_LOG` sets none.
+fn init_logging_filter(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -734,3 +734,31 @@ spec:
     assert_eq!(r.status, 404);
     let _ = load.failures().await;
 }
+
+#[test]
+fn demo_rollout_runs_a_healthy_and_a_faulty_canary_to_their_ends() {
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--rollout"])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("demo --rollout");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("healthy rollout: Healthy; faulty rollout: Degraded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("RolloutAborted: Rollout aborted update to revision 1"),
+        "{text}"
+    );
+    // After the healthy rollout everything goes to v2, after the abort nothing does.
+    let thens: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("then: "))
+        .collect();
+    assert_eq!(thens.len(), 2, "{text}");
+    assert!(thens[0].contains("then: 100.0% of"), "{text}");
+    assert!(thens[1].contains("then: 0.0% of"), "{text}");
+}
