@@ -38,16 +38,19 @@ pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 impl Admin {
     pub fn spawn(self: Arc<Self>, listener: TcpListener) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
+        let live = crate::live::Live::start(self.reloader.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let admin = self.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                        let live = live.clone();
+                        async move { Ok::<_, Infallible>(admin.serve(req, &live).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -56,6 +59,31 @@ impl Admin {
             }
         });
         Ok(addr)
+    }
+
+    /// The live page and its JSON, then everything else; a cross-site POST is refused first.
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        live: &crate::live::Live,
+    ) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST && cross_site(&req) {
+            // A page on another site can make a browser on this machine post to localhost.
+            return text(
+                StatusCode::FORBIDDEN,
+                "cross-site request refused: admin actions come from this listener's own page, curl or the CLI\n",
+            );
+        }
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        match req.uri().path() {
+            "/" if get => crate::metrics::server::respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                LIVE_PAGE.as_bytes().to_vec(),
+            ),
+            "/live.json" if get => json_response(StatusCode::OK, live.json()),
+            _ => self.handle(req).await,
+        }
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -90,7 +118,7 @@ impl Admin {
             );
         }
         match path {
-            "/" | "/help" => help(),
+            "/help" => help(),
             "/ready" | "/healthz/ready" => {
                 if self.state.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
@@ -348,7 +376,14 @@ fn envoy_log_level(level: &str) -> Option<&'static str> {
 
 /// What `GET /` and `/help` list, as Envoy's admin does.
 const ENDPOINTS: &[(&str, &str)] = &[
-    ("/", "this list"),
+    (
+        "/",
+        "the live page: weights, shares, success and latency per subset, rollouts",
+    ),
+    (
+        "/live.json",
+        "the live page's data (also what `switchyard top` reads)",
+    ),
     ("/help", "this list"),
     ("/ready", "LIVE, or 503 DRAINING (also /healthz/ready)"),
     ("/server_info", "version, state, uptime, config version"),
@@ -385,6 +420,34 @@ const ENDPOINTS: &[(&str, &str)] = &[
         "the config folder's rollouts (JSON); POST /rollouts/NAME/promote|promote-full|abort|retry|pause",
     ),
 ];
+
+/// The live page, compiled in: no CDN, nothing fetched but `/live.json`.
+const LIVE_PAGE: &str = include_str!("live_page.html");
+
+/// A request a browser sent from another site: its `Origin` names another host than the one
+/// it was sent to, or `Sec-Fetch-Site` says cross-site. curl and the CLI send neither.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    match (
+        h.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        h.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin
+                .split_once("://")
+                .map_or(origin, |(_, rest)| rest)
+                .trim_end_matches('/');
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
 
 fn help() -> Response<Full<Bytes>> {
     let mut out = String::from("admin commands are:\n");

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod downstream;
 pub mod explain;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod recycle;

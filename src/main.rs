@@ -64,6 +64,9 @@ enum Command {
     Probe(ProbeArgs),
     /// Quick start: built-in upstreams, the proxy, and a measured 95/5 split.
     Demo(DemoArgs),
+    /// Watch a running proxy: per route and subset, weight, share, rate, success and p99,
+    /// refreshed every second (the admin page's data, `/live.json`).
+    Top(TopArgs),
     /// Automated canary rollouts from Argo Rollouts' `Rollout` and `AnalysisTemplate`
     /// documents in the config folder: run the controller, watch and steer a rollout.
     Rollout(RolloutArgs),
@@ -76,6 +79,16 @@ enum Command {
     /// Print the README's CLI reference (Markdown) from this binary's `--help` texts.
     #[command(name = "help-markdown", hide = true)]
     HelpMarkdown,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// The proxy's admin listener.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:15000")]
+    admin: String,
+    /// Print one frame and exit (for scripts).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Args)]
@@ -612,6 +625,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollout(args) => run_rollout(args.command),
+        Command::Top(args) => runtime().and_then(|rt| rt.block_on(run_top(args))),
         Command::Run(args) => {
             init_logging(args.serve.log_format);
             serve_then_exit(run(args.config, args.serve, None))
@@ -645,6 +659,36 @@ fn serve_then_exit(serve: impl std::future::Future<Output = Result<ExitCode>>) -
     let code = rt.block_on(serve);
     rt.shutdown_background();
     code
+}
+
+async fn run_top(args: TopArgs) -> Result<ExitCode> {
+    let url = format!("http://{}/live.json", args.admin);
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let (status, body) =
+            switchyard::rollout::provider::http(&url, "GET", &[], None, Duration::from_secs(2))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read {url}: {e}"))?;
+        if status != 200 {
+            bail!("{url}: status {status} (is --admin a switchyard admin listener?)");
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).with_context(|| format!("{url}: not JSON"))?;
+        let frame = switchyard::live::top_frame(&json);
+        if args.once {
+            print!("{frame}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tty {
+            // Home and clear: redraw in place, as top does.
+            print!("\x1b[H\x1b[2J");
+        }
+        print!("{frame}");
+        if !tty {
+            println!();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {

@@ -7,61 +7,15 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::e2e_helpers::assert_within_4_sigma;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// An upstream naming itself in its body and answering 500 to `fail_per_10` of every 10
-/// requests (0: never).
-struct Canary {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-}
-
-impl Canary {
-    async fn start(name: &'static str, fail_per_10: u64) -> Canary {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicU64::new(0));
-        let count = requests.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let n = count.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let mut r =
-                                http::Response::new(Full::new(Bytes::from_static(name.as_bytes())));
-                            if n % 10 < fail_per_10 {
-                                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                            }
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
-        });
-        Canary { addr, requests }
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
+use support::flaky::Flaky as Canary;
 
 const VS: &str = "apiVersion: networking.istio.io/v1
 kind: VirtualService

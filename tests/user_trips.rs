@@ -183,7 +183,10 @@ spec:
 async fn admin_lists_its_endpoints_and_config_dump_shows_the_effective_weight() {
     let up = Upstream::start("v1").await;
     let p = TestProxy::start(&lone_destination_config(&up)).await;
-    for path in ["/", "/help"] {
+    let page = admin_get(&p, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<title>switchyard</title>"));
+    for path in ["/help"] {
         let r = admin_get(&p, path).await;
         assert_eq!(r.status, 200, "{path}");
         let text = r.text();

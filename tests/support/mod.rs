@@ -9,6 +9,7 @@ mod body;
 pub mod chaos;
 mod client;
 pub mod e2e_helpers;
+pub mod flaky;
 pub mod load;
 mod process;
 mod proxy;
