@@ -119,6 +119,21 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    // The canary-only rate limit's check (descriptor keyed on the routed cluster): a few
+    // atomics and string compares, no lock, no allocation.
+    let limit = canary_limit();
+    let canary = "outbound|80|v2|web.default.svc.cluster.local";
+    c.bench_function("rate limit: canary descriptor check (tokens left)", |b| {
+        b.iter(|| {
+            black_box(limit.check(
+                black_box(&headers),
+                black_box(Some(canary)),
+                80,
+                0,
+                0,
+            ))
+        })
+    });
     let pick = WeightedPick::new(vec![(95u32, "v1"), (5u32, "v2")]).expect("weights");
     c.bench_function("weighted draw 95/5", |b| {
         b.iter(|| {
@@ -126,6 +141,37 @@ fn bench(c: &mut Criterion) {
             black_box(pick.pick(black_box(r)))
         })
     });
+}
+
+fn canary_limit() -> switchyard::ratelimit::RouteLimit {
+    use std::sync::Arc;
+    use switchyard::ratelimit::{Bucket, BucketDef, LimitDef, LimitStats, RlAction, RouteLimit};
+    let huge = BucketDef {
+        max_tokens: u64::MAX / 2,
+        tokens_per_fill: u64::MAX / 2,
+        fill_interval: std::time::Duration::from_secs(1),
+    };
+    let entries = vec![(
+        "destination_cluster".to_string(),
+        "outbound|80|v2|web.default.svc.cluster.local".to_string(),
+    )];
+    RouteLimit {
+        def: LimitDef {
+            stat_prefix: "bench".into(),
+            bucket: Some(huge.clone()),
+            descriptors: vec![(entries.clone(), huge.clone())],
+            always_consume_default: false,
+            enabled: 1_000_000,
+            enforced: 1_000_000,
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            headers: Vec::new(),
+            actions: vec![RlAction::DestinationCluster],
+        },
+        stats: Arc::new(LimitStats::default()),
+        default_bucket: Some(Arc::new(Bucket::new(&huge))),
+        descriptor_buckets: vec![(entries, Arc::new(Bucket::new(&huge)))],
+        port: None,
+    }
 }
 
 criterion_group!(benches, bench);

@@ -347,6 +347,13 @@ impl Admin {
                 "diagnostics": r.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             });
         }
+        dump["rate_limit_buckets"] = self
+            .metrics
+            .rate_bucket_tokens()
+            .into_iter()
+            .map(|(k, tokens)| json!({"bucket": k, "tokens": tokens}))
+            .collect::<Vec<_>>()
+            .into();
         dump["reloads"] = json!({
             "accepted": self.reloader.reloads_accepted(),
             "refused": self.reloader.reloads_refused(),

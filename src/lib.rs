@@ -13,6 +13,7 @@ pub mod explain;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod recycle;
 pub mod reload;
 pub mod rollout;

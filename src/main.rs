@@ -899,6 +899,7 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
         },
     ));
     diags.extend(switchyard::rollout::controller::check(&res));
+    diags.extend(switchyard::ratelimit::read(&res, &identity).1);
     diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let mut counts = [0usize; 3];
     for d in &diags {
@@ -913,7 +914,8 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
         + res.workload_entries.len()
         + res.kube_services.len()
         + res.workloads.len()
-        + res.argo.len();
+        + res.argo.len()
+        + res.envoy_filters.len();
     let summary = ValidateSummary {
         files: res.files.len(),
         resources,

@@ -227,6 +227,7 @@ fn build_sync(
             istio_mutual_as_plaintext: ctx.istio_mutual_as_plaintext,
         },
     ));
+    diags.extend(crate::ratelimit::read(res, &ctx.identity).1);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }

@@ -112,6 +112,8 @@ pub struct Resources {
     /// Argo Rollouts documents (`Rollout`, `AnalysisTemplate`, `ClusterAnalysisTemplate`),
     /// read by the rollout controller (`crate::rollout`); the routing table never looks at them.
     pub argo: Vec<ArgoDoc>,
+    /// `EnvoyFilter`s as written; `crate::ratelimit` acts on the local rate-limit patches.
+    pub envoy_filters: Vec<ArgoDoc>,
     /// Problems found while reading (the validator adds its own).
     pub diagnostics: Vec<Diagnostic>,
     /// The files read, in order.
@@ -467,6 +469,23 @@ fn load_document(
         return;
     }
     let istio = ISTIO_API_VERSIONS.contains(&api_version.as_str());
+    if istio && kind == "EnvoyFilter" {
+        let meta = |k: &str| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get(k))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        };
+        res.envoy_filters.push(ArgoDoc {
+            name: meta("name").unwrap_or_default(),
+            namespace: meta("namespace").unwrap_or_else(|| opts.default_namespace.clone()),
+            kind,
+            value,
+            source,
+        });
+        return;
+    }
     let kind: &'static str = match (istio, kind.as_str()) {
         (true, "VirtualService") => "VirtualService",
         (true, "DestinationRule") => "DestinationRule",

@@ -215,9 +215,9 @@ pub struct ResponseKey {
 }
 
 /// Response-flag texts by index (`ResponseKey::flags`).
-pub const FLAG_TEXTS: [&str; 16] = [
+pub const FLAG_TEXTS: [&str; 17] = [
     "-", "NR", "UH", "UF", "UF,URX", "UR", "UC", "DPE", "DC", "UT", "FI", "DI", "URX", "DI,UT",
-    "UO", "UPE",
+    "UO", "UPE", "RL",
 ];
 
 impl ResponseKey {

@@ -136,6 +136,10 @@ pub struct Registry {
     istio_index: Mutex<HashMap<String, Arc<IstioSeries>>>,
     windows: Mutex<HashMap<WindowKey, Arc<window::Window>>>,
     rollouts: Mutex<RolloutSeries>,
+    /// Rate-limit buckets by definition (kept across reloads while unchanged) and their
+    /// counters by stat prefix.
+    rate_buckets: Mutex<HashMap<String, Arc<crate::ratelimit::Bucket>>>,
+    rate_stats: Mutex<std::collections::BTreeMap<String, Arc<crate::ratelimit::LimitStats>>>,
     pub source: SourceLabels,
     pub reporter: Reporter,
     pub version: &'static str,
@@ -255,6 +259,56 @@ impl Registry {
 
     /// Series of clusters and routes no table uses any more are kept: Prometheus counters
     /// must not go backwards while a scraper still sees them. (A restart resets them all.)
+    /// The bucket for `key` (a definition and where it applies), created full on first use.
+    pub fn rate_bucket(
+        &self,
+        key: String,
+        def: &crate::ratelimit::BucketDef,
+    ) -> Arc<crate::ratelimit::Bucket> {
+        lock(&self.rate_buckets)
+            .entry(key)
+            .or_insert_with(|| Arc::new(crate::ratelimit::Bucket::new(def)))
+            .clone()
+    }
+
+    /// Forgets buckets no table uses any more (called after a table is compiled).
+    pub fn retain_rate_buckets(&self, used: &std::collections::HashSet<String>) {
+        lock(&self.rate_buckets).retain(|k, _| used.contains(k));
+    }
+
+    /// Current tokens per bucket key, for `/config_dump`.
+    pub fn rate_bucket_tokens(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = lock(&self.rate_buckets)
+            .iter()
+            .map(|(k, b)| (k.clone(), b.tokens()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn rate_stats(&self, prefix: &str) -> Arc<crate::ratelimit::LimitStats> {
+        lock(&self.rate_stats)
+            .entry(prefix.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn encode_rate_limits(&self, out: &mut String) {
+        let stats = lock(&self.rate_stats);
+        for (prefix, s) in stats.iter() {
+            for (name, c) in [
+                ("enabled", &s.enabled),
+                ("ok", &s.ok),
+                ("rate_limited", &s.rate_limited),
+                ("enforced", &s.enforced),
+            ] {
+                let metric = format!("envoy_{prefix}_http_local_rate_limit_{name}");
+                let _ = writeln!(out, "# TYPE {metric} counter");
+                let _ = writeln!(out, "{metric} {}", c.get());
+            }
+        }
+    }
+
     /// A rollout's phase, step and set weight, as the controller last saw them.
     pub fn rollout_status(&self, rollout: &str, phase: &str, step: usize, set_weight: u32) {
         lock(&self.rollouts)
@@ -331,6 +385,7 @@ impl Registry {
         self.encode_clusters(&mut out);
         self.encode_own(&mut out);
         self.encode_rollouts(&mut out);
+        self.encode_rate_limits(&mut out);
         out
     }
 

@@ -39,6 +39,8 @@ pub enum Flag {
     UpstreamOverflow,
     /// The upstream's response was not valid HTTP (502).
     UpstreamProtocolError,
+    /// A local rate limit refused the request (429 by default).
+    RateLimited,
 }
 
 impl Flag {
@@ -59,6 +61,7 @@ impl Flag {
             Flag::UpstreamConnectFailureOnly => "UF",
             Flag::UpstreamOverflow => "UO",
             Flag::UpstreamProtocolError => "UPE",
+            Flag::RateLimited => "RL",
         }
     }
 }
@@ -225,6 +228,7 @@ impl LocalReply {
             }
             Flag::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
             Flag::UpstreamProtocolError => "upstream_reset_before_response_started{protocol_error}",
+            Flag::RateLimited => "local_rate_limited",
         }
     }
 

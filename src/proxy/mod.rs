@@ -28,6 +28,7 @@ pub mod headers;
 pub(crate) mod keep;
 mod local;
 mod mirror;
+mod ratelimit;
 pub mod record;
 mod replay;
 mod response;
@@ -229,6 +230,13 @@ impl Proxy {
             let to = authority::read(&mut head)?;
             let plan = decide::decide(&cx, &head.method, &mut head.headers, &to)?;
             let policy = plan.policy();
+            ratelimit::check(
+                policy.rate_limit.as_deref(),
+                &head.headers,
+                plan.cluster.as_deref().map(|c| c.name.as_str()),
+                to.port,
+                &record,
+            )?;
             fault::inject(policy.fault.as_ref(), &record).await?;
             let cors_origin =
                 cors::check(policy.cors.as_ref(), &head.method, &head.headers, &record)?;

@@ -182,6 +182,7 @@ fn flag_index(f: Flag) -> u8 {
         Flag::UpstreamConnectFailureOnly => 3,
         Flag::UpstreamOverflow => 14,
         Flag::UpstreamProtocolError => 15,
+        Flag::RateLimited => 16,
     }
 }
 

@@ -87,6 +87,9 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
         clusters: Vec::new(),
         cluster_index: HashMap::new(),
         vhost: String::new(),
+        vhost_hosts: Vec::new(),
+        limits: crate::ratelimit::read(res, opts.identity).0,
+        used_buckets: std::collections::HashSet::new(),
     };
     let mut vhosts: Vec<VirtualHost> = Vec::new();
     let mut index: HostIndex<usize> = HostIndex::new();
@@ -100,6 +103,12 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
             continue;
         }
         b.vhost = vs.id();
+        b.vhost_hosts = vs
+            .spec
+            .hosts
+            .iter()
+            .map(|h| resolve_short_name(h, &vs.namespace))
+            .collect();
         let routes = b.routes_of(vs)?;
         let mut domains = Vec::new();
         for host in &vs.spec.hosts {
@@ -120,6 +129,7 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
             continue;
         }
         b.vhost = svc.entry.id();
+        b.vhost_hosts = vec![svc.host.clone()];
         let routes = b.default_routes(svc)?;
         let mut domains = vec![svc.host.clone()];
         domains.extend(lookup_aliases(&svc.host, &opts.identity.namespace));
@@ -146,6 +156,7 @@ pub fn compile(res: &Resources, opts: &CompileOptions) -> Result<RouteTable, Com
         }
     }
 
+    opts.metrics.retain_rate_buckets(&b.used_buckets);
     Ok(RouteTable {
         version: opts.version,
         source_hash: res.content_hash.clone(),
@@ -217,6 +228,12 @@ struct Builder<'a> {
     cluster_index: HashMap<String, usize>,
     /// Name of the virtual host being compiled (labels route metrics).
     vhost: String,
+    /// Its hosts, fully qualified (EnvoyFilter vhost names match them).
+    vhost_hosts: Vec<String>,
+    /// The EnvoyFilters' local rate limits.
+    limits: crate::ratelimit::Limits,
+    /// Rate-limit buckets this table uses; the others are forgotten once it is built.
+    used_buckets: std::collections::HashSet<String>,
 }
 
 /// A rule ready to compile: delegates are expanded into these, carrying the root's matches.
@@ -328,6 +345,7 @@ impl<'a> Builder<'a> {
                 Some(c) => Some(Cors::from_istio(c).map_err(|m| invalid(field("corsPolicy"), m))?),
                 None => None,
             },
+            rate_limit: None,
         });
         for (match_index, block) in blocks {
             let matches = match block {
@@ -368,10 +386,17 @@ impl<'a> Builder<'a> {
                 a => a,
             };
             let stats = self.route_stats(&name);
+            let route_policy = match self.rate_limit_for(&name) {
+                Some(limit) => Arc::new(RoutePolicy {
+                    rate_limit: Some(limit),
+                    ..(*policy).clone()
+                }),
+                None => policy.clone(),
+            };
             out.push(Route {
                 name,
                 stats,
-                policy: policy.clone(),
+                policy: route_policy,
                 rule_index: r.rule_index,
                 match_index,
                 matches,
@@ -382,6 +407,45 @@ impl<'a> Builder<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The local rate limit an EnvoyFilter puts on the route named `route` of the current
+    /// virtual host: its own (`HTTP_ROUTE` MERGE on `HOST:PORT` and this route's name, or every
+    /// route of the vhost), else the listener-wide one. Buckets come from the registry, so an
+    /// unchanged one keeps its tokens across reloads.
+    fn rate_limit_for(&mut self, route: &str) -> Option<Arc<crate::ratelimit::RouteLimit>> {
+        let own = self.limits.routes.iter().find(|(t, _)| {
+            self.vhost_hosts.contains(&t.host)
+                && t.route.as_deref().is_none_or(|r| {
+                    route == r
+                        || route
+                            .strip_prefix(r)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+        });
+        let (scope, port, def) = match own {
+            Some((t, d)) => (format!("{}|{route}", self.vhost), t.port, d.clone()),
+            None => ("listener".to_string(), None, self.limits.listener.clone()?),
+        };
+        let metrics = self.opts.metrics;
+        let mut bucket = |name: &str, b: &crate::ratelimit::BucketDef| {
+            let key = format!("{scope}|{}|{name}|{b:?}", def.stat_prefix);
+            self.used_buckets.insert(key.clone());
+            metrics.rate_bucket(key, b)
+        };
+        let default_bucket = def.bucket.as_ref().map(|b| bucket("default", b));
+        let descriptor_buckets = def
+            .descriptors
+            .iter()
+            .map(|(entries, b)| (entries.clone(), bucket(&format!("{entries:?}"), b)))
+            .collect();
+        Some(Arc::new(crate::ratelimit::RouteLimit {
+            stats: metrics.rate_stats(&def.stat_prefix),
+            def,
+            default_bucket,
+            descriptor_buckets,
+            port,
+        }))
     }
 
     /// Shadow destinations: `mirror` with `mirrorPercentage` (100% when absent, Istio's
@@ -731,7 +795,10 @@ impl<'a> Builder<'a> {
                 response_headers: None,
                 rewrite: None,
                 stats: b.route_stats("default"),
-                policy: Arc::new(RoutePolicy::default()),
+                policy: Arc::new(RoutePolicy {
+                    rate_limit: b.rate_limit_for("default"),
+                    ..RoutePolicy::default()
+                }),
             });
             Ok(())
         };

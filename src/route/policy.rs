@@ -1,6 +1,7 @@
 //! Per-route traffic policy from a VirtualService rule: timeout, retries and fault injection,
 //! compiled into plain values with Istio's defaults filled in (reference §4.6–§4.8).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -401,6 +402,9 @@ pub struct RoutePolicy {
     pub fault: Option<Fault>,
     pub mirrors: Vec<Mirror>,
     pub cors: Option<Cors>,
+    /// An EnvoyFilter's local rate limit on this route (checked after routing, before the
+    /// upstream; `None` costs nothing).
+    pub rate_limit: Option<Arc<crate::ratelimit::RouteLimit>>,
 }
 
 #[cfg(test)]
