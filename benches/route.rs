@@ -124,15 +124,7 @@ fn bench(c: &mut Criterion) {
     let limit = canary_limit();
     let canary = "outbound|80|v2|web.default.svc.cluster.local";
     c.bench_function("rate limit: canary descriptor check (tokens left)", |b| {
-        b.iter(|| {
-            black_box(limit.check(
-                black_box(&headers),
-                black_box(Some(canary)),
-                80,
-                0,
-                0,
-            ))
-        })
+        b.iter(|| black_box(limit.check(black_box(&headers), black_box(Some(canary)), 80, 0, 0)))
     });
     let pick = WeightedPick::new(vec![(95u32, "v1"), (5u32, "v2")]).expect("weights");
     c.bench_function("weighted draw 95/5", |b| {

@@ -707,23 +707,12 @@ pub fn read(res: &Resources, me: &ProxyIdentity) -> (Limits, Vec<Diagnostic>) {
                         diags.push(diag(doc, Severity::Error, codes::SCHEMA_VALIDATION_ERROR, &format!("{f}.token_bucket"), "a per-route local rate limit needs its own token_bucket (Envoy refuses it otherwise)".into()));
                         continue;
                     }
-                    let acts = match actions(
+                    let def = actions(
                         value.and_then(|v| v.get("route")),
                         &format!("{field}.patch.value"),
-                    ) {
-                        Ok(a) => a,
-                        Err((f, e)) => {
-                            diags.push(diag(
-                                doc,
-                                Severity::Error,
-                                codes::SCHEMA_VALIDATION_ERROR,
-                                &f,
-                                e,
-                            ));
-                            continue;
-                        }
-                    };
-                    let def = match limit_def(cfg, &f, acts) {
+                    )
+                    .and_then(|acts| limit_def(cfg, &f, acts));
+                    let def = match def {
                         Ok(d) => d,
                         Err((f, e)) => {
                             diags.push(diag(

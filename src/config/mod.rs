@@ -42,7 +42,26 @@ impl Source {
     }
 }
 
-/// One Argo Rollouts document as written, for `crate::rollout` to parse.
+/// A document kept as written, for a module that reads it its own way.
+fn raw_doc(kind: String, value: yaml_serde::Value, source: Source, opts: &LoadOptions) -> ArgoDoc {
+    let meta = |k: &str| {
+        value
+            .get("metadata")
+            .and_then(|m| m.get(k))
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
+    };
+    ArgoDoc {
+        name: meta("name").unwrap_or_default(),
+        namespace: meta("namespace").unwrap_or_else(|| opts.default_namespace.clone()),
+        kind,
+        value,
+        source,
+    }
+}
+
+/// One Argo Rollouts (or Istio EnvoyFilter) document as written, for `crate::rollout` (or
+/// `crate::ratelimit`) to parse.
 #[derive(Debug, Clone)]
 pub struct ArgoDoc {
     pub kind: String,
@@ -452,38 +471,12 @@ fn load_document(
             "Rollout" | "AnalysisTemplate" | "ClusterAnalysisTemplate"
         )
     {
-        let meta = |k: &str| {
-            value
-                .get("metadata")
-                .and_then(|m| m.get(k))
-                .and_then(|n| n.as_str())
-                .map(str::to_string)
-        };
-        res.argo.push(ArgoDoc {
-            name: meta("name").unwrap_or_default(),
-            namespace: meta("namespace").unwrap_or_else(|| opts.default_namespace.clone()),
-            kind,
-            value,
-            source,
-        });
+        res.argo.push(raw_doc(kind, value, source, opts));
         return;
     }
     let istio = ISTIO_API_VERSIONS.contains(&api_version.as_str());
     if istio && kind == "EnvoyFilter" {
-        let meta = |k: &str| {
-            value
-                .get("metadata")
-                .and_then(|m| m.get(k))
-                .and_then(|n| n.as_str())
-                .map(str::to_string)
-        };
-        res.envoy_filters.push(ArgoDoc {
-            name: meta("name").unwrap_or_default(),
-            namespace: meta("namespace").unwrap_or_else(|| opts.default_namespace.clone()),
-            kind,
-            value,
-            source,
-        });
+        res.envoy_filters.push(raw_doc(kind, value, source, opts));
         return;
     }
     let kind: &'static str = match (istio, kind.as_str()) {
