@@ -900,6 +900,7 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
     ));
     diags.extend(switchyard::rollout::controller::check(&res));
     diags.extend(switchyard::ratelimit::read(&res, &identity).1);
+    diags.extend(switchyard::route::sticky::check(&res));
     diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let mut counts = [0usize; 3];
     for d in &diags {

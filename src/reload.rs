@@ -228,6 +228,7 @@ fn build_sync(
         },
     ));
     diags.extend(crate::ratelimit::read(res, &ctx.identity).1);
+    diags.extend(crate::route::sticky::check(res));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }

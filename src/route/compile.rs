@@ -386,6 +386,7 @@ impl<'a> Builder<'a> {
                 a => a,
             };
             let stats = self.route_stats(&name);
+            let sticky = self.sticky_for(r, &name, &action);
             let route_policy = match self.rate_limit_for(&name) {
                 Some(limit) => Arc::new(RoutePolicy {
                     rate_limit: Some(limit),
@@ -397,6 +398,7 @@ impl<'a> Builder<'a> {
                 name,
                 stats,
                 policy: route_policy,
+                sticky,
                 rule_index: r.rule_index,
                 match_index,
                 matches,
@@ -407,6 +409,41 @@ impl<'a> Builder<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The sticky layout of a route whose VirtualService asks for one (`switchyard.io/sticky`);
+    /// the salt defaults to the route's identity.
+    fn sticky_for(
+        &self,
+        r: &Rule<'_>,
+        route: &str,
+        action: &Action,
+    ) -> Option<Box<super::sticky::Sticky>> {
+        use super::sticky::{ANNOTATION, CANARY, SALT, Sticky, StickyKey};
+        let Action::Forward(pick) = action else {
+            return None;
+        };
+        let vs = self
+            .res
+            .virtual_services
+            .iter()
+            .find(|v| v.id() == r.resource)?;
+        let key = StickyKey::parse(vs.meta.annotations.get(ANNOTATION)?).ok()?;
+        let salt = vs
+            .meta
+            .annotations
+            .get(SALT)
+            .cloned()
+            .unwrap_or_else(|| format!("{}/{route}", r.resource));
+        let weights: Vec<u32> = pick.iter().map(|(w, _)| w).collect();
+        let canary = vs.meta.annotations.get(CANARY).and_then(|c| {
+            pick.iter().position(|(_, t)| {
+                self.clusters
+                    .get(t.cluster)
+                    .is_some_and(|cl| cl.subset == *c)
+            })
+        });
+        Some(Box::new(Sticky::new(key, &salt, &weights, canary)))
     }
 
     /// The local rate limit an EnvoyFilter puts on the route named `route` of the current
@@ -799,6 +836,7 @@ impl<'a> Builder<'a> {
                     rate_limit: b.rate_limit_for("default"),
                     ..RoutePolicy::default()
                 }),
+                sticky: None,
             });
             Ok(())
         };

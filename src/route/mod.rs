@@ -8,6 +8,7 @@ pub mod host;
 pub mod matcher;
 pub mod path;
 pub mod policy;
+pub mod sticky;
 pub mod weighted;
 
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct Route {
     pub stats: Arc<RouteStats>,
     /// Timeout, retries and faults of the rule (shared by its match blocks).
     pub policy: Arc<policy::RoutePolicy>,
+    /// A sticky key (`switchyard.io/sticky`) replaces the random draw when the request has one.
+    pub sticky: Option<Box<sticky::Sticky>>,
 }
 
 pub enum Action {
@@ -171,7 +174,14 @@ impl RouteTable {
         };
         match &route.action {
             Action::Forward(pick) => {
-                let target = pick.pick(random);
+                let target = match route
+                    .sticky
+                    .as_deref()
+                    .and_then(|s| s.pick(req.headers, req.query))
+                {
+                    Some(i) => pick.get(i),
+                    None => pick.pick(random),
+                };
                 Decision::Forward {
                     vhost,
                     route,

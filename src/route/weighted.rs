@@ -76,6 +76,11 @@ impl<T> WeightedPick<T> {
         self.entries.len() - 1
     }
 
+    /// The kept entry at `i` (in configuration order); the first if out of range.
+    pub fn get(&self, i: usize) -> &T {
+        &self.entries.get(i).unwrap_or(&self.entries[0]).1
+    }
+
     pub fn pick(&self, r: u64) -> &T {
         &self.entries[self.pick_index(r)].1
     }
