@@ -126,6 +126,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("rate limit: canary descriptor check (tokens left)", |b| {
         b.iter(|| black_box(limit.check(black_box(&headers), black_box(Some(canary)), 80, 0, 0)))
     });
+    // The sticky pick on top of a decision: find the key, hash it, find its interval.
+    let sticky = switchyard::route::sticky::Sticky::new(
+        switchyard::route::sticky::StickyKey::Header(http::header::HeaderName::from_static(
+            "x-user-id",
+        )),
+        "VirtualService/default/web/split",
+        &[95, 5],
+        None,
+    );
+    let mut user = headers.clone();
+    user.insert("x-user-id", HeaderValue::from_static("user-4711"));
+    c.bench_function("sticky: key lookup, hash and interval", |b| {
+        b.iter(|| black_box(sticky.pick(black_box(&user), None)))
+    });
     let pick = WeightedPick::new(vec![(95u32, "v1"), (5u32, "v2")]).expect("weights");
     c.bench_function("weighted draw 95/5", |b| {
         b.iter(|| {

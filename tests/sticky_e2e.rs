@@ -158,3 +158,55 @@ fn validate_checks_the_annotation() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaggers_session_affinity_shape_works_unchanged() {
+    let v1 = Flaky::start("v1", 0).await;
+    let v2 = Flaky::start("v2", 0).await;
+    // What Flagger writes for sessionAffinity: a cookie-regex route above the weighted route,
+    // and a Set-Cookie on the canary destination's responses.
+    let config = format!(
+        "{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: [web]
+  http:
+  - match:
+    - headers:
+        cookie:
+          regex: \".*flagger-cookie.*\"
+    route:
+    - destination: {{host: web, subset: v2}}
+  - route:
+    - destination: {{host: web, subset: v1}}
+      weight: 80
+    - destination: {{host: web, subset: v2}}
+      weight: 20
+      headers:
+        response:
+          add:
+            Set-Cookie: \"flagger-cookie=LpsIaLdoNZ; Max-Age=86400\"
+",
+        service_yaml("web", &[("v1", v1.addr), ("v2", v2.addr)])
+    );
+    let p = TestProxy::start(&config).await;
+    let mut c = Client::h1(p.addr).await;
+    let mut cookie = None;
+    for _ in 0..200 {
+        let r = c.get("web", "/").await;
+        if r.text() == "v2" {
+            cookie = r.header("set-cookie").map(str::to_string);
+            break;
+        }
+        assert_eq!(r.header("set-cookie"), None, "only the canary sets it");
+    }
+    let cookie = cookie.expect("a canary response set the cookie");
+    let value = cookie.split(';').next().expect("name=value").to_string();
+    for _ in 0..50 {
+        let r = c
+            .request("GET", "web", "/", &[("cookie", value.as_str())])
+            .await;
+        assert_eq!(r.text(), "v2", "the cookie keeps the user on the canary");
+    }
+}
