@@ -753,6 +753,49 @@ fn explain_forward(
             percent(0.0)
         );
     }
+    if let Some(sticky) = &route.sticky {
+        let key = match &sticky.key {
+            crate::route::sticky::StickyKey::Header(h) => format!("header {h}"),
+            crate::route::sticky::StickyKey::Cookie(c) => format!("cookie {c}"),
+            crate::route::sticky::StickyKey::Query(q) => format!("query parameter {q}"),
+        };
+        match sticky.pick(&req.headers, req.query.as_deref()) {
+            Some(i) => {
+                let owner = pick
+                    .iter()
+                    .nth(i)
+                    .and_then(|(_, t)| table.clusters.get(t.cluster))
+                    .map_or_else(|| format!("#{i}"), |c| c.name.clone());
+                let _ = writeln!(
+                    o,
+                    "sticky:   {key} is present: this request always goes to {owner} while the weights stand"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "sticky:   {key} is absent: an independent weighted draw, as in Istio"
+                );
+            }
+        }
+    }
+    if let Some(limit) = route.policy.rate_limit.as_deref() {
+        let _ = writeln!(
+            o,
+            "limit:    local rate limit {:?} ({}% enabled, {}% enforced): {}",
+            limit.def.stat_prefix,
+            f64::from(limit.def.enabled) / 10_000.0,
+            f64::from(limit.def.enforced) / 10_000.0,
+            if limit.descriptor_buckets.is_empty() {
+                "every request charges the route's bucket".to_string()
+            } else {
+                format!(
+                    "{} descriptor bucket(s), charged when the request's descriptor matches (destination_cluster = the subset drawn)",
+                    limit.descriptor_buckets.len()
+                )
+            }
+        );
+    }
     if let Some(rw) = &route.rewrite {
         if let Some(p) = rw.rewrite_path(&req.path) {
             let _ = writeln!(o, "rewrite:  path {} → {p}", req.path);

@@ -210,3 +210,32 @@ spec:
         assert_eq!(r.text(), "v2", "the cookie keeps the user on the canary");
     }
 }
+
+#[test]
+fn explain_says_whether_the_request_carries_the_key_and_where_it_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    std::fs::write(dir.path().join("c.yaml"), config(addr, addr, 10, STICKY)).expect("write");
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--config", dir.path().to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        args.push("http://web/");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&args)
+            .output()
+            .expect("explain");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let with = explain(&["-H", "x-user-id: alice"]);
+    assert!(
+        with.lines().any(|l| l.starts_with(
+            "sticky:   header x-user-id is present: this request always goes to outbound|80|v"
+        )),
+        "{with}"
+    );
+    let without = explain(&[]);
+    assert!(
+        without.contains("sticky:   header x-user-id is absent: an independent weighted draw"),
+        "{without}"
+    );
+}
