@@ -236,17 +236,17 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Option<u16>)> {
         (
             "TE: gzip",
             format!("{h}Transfer-Encoding: gzip\r\n\r\nabc"),
-            Some(400),
+            Some(501),
         ),
         (
             "TE: chunked, gzip",
             format!("{h}Transfer-Encoding: chunked, gzip\r\n\r\nabc"),
-            Some(400),
+            Some(501),
         ),
         (
             "TE: xchunked",
             format!("{h}Transfer-Encoding: xchunked\r\n\r\nabc"),
-            Some(400),
+            Some(501),
         ),
         (
             "TE space before colon",
