@@ -1,6 +1,6 @@
 //! End-to-end routing: real upstreams on 127.0.0.1, the real proxy in-process, real client
 //! sockets over HTTP/1.1 and h2c. Each test states the Istio/Envoy behaviour it checks
-//! (reference: ../shared/reference/istio-semantics.md §2–§4).
+//! (the semantics the README's "What it does with your YAML" describes).
 
 mod support;
 
