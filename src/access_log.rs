@@ -22,6 +22,16 @@ pub enum Sink {
     File(PathBuf),
 }
 
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Stdout => f.write_str("stdout"),
+            Sink::Stderr => f.write_str("stderr"),
+            Sink::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Istio's default text format (Envoy's fields plus code details, cluster, route).

@@ -18,6 +18,7 @@ pub mod recycle;
 pub mod reload;
 pub mod rollout;
 pub mod route;
+pub mod serve;
 pub mod simulate;
 pub mod upstream;
 pub mod watch;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use switchyard::admin::Admin;
+use switchyard::Reloader;
 use switchyard::config::duration::parse_go_duration;
 use switchyard::config::istio::Labels;
 use switchyard::config::validate::{Mode, ValidateOptions, validate};
@@ -24,10 +24,8 @@ use switchyard::config::{Diagnostic, LoadOptions, ProxyIdentity, Severity, load}
 use switchyard::explain::{LoadSettings, Loaded, RequestSpec};
 use switchyard::proxy::Proxy;
 use switchyard::proxy::server::Limits;
-use switchyard::proxy::workers::Workers;
 use switchyard::route::OutboundPolicy;
-use switchyard::upstream::PoolRegistry;
-use switchyard::{ReloadContext, Reloader};
+use switchyard::serve::{ServeOptions, Server, StartError};
 
 /// `--version`: the crate version, the commit it was built from and the cargo profile.
 const VERSION: &str = concat!(
@@ -957,26 +955,6 @@ fn run_validate(args: ValidateArgs) -> Result<ExitCode> {
 /// `POST /logging?level=` on the admin listener changes the filter through this.
 static LOG_CONTROL: std::sync::OnceLock<switchyard::admin::LogControl> = std::sync::OnceLock::new();
 
-fn access_log(
-    args: &ServeArgs,
-    metrics: &Arc<switchyard::metrics::Registry>,
-) -> Result<Option<switchyard::access_log::AccessLog>> {
-    use switchyard::access_log::{AccessLog, Format, Sink};
-    let sink = match args.access_log.as_str() {
-        "off" | "" => return Ok(None),
-        "stdout" => Sink::Stdout,
-        "stderr" => Sink::Stderr,
-        path => Sink::File(PathBuf::from(path)),
-    };
-    let format = match args.access_log_format {
-        AccessLogFormatArg::Envoy => Format::Envoy,
-        AccessLogFormatArg::Json => Format::Json,
-    };
-    AccessLog::start(sink, format, metrics.clone())
-        .map(Some)
-        .with_context(|| format!("--access-log {}: cannot open", args.access_log))
-}
-
 /// `validate --output json|yaml`: the whole document.
 #[derive(serde::Serialize)]
 struct ValidateReport<'a> {
@@ -1143,177 +1121,42 @@ pub async fn run(
     args: ServeArgs,
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> Result<ExitCode> {
-    let started = Instant::now();
-    let identity = args.identity.identity()?;
-    let workers = args
-        .workers
-        .map_or_else(switchyard::proxy::workers::default_workers, usize::from);
-    // Before any pool exists: each keeps one shard of connections per worker.
-    switchyard::upstream::set_worker_count(workers);
-    let pools = Arc::new(PoolRegistry::default());
-    let metrics = Arc::new(switchyard::metrics::Registry::new(
-        switchyard::metrics::SourceLabels::new(
-            &identity.workload,
-            &identity.namespace,
-            &identity.labels,
-        ),
-        match args.reporter {
-            ReporterArg::Source => switchyard::metrics::Reporter::Source,
-            ReporterArg::Destination => switchyard::metrics::Reporter::Destination,
-        },
-    ));
-    let ctx = ReloadContext {
-        path: config.clone(),
-        identity,
-        outbound_policy: match args.outbound_traffic_policy {
-            OutboundArg::RegistryOnly => OutboundPolicy::RegistryOnly,
-            OutboundArg::AllowAny => OutboundPolicy::AllowAny,
-        },
-        istio_mutual_as_plaintext: args.istio_mutual_as_plaintext,
-        pools: pools.clone(),
-        metrics: metrics.clone(),
-    };
-    let (reloader, warnings) = match Reloader::start(ctx).await {
-        Ok(r) => r,
-        Err(diags) => {
-            log_diagnostics(&diags);
-            let errors = diags.iter().filter(|d| d.is_error()).count();
+    let opts = serve_options(config, &args)?;
+    let server = match Server::start(opts).await {
+        Ok(s) => s,
+        Err(StartError::Refused {
+            path,
+            errors,
+            diagnostics,
+        }) => {
+            log_diagnostics(&diagnostics);
             bail!(
                 "{}: refused: {errors} error(s) in the config (listed above)",
-                config.display()
+                path.display()
             );
         }
+        Err(e) => return Err(e.into()),
     };
-    log_diagnostics(&warnings);
-    let reloader = Arc::new(reloader);
-    {
-        let table = reloader.table.load();
-        let endpoints: usize = table.clusters.iter().map(|c| c.endpoints().len()).sum();
-        tracing::info!(
-            config = %config.display(),
-            hosts = table.virtual_hosts().len(),
-            routes = table.virtual_hosts().iter().map(|v| v.routes.len()).sum::<usize>(),
-            clusters = table.clusters.len(),
-            endpoints,
-            "config loaded"
-        );
-    }
-
-    let (listener, _listen_lock) = switchyard::proxy::workers::bind_first(args.listen)
-        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    let proxy_addr = listener.local_addr()?;
-    let admin_listener = match args.admin.0 {
-        None => None,
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (--admin)"))?,
-        ),
-    };
-    let mut proxy = Proxy::new(reloader.table.clone(), pools, metrics.clone());
-    if let Some(log) = access_log(&args, &metrics)? {
-        proxy.access_log.store(Some(Arc::new(log)));
-    }
-    let metrics_listener = match args.metrics.0 {
-        None => None,
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (--metrics)"))?,
-        ),
-    };
-    if let Some(l) = &metrics_listener {
-        proxy.own_addrs.push(l.local_addr()?);
-    }
-    proxy.own_addrs.push(proxy_addr);
-    if let Some(l) = &admin_listener {
-        proxy.own_addrs.push(l.local_addr()?);
-    }
-    let proxy = Arc::new(proxy);
-    let quit = Arc::new(Notify::new());
-    let admin_addr = match admin_listener {
-        Some(l) => Some(
-            Arc::new(Admin {
-                reloader: reloader.clone(),
-                state: proxy.state.clone(),
-                quit: quit.clone(),
-                started,
-                metrics: metrics.clone(),
-                set_log_level: LOG_CONTROL.get().cloned(),
-            })
-            .spawn(l)?,
-        ),
-        None => None,
-    };
-    let limits = Limits {
-        max_header_bytes: args.max_header_bytes,
-        max_headers: args.max_headers,
-        header_read_timeout: args.header_read_timeout,
-        stream_idle_timeout: args.stream_idle_timeout,
-        request_timeout: args.request_timeout,
-        h2_max_concurrent_streams: args.max_concurrent_streams,
-        max_connections: args.max_connections,
-    };
-    let metrics_addr = match metrics_listener {
-        Some(l) => Some(switchyard::metrics::server::spawn(
-            l,
-            metrics.clone(),
-            proxy.state.clone(),
-        )?),
-        None => None,
-    };
-    let server = Workers::start(listener, workers, proxy.clone(), limits)
-        .context("cannot start the proxy workers")?;
-    // The rollout controller writes the folder this proxy reads; one writer per folder.
-    let _rollouts = if args.rollouts {
-        if !config.is_dir() {
-            bail!(
-                "--rollouts needs --config to be a folder (it writes the VirtualService and a state file there); {} is a file",
-                config.display()
-            );
-        }
-        let lock = switchyard::rollout::state::lock(&config)?;
-        let controller = switchyard::rollout::Controller::new(
-            config.clone(),
-            args.identity.namespace.clone(),
-            Some(metrics.clone()),
-            Some(reloader.clone()),
-        );
-        tracing::info!("rollout controller running in this proxy");
-        Some((lock, AbortOnDrop(tokio::spawn(controller.run()))))
-    } else {
-        None
-    };
+    log_diagnostics(&server.warnings);
     let shown = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
-    // Armed before "listening" is logged; dropping the handle stops the watcher.
-    let _watch = (!args.no_watch).then(|| {
-        switchyard::watch::spawn_watcher(
-            reloader.clone(),
-            switchyard::watch::WatchOptions {
-                debounce: args.watch_debounce,
-                poll_interval: (!args.config_poll_interval.is_zero())
-                    .then_some(args.config_poll_interval),
-                ..switchyard::watch::WatchOptions::default()
-            },
-        )
-    });
     tracing::info!(
-        "switchyard listening proxy={proxy_addr} admin={} metrics={} workers={}",
-        shown(admin_addr),
-        shown(metrics_addr),
-        server.len()
+        "switchyard listening proxy={} admin={} metrics={} workers={}",
+        server.proxy_addr,
+        shown(server.admin_addr),
+        shown(server.metrics_addr),
+        server.workers()
     );
     if let Some(tx) = ready {
         let _ = tx.send(Ready {
-            proxy: proxy_addr,
-            server: proxy.clone(),
-            reloader: reloader.clone(),
-            quit: quit.clone(),
+            proxy: server.proxy_addr,
+            server: server.proxy.clone(),
+            reloader: server.reloader.clone(),
+            quit: server.quit.clone(),
         });
     }
 
     let mut signals = StopSignals::new();
-    wait_for_stop(&mut signals, &quit, &reloader).await;
+    wait_for_stop(&mut signals, &server.quit, &server.reloader).await;
     tracing::info!(
         drain_delay = ?args.drain_delay,
         drain_timeout = ?args.drain_timeout,
@@ -1325,28 +1168,70 @@ pub async fn run(
         eprintln!("switchyard: second signal, exiting now");
         std::process::exit(1);
     });
-    let clean = server.drain(args.drain_delay, args.drain_timeout).await;
-    if clean {
+    let state = server.proxy.state.clone();
+    if server.drain(args.drain_delay, args.drain_timeout).await {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!(
-            in_flight = proxy
-                .state
-                .in_flight
-                .load(std::sync::atomic::Ordering::Relaxed),
+            in_flight = state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             "drain timeout reached; exiting with requests still in flight"
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Stops a task when the value goes out of scope.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// `run`'s arguments as the library's server options.
+fn serve_options(config: PathBuf, args: &ServeArgs) -> Result<ServeOptions> {
+    use switchyard::access_log::{Format, Sink};
+    let access_log = match args.access_log.as_str() {
+        "off" | "" => None,
+        "stdout" => Some(Sink::Stdout),
+        "stderr" => Some(Sink::Stderr),
+        path => Some(Sink::File(PathBuf::from(path))),
     }
+    .map(|sink| {
+        let format = match args.access_log_format {
+            AccessLogFormatArg::Envoy => Format::Envoy,
+            AccessLogFormatArg::Json => Format::Json,
+        };
+        (sink, format)
+    });
+    Ok(ServeOptions {
+        config,
+        identity: args.identity.identity()?,
+        outbound_policy: match args.outbound_traffic_policy {
+            OutboundArg::RegistryOnly => OutboundPolicy::RegistryOnly,
+            OutboundArg::AllowAny => OutboundPolicy::AllowAny,
+        },
+        istio_mutual_as_plaintext: args.istio_mutual_as_plaintext,
+        reporter: match args.reporter {
+            ReporterArg::Source => switchyard::metrics::Reporter::Source,
+            ReporterArg::Destination => switchyard::metrics::Reporter::Destination,
+        },
+        listen: args.listen,
+        workers: args.workers.map(usize::from),
+        admin: args.admin.0,
+        metrics: args.metrics.0,
+        access_log,
+        limits: Limits {
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+            header_read_timeout: args.header_read_timeout,
+            stream_idle_timeout: args.stream_idle_timeout,
+            request_timeout: args.request_timeout,
+            h2_max_concurrent_streams: args.max_concurrent_streams,
+            max_connections: args.max_connections,
+        },
+        // Armed before "listening" is logged; dropping the server stops the watcher.
+        watch: (!args.no_watch).then(|| switchyard::watch::WatchOptions {
+            debounce: args.watch_debounce,
+            poll_interval: (!args.config_poll_interval.is_zero())
+                .then_some(args.config_poll_interval),
+            ..switchyard::watch::WatchOptions::default()
+        }),
+        rollouts: args.rollouts,
+        log_control: LOG_CONTROL.get().cloned(),
+    })
 }
 
 /// Waits for SIGTERM, SIGINT or /quitquitquit; SIGHUP reloads the config meanwhile.

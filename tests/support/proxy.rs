@@ -1,18 +1,16 @@
-//! The real proxy, in-process: the same `Reloader`, `Proxy`, listener and admin the binary
-//! runs, bound to 127.0.0.1:0, over a config written to a temporary directory.
+//! The real proxy, in-process: the server `switchyard run` assembles ([`Server::start`]),
+//! bound to 127.0.0.1:0, over a config written to a temporary directory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use switchyard::admin::Admin;
 use switchyard::config::ProxyIdentity;
 use switchyard::proxy::Proxy;
-use switchyard::proxy::server::{Limits, ProxyListener};
+use switchyard::proxy::server::Limits;
 use switchyard::route::OutboundPolicy;
-use switchyard::upstream::PoolRegistry;
-use switchyard::{Diagnostic, ReloadContext, Reloader};
+use switchyard::serve::{ServeOptions, Server, StartError};
+use switchyard::{Diagnostic, Reloader};
 
 pub struct ProxyOptions {
     pub identity: ProxyIdentity,
@@ -43,7 +41,8 @@ pub struct TestProxy {
     pub admin: Option<SocketAddr>,
     pub reloader: Arc<Reloader>,
     pub proxy: Arc<Proxy>,
-    pub listener: Option<ProxyListener>,
+    /// The library's server, as `switchyard run` assembles it; dropped with the test.
+    pub server: Server,
     pub dir: tempfile::TempDir,
 }
 
@@ -74,75 +73,29 @@ impl TestProxy {
     ) -> Result<TestProxy, Vec<Diagnostic>> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.yaml"), yaml).expect("write config");
-        let pools = Arc::new(PoolRegistry::default());
-        let metrics = Arc::new(switchyard::metrics::Registry::new(
-            switchyard::metrics::SourceLabels::new(
-                &opts.identity.workload,
-                &opts.identity.namespace,
-                &opts.identity.labels,
-            ),
-            opts.reporter,
-        ));
-        let ctx = ReloadContext {
-            path: dir.path().to_path_buf(),
-            identity: opts.identity,
-            outbound_policy: opts.outbound_policy,
-            istio_mutual_as_plaintext: false,
-            pools: pools.clone(),
-            metrics: metrics.clone(),
-        };
-        let (reloader, _warnings) = Reloader::start(ctx).await?;
-        let reloader = Arc::new(reloader);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let mut proxy = Proxy::new(reloader.table.clone(), pools, metrics.clone());
-        if let Some((path, format)) = &opts.access_log {
-            proxy.access_log.store(Some(std::sync::Arc::new(
-                switchyard::access_log::AccessLog::start(
-                    switchyard::access_log::Sink::File(path.clone()),
-                    *format,
-                    metrics.clone(),
-                )
-                .expect("access log"),
-            )));
+        let mut serve = ServeOptions::new(dir.path());
+        serve.identity = opts.identity;
+        serve.reporter = opts.reporter;
+        serve.outbound_policy = opts.outbound_policy;
+        serve.limits = opts.limits;
+        serve.access_log = opts
+            .access_log
+            .map(|(path, format)| (switchyard::access_log::Sink::File(path), format));
+        if !opts.admin {
+            serve.admin = None;
         }
-        proxy.own_addrs.push(addr);
-        let admin_listener = if opts.admin {
-            Some(
-                tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind admin"),
-            )
-        } else {
-            None
+        let server = match Server::start(serve).await {
+            Ok(s) => s,
+            Err(StartError::Refused { diagnostics, .. }) => return Err(diagnostics),
+            Err(e) => panic!("proxy did not start: {e:#}"),
         };
-        if let Some(l) = &admin_listener {
-            proxy.own_addrs.push(l.local_addr().expect("admin addr"));
-        }
-        let proxy = Arc::new(proxy);
-        let admin = admin_listener.map(|l| {
-            Arc::new(Admin {
-                reloader: reloader.clone(),
-                state: proxy.state.clone(),
-                quit: Arc::new(tokio::sync::Notify::new()),
-                started: Instant::now(),
-                metrics: metrics.clone(),
-                set_log_level: None,
-            })
-            .spawn(l)
-            .expect("admin spawn")
-        });
-        let listener =
-            ProxyListener::spawn(listener, proxy.clone(), opts.limits).expect("listener");
         Ok(TestProxy {
-            metrics,
-            addr,
-            admin,
-            reloader,
-            proxy,
-            listener: Some(listener),
+            metrics: server.metrics.clone(),
+            addr: server.proxy_addr,
+            admin: server.admin_addr,
+            reloader: server.reloader.clone(),
+            proxy: server.proxy.clone(),
+            server,
             dir,
         })
     }
