@@ -44,7 +44,7 @@ for v in v1 v2; do
 done
 render "$HERE/conf/istio-split.yaml.tmpl" "$RUN_DIR/istio-split.yaml"
 
-setsid taskset -c "$PROXY_CPU" valgrind --tool=callgrind --collect-atstart=yes \
+setsid taskset -c "$PROXY_CPU" valgrind --tool=callgrind --collect-atstart=yes --compress-strings=no --compress-pos=no \
   --callgrind-out-file="$RUN_DIR/callgrind.out" \
   "$BIN" run --config "$RUN_DIR/istio-split.yaml" --listen "127.0.0.1:$PORT" \
   --admin "127.0.0.1:$ADMIN" --metrics "127.0.0.1:$METRICS" >"$RUN_DIR/proxy.log" 2>&1 &

@@ -19,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
 use switchyard::config::ProxyIdentity;
+use switchyard::downstream::server::{Limits, ProxyListener};
 use switchyard::proxy::Proxy;
-use switchyard::proxy::server::{Limits, ProxyListener};
 use switchyard::upstream::PoolRegistry;
 use switchyard::{ReloadContext, Reloader};
 

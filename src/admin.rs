@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::proxy::DrainState;
+use crate::downstream::DrainState;
 use crate::reload::{ReloadOutcome, Reloader};
 use crate::route::{Action, RouteTable};
 

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod deadline;
 pub mod downstream;
 pub mod explain;
 pub mod live;

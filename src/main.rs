@@ -21,9 +21,9 @@ use switchyard::config::duration::parse_go_duration;
 use switchyard::config::istio::Labels;
 use switchyard::config::validate::{Mode, ValidateOptions, validate};
 use switchyard::config::{Diagnostic, LoadOptions, ProxyIdentity, Severity, load};
+use switchyard::downstream::server::Limits;
 use switchyard::explain::{LoadSettings, Loaded, RequestSpec};
 use switchyard::proxy::Proxy;
-use switchyard::proxy::server::Limits;
 use switchyard::route::OutboundPolicy;
 use switchyard::serve::{ServeOptions, Server, StartError};
 
@@ -794,7 +794,7 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    // The main thread is worker 0; the others get their own threads (see proxy::workers).
+    // The main thread is worker 0; the others get their own threads (see downstream::workers).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

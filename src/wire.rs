@@ -497,6 +497,17 @@ pub fn content_length_value(v: &[u8]) -> Option<u64> {
     found
 }
 
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and friends).
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+        && headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,15 @@ async fn live_json_shows_weights_shares_and_the_canarys_failures_and_follows_a_r
     let p = TestProxy::start(&config(v1.addr, v2.addr, 90)).await;
     let admin = p.admin.expect("admin");
     let n = 2000;
+    // The 10-second figures are differences between readings, so traffic sent before the
+    // sampler's first reading would never show: under a loaded machine that first reading can
+    // come late, so wait for it.
+    live_until(admin, Duration::from_secs(5), |j| {
+        dest(j, "v2")["series"]["requests"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+    })
+    .await;
     let tally = par_tally(p.addr, Proto::H1, 4, n, "web", "/", &[]).await;
     // The sampler reads once a second: wait for a reading that covers the traffic.
     let j = live_until(admin, Duration::from_secs(5), |j| {

@@ -1970,7 +1970,7 @@ async fn admin_mutations_are_post_only_and_metrics_is_read_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reliability suite: run serially with --ignored"]
 async fn idle_and_request_timeouts() {
-    use switchyard::proxy::server::Limits;
+    use switchyard::downstream::server::Limits;
     let up = Upstream::start("v1").await;
     let yaml = service_yaml("web", &[("v1", up.addr)]);
     let idle = TestProxy::start_with(

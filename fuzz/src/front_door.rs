@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use switchyard::proxy::server::{Limits, Phase, serve_connection};
+use switchyard::downstream::server::{Limits, Phase, serve_connection};
 use switchyard::proxy::{ConnInfo, Proxy};
 use switchyard::upstream::PoolRegistry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

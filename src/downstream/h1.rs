@@ -26,11 +26,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::Incoming;
-use crate::proxy::body::ProxyBody;
-use crate::proxy::deadline::MaybeTimeout;
-use crate::proxy::server::{H1_SLACK, Limits, over_header_limit, request_timed_out};
-use crate::proxy::{ConnInfo, Proxy};
+use super::server::{
+    H1_SLACK, Limits, close_http1_when_draining, over_header_limit, request_timed_out,
+};
+use super::{ConnInfo, Handler, Incoming};
+use crate::deadline::MaybeTimeout;
 use crate::wire::{
     Chunk, DecodeError, Framing, RecvBuf, TeCodings, connection_tokens, itoa_u64, poll_decode,
     push_field, push_hex,
@@ -248,10 +248,10 @@ struct Parsed {
 }
 
 /// Serves HTTP/1.1 requests on one connection until either side closes it.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     side: ReadSide,
     mut wr: WriteHalf,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     info: ConnInfo,
     limits: &Limits,
     keep_alive: bool,
@@ -332,7 +332,7 @@ pub async fn serve(
         };
         let mut handled = pin!(handled);
         let mut read_closed = false;
-        let resp = match side.as_mut() {
+        let mut resp = match side.as_mut() {
             Some(s) => {
                 // Watch the client while the request is handled: bytes it sends meanwhile are
                 // its next request (kept); its end of stream may be a half-close, so the
@@ -358,6 +358,8 @@ pub async fn serve(
             }
             None => handled.await,
         };
+        // While draining, an HTTP/1 response closes its connection.
+        close_http1_when_draining(&mut resp, proxy.drain_state());
         if let Some(mut rx) = body_back {
             // Before the head is written, so a connection about to close says so. The body
             // hands the read side back at its end, or when dropped; what is left of a dropped
@@ -598,8 +600,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
         headers.remove(header::UPGRADE);
         headers.remove("http2-settings");
     }
-    let upgrade =
-        upgrade_field && version == Version::HTTP_11 && crate::proxy::headers::is_upgrade(&headers);
+    let upgrade = upgrade_field && version == Version::HTTP_11 && crate::wire::is_upgrade(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let mut req = Request::new(());
     *req.method_mut() = method;
@@ -661,10 +662,10 @@ enum Written {
 }
 
 /// Encodes the status line and headers, choosing the body's framing as hyper's server does.
-fn encode_head(
+fn encode_head<B: Body>(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: &ProxyBody,
+    body: &B,
     asked: &Asked,
 ) -> (Plan, bool) {
     push_status_line(out, parts.status);
@@ -720,17 +721,17 @@ fn encode_head(
     (plan, keep)
 }
 
-enum Step {
-    Frame(Option<Result<Frame<Bytes>, crate::proxy::body::BodyError>>),
+enum Step<E> {
+    Frame(Option<Result<Frame<Bytes>, E>>),
     Flush,
 }
 
 /// Writes one response. The head and small frames are gathered and written together; the
 /// gathered bytes go out whenever the body has nothing ready.
-async fn write_response(
+async fn write_response<B: Body<Data = Bytes> + Unpin>(
     wr: &mut WriteHalf,
     out: &mut Vec<u8>,
-    resp: Response<ProxyBody>,
+    resp: Response<B>,
     asked: &Asked,
     upgrade_tx: Option<oneshot::Sender<Upgraded>>,
     side: &mut Option<ReadSide>,

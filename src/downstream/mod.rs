@@ -1,15 +1,73 @@
-//! The client side of the proxy: how requests arrive. HTTP/1.1 is our own server codec
-//! ([`h1`]); HTTP/2 (h2c prior knowledge) is hyper's. The proxy sees one request body type,
-//! [`Incoming`], from either.
+//! The client side: how requests arrive, below the proxy. Listeners, connection limits and
+//! the drain ([`server`], [`workers`]) hand each connection to a codec: HTTP/1.1 is our own
+//! ([`h1`]); HTTP/2 (h2c prior knowledge) is hyper's. A codec knows only a [`Handler`]:
+//! request in, response future out. The proxy is one; a test's stub is another. Requests
+//! carry one body type, [`Incoming`], from either codec.
 
 pub mod date;
 pub mod h1;
+pub mod server;
+pub mod workers;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+/// What serves the requests a codec reads. Generic, not a trait object: the codec calls it
+/// once per request and boxes the future itself (see `h1::serve`), so the handler's future is
+/// built in place in that box, with no dynamic call and no second copy.
+pub trait Handler: Send + Sync + 'static {
+    /// The response body the codec writes.
+    type Body: Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static>
+        + From<Bytes>
+        + Unpin
+        + Send
+        + 'static;
+
+    /// One request, from its head to the response to send back.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
+
+    /// Connections, requests in flight and the drain flag, which readiness and the drain
+    /// read and the codecs keep up to date.
+    fn drain_state(&self) -> &Arc<DrainState>;
+
+    /// Where the listeners count connections (Envoy's `downstream_cx_*`).
+    fn metrics(&self) -> &Arc<crate::metrics::Registry>;
+}
+
+/// Per-connection facts the request path reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Shared state the drain sequence and readiness read.
+#[derive(Debug, Default)]
+pub struct DrainState {
+    pub draining: AtomicBool,
+    pub in_flight: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub idle: Notify,
+}
+
+impl DrainState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
 
 pub use h1::{OnUpgrade, Upgraded};
 

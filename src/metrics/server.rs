@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::Registry;
-use crate::proxy::DrainState;
+use crate::downstream::DrainState;
 
 /// A query parameter's value, percent-decoded.
 fn query_param(uri: &http::Uri, name: &str) -> Option<String> {

@@ -54,6 +54,13 @@ pub(crate) struct BodyDeadline {
     pub stats: Option<Arc<crate::metrics::ClusterStats>>,
 }
 
+/// The codecs' own replies (431, 408) are whole bodies.
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> ProxyBody {
+        ProxyBody::full(bytes)
+    }
+}
+
 impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody { kind: Kind::Empty }

@@ -95,16 +95,7 @@ pub fn has_envoy_controls(headers: &HeaderMap) -> bool {
         .any(|k| k.as_str().as_bytes().starts_with(b"x-envoy-"))
 }
 
-/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and friends).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-}
+pub use crate::wire::is_upgrade;
 
 /// A number as a header value. The small ones every request sends (attempt counts, loopback
 /// service times) are static: no allocation, and no shared reference count between workers.

@@ -19,7 +19,6 @@ mod amend;
 mod authority;
 pub mod body;
 mod cors;
-pub(crate) mod deadline;
 mod decide;
 mod destination;
 pub mod error;
@@ -33,46 +32,29 @@ pub mod record;
 mod replay;
 mod response;
 mod send;
-pub mod server;
 mod upstream_request;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response, Version};
 use rand::RngExt;
-use tokio::sync::Notify;
 
 use crate::access_log::AccessLog;
+use crate::deadline::Race;
 use crate::downstream::Incoming;
+pub use crate::downstream::{ConnInfo, DrainState};
 use crate::metrics::Registry;
 use crate::metrics::istio::{DestLabels, DestMetrics};
 use crate::route::RouteTable;
 use crate::route::action::FormatContext;
 use crate::upstream::PoolRegistry;
 use body::ProxyBody;
-use deadline::Race;
 use error::LocalReply;
 use record::RequestRecord;
-
-/// Shared state the drain sequence and readiness read.
-#[derive(Debug, Default)]
-pub struct DrainState {
-    pub draining: AtomicBool,
-    pub in_flight: AtomicUsize,
-    pub connections: AtomicUsize,
-    pub idle: Notify,
-}
-
-impl DrainState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
 
 /// Counts one request as in flight until dropped (with its response body).
 pub struct InFlight(Arc<DrainState>);
@@ -108,13 +90,6 @@ pub struct Proxy {
     blackhole: Arc<DestMetrics>,
     passthrough: Arc<DestMetrics>,
     mirror_slots: Arc<tokio::sync::Semaphore>,
-}
-
-/// Per-connection facts the request path reads.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
 }
 
 /// What every stage may read about the request it serves.
@@ -188,15 +163,9 @@ impl Proxy {
             in_flight,
         ));
         record.access(|a| fill_access(a, &req, conn));
-        let h1 = req.version() != Version::HTTP_2;
         Handled {
-            forwarded: self.clone().forward(req, conn, record.clone()),
-            finish: Some(Finish {
-                proxy: self,
-                record,
-                grpc,
-                h1,
-            }),
+            forwarded: self.forward(req, conn, record.clone()),
+            finish: Some(Finish { record, grpc }),
         }
     }
 
@@ -284,6 +253,27 @@ impl Proxy {
     }
 }
 
+impl crate::downstream::Handler for Proxy {
+    type Body = ProxyBody;
+
+    #[inline(always)]
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        Proxy::handle(self, req, conn)
+    }
+
+    fn drain_state(&self) -> &Arc<DrainState> {
+        &self.state
+    }
+
+    fn metrics(&self) -> &Arc<Registry> {
+        &self.metrics
+    }
+}
+
 /// The gRPC status a response carries in its headers (trailers-only) or trailers.
 pub(crate) fn grpc_status_of(h: &http::HeaderMap) -> Option<u8> {
     h.get(&headers::GRPC_STATUS)?
@@ -345,16 +335,14 @@ pin_project_lite::pin_project! {
 
 /// What turns the forwarding's outcome into the response.
 struct Finish {
-    proxy: Arc<Proxy>,
     record: Arc<RequestRecord>,
     grpc: bool,
-    h1: bool,
 }
 
 impl Finish {
     fn response(self, forwarded: Result<Response<ProxyBody>, Stop>) -> Response<ProxyBody> {
         let record = &self.record;
-        let mut resp = match forwarded {
+        match forwarded {
             Ok(resp) => resp,
             Err(Stop::Reply(resp)) => *resp,
             Err(Stop::Fail(local)) => {
@@ -372,9 +360,7 @@ impl Finish {
                 record.access(|a| a.details = details);
                 resp
             }
-        };
-        server::close_http1_when_draining(&mut resp, self.h1, &self.proxy.state);
-        resp
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub(super) async fn ready(
     Ok(match keeping(headers, &body) {
         _ if upgrade => Replay::Stream(RequestBody::new(body, Some(record.clone()))),
         Keeping::Never => Replay::Stream(RequestBody::new(body, Some(record.clone()))),
+        // Most requests (every GET): nothing to read, so no collecting future runs at all.
+        Keeping::Empty => Replay::Buffered(bytes::Bytes::new(), None),
         Keeping::ReadFirst => match collect_bounded(body).await {
             Ok((data, trailers)) => {
                 record
@@ -112,7 +114,10 @@ impl Template {
 
 /// How a request body is made ready for a retry or a mirror.
 enum Keeping {
-    /// Empty, or its declared length fits the retry buffer: read it whole before the first
+    /// Already ended (no body, or an HTTP/2 HEADERS frame with END_STREAM): no trailers
+    /// can follow either.
+    Empty,
+    /// Its declared length fits the retry buffer: read it whole before the first
     /// attempt (one buffer, no sharing between attempts).
     ReadFirst,
     /// No declared length: kept as it streams, until it outgrows the buffer.
@@ -125,7 +130,7 @@ enum Keeping {
 fn keeping(headers: &HeaderMap, body: &Incoming) -> Keeping {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return Keeping::ReadFirst;
+        return Keeping::Empty;
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)

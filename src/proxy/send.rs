@@ -15,13 +15,13 @@ use rand::RngExt;
 
 use super::amend::Limits;
 use super::body::RequestBody;
-use super::deadline::{Elapsed, Race};
 use super::decide::Plan;
 use super::error::{self, LocalReply};
 use super::record::RequestRecord;
 use super::replay::{Replay, Template};
 use super::upstream_request::Upstream;
 use super::{Ctx, grpc_status_of, headers, mirror};
+use crate::deadline::{Elapsed, Race};
 use crate::route::policy::RetryPolicy;
 use crate::upstream::{Cluster, SendError};
 

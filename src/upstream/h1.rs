@@ -9,7 +9,6 @@
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -18,7 +17,6 @@ use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::{EndpointPool, H1Conn};
 use super::tls::Stream;
 use crate::proxy::body::RequestBody;
 use crate::wire::{
@@ -564,26 +562,28 @@ async fn read_head(conn: &mut Conn, upload: Upload, asked: Asked) -> Result<Exch
     })
 }
 
-/// A response body read straight from its connection, which goes back to the pool once the
-/// body is complete (or is closed, if it cannot be reused).
-pub struct Body {
-    conn: Option<Box<H1Conn>>,
-    pool: Arc<EndpointPool>,
+/// A connection lent for one exchange by whoever owns it (the pool): the codec speaks HTTP on
+/// it, and gives it back once the response is complete with nothing left unread.
+pub trait Lease {
+    fn conn(&mut self) -> &mut Conn;
+    /// The exchange is over and the connection may serve another one.
+    fn give_back(self);
+}
+
+/// A response body read straight from its connection, which is given back once the body is
+/// complete (or is closed, if it cannot be reused).
+pub struct Body<L: Lease> {
+    lease: Option<L>,
     framing: Framing,
     keep_alive: bool,
     upload: Option<Upload>,
 }
 
-impl Body {
-    /// The response of `ex`, its body reading from `conn`.
-    pub(super) fn response(
-        conn: Box<H1Conn>,
-        pool: Arc<EndpointPool>,
-        ex: Exchanged,
-    ) -> http::Response<Body> {
+impl<L: Lease> Body<L> {
+    /// The response of `ex`, its body reading from the lent connection.
+    pub fn response(lease: L, ex: Exchanged) -> http::Response<Body<L>> {
         let mut body = Body {
-            conn: Some(conn),
-            pool,
+            lease: Some(lease),
             framing: ex.framing,
             keep_alive: ex.keep_alive,
             upload: ex.upload,
@@ -598,26 +598,26 @@ impl Body {
     /// The body is complete: the connection goes back to the pool if nothing is left on it.
     fn finish(&mut self) {
         self.framing = Framing::Empty;
-        if let Some(mut conn) = self.conn.take()
+        if let Some(mut lease) = self.lease.take()
             && self.keep_alive
             && self.upload.is_none()
-            && conn.wire.avail() == 0
+            && lease.conn().avail() == 0
         {
-            conn.wire.shrink();
-            self.pool.put_back(conn);
+            lease.conn().shrink();
+            lease.give_back();
         }
         self.upload = None;
     }
 
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        self.conn = None;
+        self.lease = None;
         self.upload = None;
         self.framing = Framing::Empty;
         Poll::Ready(Some(Err(e)))
     }
 }
 
-impl http_body::Body for Body {
+impl<L: Lease + Unpin> http_body::Body for Body<L> {
     type Data = Bytes;
     type Error = Error;
 
@@ -626,11 +626,11 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        let Some(conn) = this.conn.as_mut() else {
+        let Some(lease) = this.lease.as_mut() else {
             return Poll::Ready(None);
         };
         if let Some(up) = &mut this.upload {
-            match up.poll(&mut conn.wire, cx) {
+            match up.poll(lease.conn(), cx) {
                 Poll::Ready(Ok(())) => this.upload = None,
                 // The client's body failed (or broke its length): the exchange is over, as
                 // Envoy resets the upstream stream, and the client must not wait on an
@@ -647,11 +647,11 @@ impl http_body::Body for Body {
                 Poll::Pending => {}
             }
         }
-        let Some(conn) = this.conn.as_mut() else {
+        let Some(lease) = this.lease.as_mut() else {
             return Poll::Ready(None);
         };
         let close_delimited = this.framing == Framing::Close;
-        let wire = &mut conn.wire;
+        let wire = lease.conn();
         match ready!(poll_decode(
             &mut this.framing,
             &mut wire.rb,
@@ -678,7 +678,7 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || self.framing == Framing::Empty
+        self.lease.is_none() || self.framing == Framing::Empty
     }
 
     fn size_hint(&self) -> SizeHint {

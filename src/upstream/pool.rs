@@ -233,6 +233,23 @@ pub struct H1Conn {
     gauge: ConnGauge,
 }
 
+/// A pooled connection lent to the HTTP/1.1 codec for one exchange.
+pub struct Leased {
+    conn: Box<H1Conn>,
+    pool: Arc<EndpointPool>,
+}
+
+impl h1::Lease for Leased {
+    #[inline]
+    fn conn(&mut self) -> &mut h1::Conn {
+        &mut self.conn.wire
+    }
+
+    fn give_back(self) {
+        self.pool.put_back(self.conn);
+    }
+}
+
 /// The shared HTTP/2 connection and how many streams it has been given.
 struct H2Conn {
     sender: http2::SendRequest<UpBody>,
@@ -502,7 +519,7 @@ impl EndpointPool {
             };
             conn.requests += 1;
             match h1::exchange(&mut conn.wire, head, body).await {
-                Ok(ex) => Ok(h1::Body::response(conn, pool, ex).map(ResponseBody::H1)),
+                Ok(ex) => Ok(h1::Body::response(Leased { conn, pool }, ex).map(ResponseBody::H1)),
                 // Dropping the connection closes it.
                 Err(e) => Err(SendError::Exchange {
                     addr: pool.addr,

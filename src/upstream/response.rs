@@ -12,7 +12,7 @@ use super::h1;
 
 /// A response body from upstream.
 pub enum ResponseBody {
-    H1(h1::Body),
+    H1(h1::Body<super::pool::Leased>),
     Hyper(Incoming),
 }
 

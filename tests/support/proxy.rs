@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use switchyard::config::ProxyIdentity;
+use switchyard::downstream::server::Limits;
 use switchyard::proxy::Proxy;
-use switchyard::proxy::server::Limits;
 use switchyard::route::OutboundPolicy;
 use switchyard::serve::{ServeOptions, Server, StartError};
 use switchyard::{Diagnostic, Reloader};

@@ -18,10 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::body::ProxyBody;
-use super::deadline::MaybeTimeout;
-use super::{ConnInfo, DrainState, Proxy};
-use crate::downstream::{Incoming, h1};
+use super::{ConnInfo, DrainState, Handler, Incoming, h1};
+use crate::deadline::MaybeTimeout;
 use crate::wire::RecvBuf;
 
 /// Downstream limits, Envoy's defaults unless noted. None of them can cut a healthy gRPC
@@ -92,9 +90,9 @@ pub struct ProxyListener {
 
 impl ProxyListener {
     /// A listener with a connection limit of its own.
-    pub fn spawn(
+    pub fn spawn<H: Handler>(
         listener: TcpListener,
-        proxy: Arc<Proxy>,
+        proxy: Arc<H>,
         limits: Limits,
     ) -> std::io::Result<ProxyListener> {
         let conns = Arc::new(ConnLimit::new(limits.max_connections));
@@ -103,15 +101,15 @@ impl ProxyListener {
 
     /// A listener counting its connections in `conns`: the workers' `SO_REUSEPORT` listeners
     /// on one address share one, so `--max-connections` caps the address, not each worker.
-    pub fn spawn_sharing(
+    pub fn spawn_sharing<H: Handler>(
         listener: TcpListener,
-        proxy: Arc<Proxy>,
+        proxy: Arc<H>,
         limits: Limits,
         conns: Arc<ConnLimit>,
     ) -> std::io::Result<ProxyListener> {
         let addr = listener.local_addr()?;
         let (phase, rx) = watch::channel(Phase::Serving);
-        let state = proxy.state.clone();
+        let state = proxy.drain_state().clone();
         let task = tokio::spawn(accept_loop(listener, proxy, limits, conns, rx));
         Ok(ProxyListener {
             addr,
@@ -214,9 +212,9 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<H: Handler>(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     limits: Limits,
     conns: Arc<ConnLimit>,
     phase: watch::Receiver<Phase>,
@@ -234,7 +232,7 @@ async fn accept_loop(
         let Some(slot) = conns.acquire() else {
             // Envoy's overflow behaviour: accept and close at once, so the client sees a
             // reset rather than a connect that hangs in the backlog.
-            proxy.metrics.proxy.downstream_cx_overflow.inc();
+            proxy.metrics().proxy.downstream_cx_overflow.inc();
             conns.overflowed(remote);
             drop(stream);
             continue;
@@ -251,23 +249,19 @@ async fn accept_loop(
     }
 }
 
-/// The byte stream of one connection, flagging each read or write so the connection task
-/// can close it after `stream_idle_timeout` of silence. A slow reader that never drains its
-/// socket blocks our writes, so it goes silent too. A flag, not a timestamp: reading the clock
-/// on every read and write was ~1.5% of the proxy's CPU per request.
 /// While draining, an HTTP/1 response closes its connection (see the drain in
 /// [`serve_connection`]); an upgrade's 101 keeps it for the tunnel.
-pub(crate) fn close_http1_when_draining(
-    resp: &mut Response<ProxyBody>,
-    h1: bool,
-    drain: &DrainState,
-) {
-    if h1 && drain.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+pub(crate) fn close_http1_when_draining<B>(resp: &mut Response<B>, drain: &DrainState) {
+    if drain.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
+/// The byte stream of one connection, flagging each read or write so the connection task
+/// can close it after `stream_idle_timeout` of silence. A slow reader that never drains its
+/// socket blocks our writes, so it goes silent too. A flag, not a timestamp: reading the clock
+/// on every read and write was ~1.5% of the proxy's CPU per request.
 struct IdleIo<S> {
     inner: S,
     active: Arc<AtomicBool>,
@@ -352,14 +346,14 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
 
 /// 431 when the head is over a limit. hyper's own codec limits sit a little above ours (see
 /// `serve_connection`), so this check is the one that decides on both protocols.
-pub(crate) fn over_header_limit<B>(
-    req: &Request<B>,
+pub(crate) fn over_header_limit<R, B: From<Bytes>>(
+    req: &Request<R>,
     limits: &Limits,
-) -> Option<Response<ProxyBody>> {
+) -> Option<Response<B>> {
     if req.headers().len() <= limits.max_headers && head_bytes(req) <= limits.max_header_bytes {
         return None;
     }
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(
+    let mut resp = Response::new(B::from(Bytes::from_static(
         b"request header fields too large\n",
     )));
     *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
@@ -373,8 +367,8 @@ pub(crate) fn over_header_limit<B>(
     Some(resp)
 }
 
-pub(crate) fn request_timed_out() -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(b"request timeout\n")));
+pub(crate) fn request_timed_out<B: From<Bytes>>() -> Response<B> {
+    let mut resp = Response::new(B::from(Bytes::from_static(b"request timeout\n")));
     *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -423,18 +417,21 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one downstream connection on any byte stream: TCP from the accept loop, or an
 /// in-memory pipe (the front-door fuzz target and tests).
-pub async fn serve_connection<S: SplitIo>(
+pub async fn serve_connection<S: SplitIo, H: Handler>(
     stream: S,
     info: ConnInfo,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
 ) {
-    proxy.state.connections.fetch_add(1, Ordering::AcqRel);
-    proxy.metrics.proxy.downstream_cx_total.inc();
-    proxy.metrics.proxy.downstream_cx_active.inc();
-    let metrics = proxy.metrics.clone();
-    let _guard = ConnGuard(proxy.state.clone(), metrics.clone());
+    proxy
+        .drain_state()
+        .connections
+        .fetch_add(1, Ordering::AcqRel);
+    proxy.metrics().proxy.downstream_cx_total.inc();
+    proxy.metrics().proxy.downstream_cx_active.inc();
+    let metrics = proxy.metrics().clone();
+    let _guard = ConnGuard(proxy.drain_state().clone(), metrics.clone());
     let draining_at_accept = *phase.borrow() >= Phase::Draining;
     let idle_timeout = limits.stream_idle_timeout;
     let active = Arc::new(AtomicBool::new(false));
@@ -542,10 +539,10 @@ enum Event {
 
 /// Tells HTTP/2 (by its preface) from HTTP/1.1 and serves the connection in it.
 #[allow(clippy::too_many_arguments)]
-async fn serve_protocol<S: SplitIo>(
+async fn serve_protocol<S: SplitIo, H: Handler>(
     mut stream: S,
     info: ConnInfo,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     limits: &Limits,
     keep_alive: bool,
     shutdown: &h1::Shutdown,
@@ -604,10 +601,10 @@ async fn serve_protocol<S: SplitIo>(
     }
 }
 
-async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static, H: Handler>(
     io: S,
     info: ConnInfo,
-    proxy: Arc<Proxy>,
+    proxy: Arc<H>,
     limits: &Limits,
     shutdown: &h1::Shutdown,
 ) {
@@ -712,6 +709,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
 
     fn get(version: Version, headers: &[(&str, String)]) -> Request<()> {
         let mut b = Request::builder()
@@ -729,9 +727,12 @@ mod tests {
         let limits = Limits::default();
         for version in [Version::HTTP_11, Version::HTTP_2] {
             let fits = get(version, &[("x-big", "a".repeat(59 * 1024))]);
-            assert!(over_header_limit(&fits, &limits).is_none(), "{version:?}");
+            assert!(
+                over_header_limit::<_, Full<Bytes>>(&fits, &limits).is_none(),
+                "{version:?}"
+            );
             let big = get(version, &[("x-big", "a".repeat(61 * 1024))]);
-            let resp = over_header_limit(&big, &limits).expect("refused");
+            let resp = over_header_limit::<_, Full<Bytes>>(&big, &limits).expect("refused");
             assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             assert_eq!(
                 resp.headers().contains_key(header::CONNECTION),
@@ -746,8 +747,14 @@ mod tests {
         let limits = Limits::default();
         let fields =
             |n: usize| -> Vec<(&str, String)> { (0..n).map(|i| ("x-h", i.to_string())).collect() };
-        assert!(over_header_limit(&get(Version::HTTP_2, &fields(100)), &limits).is_none());
-        assert!(over_header_limit(&get(Version::HTTP_2, &fields(101)), &limits).is_some());
+        assert!(
+            over_header_limit::<_, Full<Bytes>>(&get(Version::HTTP_2, &fields(100)), &limits)
+                .is_none()
+        );
+        assert!(
+            over_header_limit::<_, Full<Bytes>>(&get(Version::HTTP_2, &fields(101)), &limits)
+                .is_some()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 
-use super::Proxy;
+use super::Handler;
 use super::server::{ConnLimit, Limits, ProxyListener};
 
 /// How many workers to run when `--workers` is not given: every core this process may use
@@ -110,10 +110,10 @@ pub struct Workers {
 impl Workers {
     /// Starts `count` workers on `listener`'s address: the first on the current runtime with
     /// `listener` itself, the others on new threads with listeners of their own.
-    pub fn start(
+    pub fn start<H: Handler>(
         listener: TcpListener,
         count: usize,
-        proxy: Arc<Proxy>,
+        proxy: Arc<H>,
         limits: Limits,
     ) -> std::io::Result<Workers> {
         let addr = listener.local_addr()?;
