@@ -466,6 +466,9 @@ pub struct Exchanged {
 /// The head is encoded before the returned future is first polled and only borrowed: the
 /// caller keeps it for a retry without cloning its header map, and the future holds only the
 /// body (every byte of an await point's state is copied when the request's future is boxed).
+/// Inlined so the returned future is built in place in the caller's state: outlined, it was
+/// returned and then copied (measured: ~250 instructions per request under callgrind).
+#[inline(always)]
 pub fn exchange<'a>(
     conn: &'a mut Conn,
     head: &http::request::Parts,
