@@ -3,7 +3,7 @@
 //! order, `Expect: 100-continue` is answered before the body is sent, HTTP/1.0 keep-alive only
 //! when asked, responses of unknown length to HTTP/1.0 end at the close, the header-read
 //! timeout cuts a stalled head but not an idle keep-alive connection, and every response
-//! carries a `date`.
+//! carries a `date`. The last test serves a stub handler, with no proxy behind the codec.
 
 mod support;
 
@@ -497,4 +497,76 @@ async fn a_transfer_coding_we_do_not_implement_is_501_and_never_forwarded() {
     )
     .await;
     assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200 "));
+}
+
+/// A stub in the proxy's place: the codec knows only a `Handler`, so it serves with no proxy,
+/// routes or upstream behind it. This one answers `METHOD PATH BODY`.
+struct Echo {
+    drain: std::sync::Arc<switchyard::downstream::DrainState>,
+    metrics: std::sync::Arc<switchyard::metrics::Registry>,
+}
+
+impl switchyard::downstream::Handler for Echo {
+    type Body = http_body_util::Full<bytes::Bytes>;
+
+    async fn handle(
+        self: std::sync::Arc<Self>,
+        req: http::Request<switchyard::downstream::Incoming>,
+        _conn: switchyard::downstream::ConnInfo,
+    ) -> http::Response<Self::Body> {
+        use http_body_util::BodyExt;
+        let (head, body) = req.into_parts();
+        let mut out = format!("{} {} ", head.method, head.uri.path()).into_bytes();
+        match body.collect().await {
+            Ok(b) => out.extend_from_slice(&b.to_bytes()),
+            Err(e) => out.extend_from_slice(format!("body error: {e}").as_bytes()),
+        }
+        http::Response::new(out.into())
+    }
+
+    fn drain_state(&self) -> &std::sync::Arc<switchyard::downstream::DrainState> {
+        &self.drain
+    }
+
+    fn metrics(&self) -> &std::sync::Arc<switchyard::metrics::Registry> {
+        &self.metrics
+    }
+}
+
+#[tokio::test]
+async fn the_codec_serves_a_stub_handler_pipelined_framed_and_drained() {
+    use switchyard::downstream::server::ProxyListener;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let echo = std::sync::Arc::new(Echo {
+        drain: Default::default(),
+        metrics: Default::default(),
+    });
+    let server = ProxyListener::spawn(listener, echo.clone(), Limits::default()).expect("spawn");
+    let mut c = Raw::connect(server.addr).await;
+    // Three pipelined requests, one per body framing, answered in order on one connection.
+    c.send(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          PUT /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /c HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    for want in ["POST /a hello", "PUT /b abcde", "GET /c "] {
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(String::from_utf8_lossy(&r.body), want);
+        assert!(r.header("date").is_some(), "{}", r.head);
+        assert_eq!(r.header("connection"), None, "{}", r.head);
+    }
+    // Once draining, the codec closes HTTP/1.1 connections after their next response.
+    echo.drain
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    c.send(b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(String::from_utf8_lossy(&r.body), "GET /d ");
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert!(c.closed_silently(DEADLINE).await);
+    assert!(server.drain(Duration::ZERO, DEADLINE).await);
 }
