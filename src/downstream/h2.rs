@@ -6,9 +6,10 @@
 //! reset, CONTINUATION floods) are `h2`'s as before.
 
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
@@ -18,10 +19,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
 
 use super::server::{H2_FIELD_OVERHEAD, Limits, over_header_limit, request_timed_out};
 use super::{ConnInfo, Handler, Incoming, h1};
-use crate::deadline::MaybeTimeout;
 
 /// hyper's defaults for its HTTP/2 server, kept when we left it: 1 MiB windows for the
 /// connection and each stream, 16 KiB frames, 400 KiB of queued response data per stream, and
@@ -92,167 +93,234 @@ pub async fn serve<S, H>(
     }
 }
 
-/// One stream: the handler's response, then its body, both given up if the client resets
-/// the stream.
+/// One stream, from its head: the handler's future (built at once, boxed) and what the
+/// stream will need to answer. Nothing of the request is kept here.
 fn stream<H: Handler>(
     proxy: &Arc<H>,
     info: ConnInfo,
     limits: &Limits,
-    request_timeout: Option<std::time::Duration>,
+    request_timeout: Option<Duration>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) -> impl Future<Output = ()> + use<H> {
+) -> Stream<impl Future<Output = Response<H::Body>> + Send + use<H>, H::Body> {
     let connect = req.method() == Method::CONNECT;
     let (parts, recv) = req.into_parts();
     let declared = content_length(&parts.headers);
-    // A CONNECT carries no body here: tunnels over HTTP/2 are not served (as under hyper, whose
-    // upgrade nobody took).
-    let refused_connect = connect && declared.is_some_and(|n| n != 0);
-    let body = if connect || recv.is_end_stream() {
-        Incoming::Empty
+    let state = if connect && declared.is_some_and(|n| n != 0) {
+        // A CONNECT carries no body here: tunnels over HTTP/2 are not served (as under hyper,
+        // whose upgrade nobody took).
+        respond.send_reset(Reason::INTERNAL_ERROR);
+        State::Done
     } else {
-        Incoming::H2(RequestBody {
-            recv,
-            remaining: declared,
-            data_done: false,
-        })
-    };
-    let req = Request::from_parts(parts, body);
-    let refused = over_header_limit(&req, limits);
-    let proxy = proxy.clone();
-    async move {
-        if refused_connect {
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return;
-        }
-        let resp = {
-            let handled = async move {
-                match refused {
-                    Some(resp) => resp,
-                    // Boxed per request: the request path's future is several KB, and the
-                    // stream's own state should stay small while its body streams. Written
-                    // into a box allocated first, as in `downstream::h1`, so it is built in
-                    // place rather than copied whole from the stack.
-                    None => MaybeTimeout::new(
-                        Box::into_pin(Box::write(Box::new_uninit(), proxy.handle(req, info))),
-                        request_timeout,
-                    )
-                    .await
-                    .unwrap_or_else(|_| request_timed_out()),
-                }
-            };
-            let mut handled = pin!(handled);
-            // A reset from the client drops the handler, and with it the upstream exchange.
-            poll_fn(|cx| {
-                if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
-                    return Poll::Ready(Some(resp));
-                }
-                respond.poll_reset(cx).map(|_| None)
+        let body = if connect || recv.is_end_stream() {
+            Incoming::Empty
+        } else {
+            Incoming::H2(RequestBody {
+                recv,
+                remaining: declared,
+                data_done: false,
             })
-            .await
         };
-        let Some(resp) = resp else { return };
-        let (mut head, body) = resp.into_parts();
-        strip_connection_headers(&mut head.headers);
-        if !head.headers.contains_key(header::DATE) {
-            head.headers.insert(header::DATE, super::date::now());
+        let req = Request::from_parts(parts, body);
+        match over_header_limit(&req, limits) {
+            Some(refused) => State::Answer(Some(refused)),
+            // Boxed per request: the request path's future is several KB, and the stream's
+            // own state stays small while its body streams. Written into a box allocated
+            // first, as in `downstream::h1`, so it is built in place rather than copied whole
+            // from the stack.
+            None => State::Handling {
+                handled: Box::into_pin(Box::write(
+                    Box::new_uninit(),
+                    proxy.clone().handle(req, info),
+                )),
+                deadline: request_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            },
         }
-        if connect && head.status.is_success() {
-            head.headers.remove(header::CONTENT_LENGTH);
-            if respond
-                .send_response(Response::from_parts(head, ()), false)
-                .is_ok()
-            {
-                respond.send_reset(Reason::CANCEL);
-            }
-            return;
+    };
+    Stream {
+        respond,
+        connect,
+        state,
+    }
+}
+
+/// One stream's work after its head arrived: the handler's response, then its body, both
+/// given up if the client resets the stream.
+struct Stream<F, B> {
+    respond: SendResponse<Bytes>,
+    connect: bool,
+    state: State<F, B>,
+}
+
+enum State<F, B> {
+    Handling {
+        handled: Pin<Box<F>>,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+    /// A response the codec gives itself (431).
+    Answer(Option<Response<B>>),
+    Body {
+        body: B,
+        tx: SendStream<Bytes>,
+        /// A chunk read from the body and waiting for window.
+        held: Option<(Bytes, bool)>,
+    },
+    Done,
+}
+
+impl<F, B> Future for Stream<F, B>
+where
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + From<Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let resp = match &mut this.state {
+                State::Handling { handled, deadline } => {
+                    if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+                        resp
+                    } else if let Some(d) = deadline
+                        && d.as_mut().poll(cx).is_ready()
+                    {
+                        request_timed_out()
+                    } else if this.respond.poll_reset(cx).is_ready() {
+                        // A reset from the client drops the handler, and with it the upstream
+                        // exchange.
+                        this.state = State::Done;
+                        return Poll::Ready(());
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+                State::Answer(resp) => match resp.take() {
+                    Some(resp) => resp,
+                    None => return Poll::Ready(()),
+                },
+                State::Body { body, tx, held } => return poll_body(body, tx, held, cx),
+                State::Done => return Poll::Ready(()),
+            };
+            // The handler's box goes before the response is sent.
+            this.state = State::Done;
+            this.state = start_response(&mut this.respond, this.connect, resp);
         }
-        let end = body.is_end_stream();
-        if !end
-            && let Some(len) = body.size_hint().exact()
-            && !head.headers.contains_key(header::CONTENT_LENGTH)
+    }
+}
+
+/// Sends a response's head; the state that sends its body, if it has one.
+fn start_response<F, B: Body<Data = Bytes>>(
+    respond: &mut SendResponse<Bytes>,
+    connect: bool,
+    resp: Response<B>,
+) -> State<F, B> {
+    let (mut head, body) = resp.into_parts();
+    strip_connection_headers(&mut head.headers);
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, super::date::now());
+    }
+    if connect && head.status.is_success() {
+        head.headers.remove(header::CONTENT_LENGTH);
+        if respond
+            .send_response(Response::from_parts(head, ()), false)
+            .is_ok()
         {
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            respond.send_reset(Reason::CANCEL);
         }
-        match respond.send_response(Response::from_parts(head, ()), end) {
-            Ok(tx) if !end => send_body(body, tx).await,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "downstream HTTP/2 response could not be sent");
-                respond.send_reset(Reason::INTERNAL_ERROR);
-            }
+        return State::Done;
+    }
+    let end = body.is_end_stream();
+    if !end
+        && let Some(len) = body.size_hint().exact()
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(tx) if !end => State::Body {
+            body,
+            tx,
+            held: None,
+        },
+        Ok(_) => State::Done,
+        Err(e) => {
+            tracing::debug!(error = %e, "downstream HTTP/2 response could not be sent");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            State::Done
         }
     }
 }
 
 /// Streams a response body within the client's flow-control window, then its trailers.
-async fn send_body<B: Body<Data = Bytes> + Unpin>(mut body: B, mut tx: SendStream<Bytes>)
+fn poll_body<B: Body<Data = Bytes> + Unpin>(
+    body: &mut B,
+    tx: &mut SendStream<Bytes>,
+    held: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<()>
 where
     B::Error: std::error::Error + 'static,
 {
-    // A chunk read from the body and waiting for window.
-    let mut held: Option<(Bytes, bool)> = None;
-    poll_fn(|cx| {
-        loop {
-            if tx.poll_reset(cx).is_ready() {
+    loop {
+        if tx.poll_reset(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if held.is_some() {
+            while tx.capacity() == 0 {
+                match tx.poll_capacity(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                }
+            }
+            let Some((data, eos)) = held.take() else {
+                continue;
+            };
+            if tx.send_data(data, eos).is_err() || eos {
                 return Poll::Ready(());
             }
-            if held.is_some() {
-                while tx.capacity() == 0 {
-                    match tx.poll_capacity(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Some(Ok(_))) => {}
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                    }
-                }
-                let Some((data, eos)) = held.take() else {
-                    continue;
-                };
-                if tx.send_data(data, eos).is_err() || eos {
-                    return Poll::Ready(());
-                }
-                continue;
+            continue;
+        }
+        // The next frame before any window is asked for: window reserved for a body that has
+        // nothing to send yet would be held from the connection's other streams.
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                let _ = tx.send_data(Bytes::new(), true);
+                return Poll::Ready(());
             }
-            // The next frame before any window is asked for: window reserved for a body that
-            // has nothing to send yet would be held from the connection's other streams.
-            match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    let _ = tx.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "downstream HTTP/2 response body failed");
-                    tx.send_reset(reset_reason(&e));
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let eos = body.is_end_stream();
-                        if data.is_empty() {
-                            if tx.send_data(data, eos).is_err() || eos {
-                                return Poll::Ready(());
-                            }
-                            continue;
-                        }
-                        // One byte is enough to wait on: `send_data` queues the whole chunk
-                        // and asks for the rest itself.
-                        tx.reserve_capacity(1);
-                        held = Some((data, eos));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            tx.reserve_capacity(0);
-                            let _ = tx.send_trailers(trailers);
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "downstream HTTP/2 response body failed");
+                tx.send_reset(reset_reason(&e));
+                return Poll::Ready(());
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    if data.is_empty() {
+                        if tx.send_data(data, eos).is_err() || eos {
                             return Poll::Ready(());
                         }
+                        continue;
                     }
-                },
-            }
+                    // One byte is enough to wait on: `send_data` queues the whole chunk and
+                    // asks for the rest itself.
+                    tx.reserve_capacity(1);
+                    *held = Some((data, eos));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        tx.reserve_capacity(0);
+                        let _ = tx.send_trailers(trailers);
+                        return Poll::Ready(());
+                    }
+                }
+            },
         }
-    })
-    .await;
+    }
 }
 
 /// The reason to reset a stream whose response body failed: an HTTP/2 error's own if one
