@@ -30,7 +30,7 @@ REQ_TIMEOUT=${REQ_TIMEOUT:-2s}     # per-request timeout for wrk
 PROXY_CPU=${PROXY_CPU:-0}          # core the proxy under test is pinned to
 LOAD_CPU=${LOAD_CPU:-1}            # core for wrk/oha/h2load AND the two backends
 BASE_PORT=${BASE_PORT:-28080}
-PEERS=${PEERS:-"direct nginx haproxy caddy ours"}
+PEERS=${PEERS:-"direct floor nginx haproxy caddy ours"}
 FIXED_RATE=${FIXED_RATE:-1000}     # req/s for the open-loop latency phase (oha); 0 = skip
 FIXED_CONNS=${FIXED_CONNS:-16}
 HEADER_SECS=${HEADER_SECS:-2}      # seconds of X-User-Group: beta traffic (routing check)
@@ -49,7 +49,8 @@ V2_PORT=$((BASE_PORT + 2))
 V1=127.0.0.1:$V1_PORT
 V2=127.0.0.1:$V2_PORT
 declare -A PORT=( [direct]=$V1_PORT [nginx]=$((BASE_PORT + 10)) [haproxy]=$((BASE_PORT + 11))
-                  [caddy]=$((BASE_PORT + 12)) [pingora]=$((BASE_PORT + 13)) [ours]=$((BASE_PORT + 20)) )
+                  [caddy]=$((BASE_PORT + 12)) [pingora]=$((BASE_PORT + 13)) [floor]=$((BASE_PORT + 14))
+                  [ours]=$((BASE_PORT + 20)) )
 NGINX_H2_PORT=$((BASE_PORT + 30))
 
 mkdir -p "$RUN_DIR/tmp"
@@ -104,6 +105,7 @@ port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 render() { # template out
   sed -e "s#@RUN@#$RUN_DIR#g" -e "s#@V1@#$V1#g" -e "s#@V2@#$V2#g" \
       -e "s#@V1PORT@#$V1_PORT#g" -e "s#@V2PORT@#$V2_PORT#g" -e "s#@HOST@#$HOST_HEADER#g" \
+      -e "s#@V1H2@#127.0.0.1:$((V1_PORT + 30))#g" \
       -e "s#@PORT@#${RPORT:-0}#g" -e "s#@H2PORT@#$NGINX_H2_PORT#g" -e "s#@BH2PORT@#$(( ${RPORT:-0} + 30 ))#g" -e "s#@NAME@#${RNAME:-x}#g" "$1" > "$2"
 }
 
@@ -174,15 +176,27 @@ print(f(p.get("p50")), f(p.get("p90")), f(p.get("p99")), "%.0f"%s.get("requestsP
 PY
 }
 
-h2_run() { # url -> "rps mean_ms errors"
-  local url=$1 out rps mean err
-  out=$(timeout $((DURATION + 20)) taskset -c "$LOAD_CPU" h2load -t 1 -c "$H2_CONNS" -m "$H2_STREAMS" \
-         -D "$DURATION" --warm-up-time=1 -H ":authority: $HOST_HEADER" "$url" 2>&1 || true)
+h2_once() { # url secs -> h2load output
+  timeout $(($2 + 20)) taskset -c "$LOAD_CPU" h2load -t 1 -c "$H2_CONNS" -m "$H2_STREAMS" \
+    -D "$2" -H ":authority: $HOST_HEADER" "$1" 2>&1 || true
+}
+h2_run() { # url pid -> "rps mean_ms errors cpu_us_per_req"
+  # The warm-up is a run of its own (not h2load's --warm-up-time) so that the proxy's CPU time
+  # and the requests counted cover the same window.
+  local url=$1 pid=$2 out rps mean err done t0=0 t1=0 cpu="-"
+  h2_once "$url" 1 >> "$LOG"
+  [[ -n "$pid" ]] && t0=$(cpu_ticks "$pid")
+  out=$(h2_once "$url" "$DURATION")
+  [[ -n "$pid" ]] && t1=$(cpu_ticks "$pid")
   echo "$out" >> "$LOG"
   rps=$(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
   mean=$(awk '/time for request:/{print $6}' <<<"$out")
   err=$(sed -n 's/.* \([0-9]*\) failed, \([0-9]*\) errored.*/\1+\2/p' <<<"$out")
-  echo "${rps:--} ${mean:--} ${err:--}"
+  done=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+  if [[ -n "$pid" && -n "$done" && "$done" != 0 ]]; then
+    cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$done" 'BEGIN{printf "%.1f", 1e6*t/hz/n}')
+  fi
+  echo "${rps:--} ${mean:--} ${err:--} $cpu"
 }
 
 # ------------------------------------------------------------- backends
@@ -210,6 +224,10 @@ start_peer() { # name -> sets LAST_PID, empty if the peer is unavailable
       command -v haproxy >/dev/null || return 0
       RPORT=$port render "$HERE/conf/haproxy.cfg.tmpl" "$RUN_DIR/haproxy.cfg"
       start_bg haproxy "$PROXY_CPU" haproxy -db -f "$RUN_DIR/haproxy.cfg" ;;
+    floor)
+      command -v haproxy >/dev/null || return 0
+      RPORT=$port render "$HERE/conf/haproxy-tcp.cfg.tmpl" "$RUN_DIR/haproxy-tcp.cfg"
+      start_bg floor "$PROXY_CPU" haproxy -db -f "$RUN_DIR/haproxy-tcp.cfg" ;;
     caddy)
       command -v caddy >/dev/null || return 0
       RPORT=$port render "$HERE/conf/Caddyfile.tmpl" "$RUN_DIR/Caddyfile"
@@ -235,6 +253,8 @@ ms() { awk -v u="$1" 'BEGIN{if(u=="") print "-"; else printf "%.2f", u/1000}'; }
 ROWS=()
 ROWS2=()
 H2ROWS=()
+# CPU µs per request of the TCP floor, filled in at the report: peers may run before it
+FLOOR_TOKEN="@ABOVE_FLOOR@"
 BASE_RPS=""
 BASE_FIX_P50=""; BASE_FIX_P90=""; BASE_FIX_P99=""
 for peer in $PEERS; do
@@ -283,7 +303,7 @@ for peer in $PEERS; do
 
   # --- header rule: every X-User-Group: beta request must reach v2
   hdr="-"
-  if [[ $peer != direct ]]; then
+  if [[ $peer != direct && $peer != floor ]]; then
     c1=$(backend_count $V1_PORT); c2=$(backend_count $V2_PORT)
     wrk_run "$url" "$HEADER_SECS" 8 -H "X-User-Group: beta" >/dev/null
     h1=$(( $(backend_count $V1_PORT) - c1 - 1 )); h2=$(( $(backend_count $V2_PORT) - c2 - 1 ))
@@ -309,31 +329,44 @@ for peer in $PEERS; do
       nginx) h2port=$NGINX_H2_PORT ;;
       direct) h2port=$((V1_PORT + 30)) ;;
       haproxy|caddy|pingora) h2port=$port ;;
+      floor) h2port=$((port + 30)) ;;
       ours) (( OURS_H2_PORT_SAME )) && h2port=$port ;;
     esac
     if [[ -n "$h2port" ]]; then
       log "$peer: h2load -c $H2_CONNS -m $H2_STREAMS -D $DURATION"
-      read -r h2rps h2mean h2err < <(h2_run "http://127.0.0.1:$h2port/")
-      H2ROWS+=("| $peer | $h2rps | $h2mean | $h2err |")
+      read -r h2rps h2mean h2err h2cpu < <(h2_run "http://127.0.0.1:$h2port/" "$pid")
+      [[ $peer == floor ]] && FLOOR_H2_CPU=$h2cpu
+      H2ROWS+=("| $peer | $h2rps | $h2mean | $h2err | $h2cpu | ${FLOOR_TOKEN}2:$h2cpu |")
     fi
   fi
 
   rss="-"; [[ -n "$pid" ]] && rss=$(awk -v k="$(hwm_kb "$pid")" 'BEGIN{printf "%.1f", k/1024}')
-  ROWS+=("| $peer | $(printf '%.0f' "$rps") | $ratio | $(ms "$p50") | $(ms "$p90") | $(ms "$p99") | $(ms "$p999") | ${errs:-0} | $cpu_req | $vcpu_k | $cpu_pct | $loadbusy | $noise | $rss |")
+  [[ $peer == floor ]] && FLOOR_CPU=$cpu_req
+  ROWS+=("| $peer | $(printf '%.0f' "$rps") | $ratio | $(ms "$p50") | $(ms "$p90") | $(ms "$p99") | $(ms "$p999") | ${errs:-0} | $cpu_req | ${FLOOR_TOKEN}1:$cpu_req | $vcpu_k | $cpu_pct | $loadbusy | $noise | $rss |")
   ROWS2+=("| $peer | $split | $hdr | $fx50 | $fx90 | $fx99 | $add90 | $add99 |")
   log "$peer: rps=$rps p50=${p50}us p99=${p99}us split=$split hdr=$hdr cpu/req=${cpu_req}us rss=${rss}MiB fixed=$fx50/$fx90/$fx99 ms"
   [[ -n "$pid" ]] && stop_pid "$pid"
 done
 
 # --------------------------------------------------------------- report
+above_floor() { # row -> row with the token replaced by "µs above the floor"
+  local row=$1 which val floor diff
+  [[ $row =~ ${FLOOR_TOKEN}([12]):([^ ]*) ]] || { echo "$row"; return; }
+  which=${BASH_REMATCH[1]}; val=${BASH_REMATCH[2]}
+  floor=${FLOOR_CPU:-}; [[ $which == 2 ]] && floor=${FLOOR_H2_CPU:-}
+  diff=$(awk -v a="$val" -v f="$floor" 'BEGIN{if(a ~ /^[0-9.]+$/ && f ~ /^[0-9.]+$/) printf "%+.1f", a-f; else print "-"}')
+  echo "${row/${FLOOR_TOKEN}${which}:${val}/$diff}"
+}
+for i in "${!ROWS[@]}"; do ROWS[$i]=$(above_floor "${ROWS[$i]}"); done
+for i in "${!H2ROWS[@]}"; do H2ROWS[$i]=$(above_floor "${H2ROWS[$i]}"); done
 {
   echo "### $(date -u +'%Y-%m-%d %H:%M UTC') — $(uname -r), $NCPU CPUs, proxy on CPU $PROXY_CPU, wrk+backends on CPU $LOAD_CPU, loadavg at start: $LOADAVG0"
   echo
   echo "wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --timeout $REQ_TIMEOUT (closed loop); split counted at the backends;"
   echo "header check = ${HEADER_SECS}s of X-User-Group: beta at 8 conns; fixed-rate = oha -q $FIXED_RATE -c $FIXED_CONNS -z ${DURATION}s (open loop, ms)."
   echo
-  echo "| proxy | req/s | vs direct | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | vCPU per 1k rps | proxy core busy % | load core busy % | foreign load on proxy core % | peak RSS MiB |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| proxy | req/s | vs direct | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | µs above the floor | vCPU per 1k rps | proxy core busy % | load core busy % | foreign load on proxy core % | peak RSS MiB |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "| proxy | split v1/v2 % (wrk run) | X-User-Group: beta → v2 | @${FIXED_RATE} rps p50 ms | p90 ms | p99 ms | added p90 vs direct | added p99 vs direct |"
@@ -343,8 +376,8 @@ done
     echo
     echo "HTTP/2 cleartext (h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION):"
     echo
-    echo "| proxy | req/s | mean latency | failed+errored |"
-    echo "|---|---:|---:|---:|"
+    echo "| proxy | req/s | mean latency | failed+errored | proxy CPU µs/req | µs above the floor |"
+    echo "|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${H2ROWS[@]}"
   fi
   echo

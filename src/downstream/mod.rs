@@ -1,11 +1,13 @@
 //! The client side: how requests arrive, below the proxy. Listeners, connection limits and
 //! the drain ([`server`], [`workers`]) hand each connection to a codec: HTTP/1.1 is our own
-//! ([`h1`]); HTTP/2 (h2c prior knowledge) is hyper's. A codec knows only a [`Handler`]:
+//! ([`h1`]); HTTP/2 (h2c prior knowledge) is ours on the `h2` crate ([`h2`]). A codec knows
+//! only a [`Handler`]:
 //! request in, response future out. The proxy is one; a test's stub is another. Requests
 //! carry one body type, [`Incoming`], from either codec.
 
 pub mod date;
 pub mod h1;
+pub mod h2;
 pub mod server;
 pub mod workers;
 
@@ -75,7 +77,8 @@ pub use h1::{OnUpgrade, Upgraded};
 pub enum Incoming {
     Empty,
     H1(h1::RequestBody),
-    /// hyper's body: HTTP/2 requests, and embedders serving the proxy with hyper.
+    H2(h2::RequestBody),
+    /// hyper's body: embedders serving the proxy with hyper.
     Hyper(hyper::body::Incoming),
 }
 
@@ -84,6 +87,8 @@ pub enum Incoming {
 pub enum BodyError {
     #[error(transparent)]
     H1(#[from] crate::wire::DecodeError),
+    #[error(transparent)]
+    H2(#[from] ::h2::Error),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     /// A retry took the body over: this attempt's copy stops.
@@ -107,6 +112,9 @@ impl Body for Incoming {
             Incoming::H1(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BodyError::from))),
+            Incoming::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
             Incoming::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BodyError::from))),
@@ -117,6 +125,7 @@ impl Body for Incoming {
         match self {
             Incoming::Empty => true,
             Incoming::H1(b) => b.is_end_stream(),
+            Incoming::H2(b) => b.is_end_stream(),
             Incoming::Hyper(b) => b.is_end_stream(),
         }
     }
@@ -125,6 +134,7 @@ impl Body for Incoming {
         match self {
             Incoming::Empty => SizeHint::with_exact(0),
             Incoming::H1(b) => b.size_hint(),
+            Incoming::H2(b) => b.size_hint(),
             Incoming::Hyper(b) => b.size_hint(),
         }
     }
@@ -135,6 +145,7 @@ impl std::fmt::Debug for Incoming {
         f.write_str(match self {
             Incoming::Empty => "Incoming::Empty",
             Incoming::H1(_) => "Incoming::H1",
+            Incoming::H2(_) => "Incoming::H2",
             Incoming::Hyper(_) => "Incoming::Hyper",
         })
     }

@@ -2,7 +2,6 @@
 //! header limits, downstream timeouts, the connection limit, and the drain sequence a sidecar
 //! needs on SIGTERM.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,14 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{ConnInfo, DrainState, Handler, Incoming, h1};
-use crate::deadline::MaybeTimeout;
+use super::{ConnInfo, DrainState, Handler, h1};
 use crate::wire::RecvBuf;
 
 /// Downstream limits, Envoy's defaults unless noted. None of them can cut a healthy gRPC
@@ -60,9 +56,9 @@ impl Default for Limits {
     }
 }
 
-/// Per-field overhead hyper's HTTP/2 decoder adds to a header list (RFC 7541 §4.1), so the
+/// Per-field overhead h2's decoder adds to a header list (RFC 7541 §4.1), so the
 /// HTTP/2 codec limit can sit above ours and our check decides on both protocols.
-const H2_FIELD_OVERHEAD: usize = 32;
+pub(crate) const H2_FIELD_OVERHEAD: usize = 32;
 /// Room for `: ` and CRLF per field plus the request line's fixed parts in the HTTP/1 read
 /// buffer, for the same reason.
 pub(crate) const H1_SLACK: usize = 4 * 1024;
@@ -344,7 +340,7 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
         + authority
 }
 
-/// 431 when the head is over a limit. hyper's own codec limits sit a little above ours (see
+/// 431 when the head is over a limit. The codecs' own limits sit a little above ours (see
 /// `serve_connection`), so this check is the one that decides on both protocols.
 pub(crate) fn over_header_limit<R, B: From<Bytes>>(
     req: &Request<R>,
@@ -577,7 +573,7 @@ async fn serve_protocol<S: SplitIo, H: Handler>(
                 active: active.clone(),
             },
         };
-        serve_h2(io, info, proxy, limits, shutdown).await;
+        super::h2::serve(io, info, proxy, limits, shutdown).await;
     } else {
         let (rd, wr) = stream.split_io();
         let rd: h1::ReadHalf = Box::new(IdleIo {
@@ -598,59 +594,6 @@ async fn serve_protocol<S: SplitIo, H: Handler>(
             shutdown,
         )
         .await;
-    }
-}
-
-async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static, H: Handler>(
-    io: S,
-    info: ConnInfo,
-    proxy: Arc<H>,
-    limits: &Limits,
-    shutdown: &h1::Shutdown,
-) {
-    let h2_list = limits.max_header_bytes + H2_FIELD_OVERHEAD * (limits.max_headers + 8);
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
-    let request_timeout = limits.request_timeout;
-    let svc_limits = limits.clone();
-    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let proxy = proxy.clone();
-        let req = req.map(Incoming::Hyper);
-        let refused = over_header_limit(&req, &svc_limits);
-        async move {
-            if let Some(resp) = refused {
-                return Ok::<_, Infallible>(resp);
-            }
-            let timeout = (!request_timeout.is_zero()).then_some(request_timeout);
-            // Boxed per request: hyper keeps a slot the size of this future for each
-            // stream, and the request path's future is several KB. Written into a box
-            // allocated first, as in `downstream::h1`, so it is built in place rather than
-            // copied whole from the stack.
-            let handled = Box::into_pin(Box::write(Box::new_uninit(), proxy.handle(req, info)));
-            Ok(MaybeTimeout::new(handled, timeout)
-                .await
-                .unwrap_or_else(|_| request_timed_out()))
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let mut asked = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(remote = %info.remote, error = %e, "downstream HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            () = shutdown.wait(), if !asked => {
-                conn.as_mut().graceful_shutdown();
-                asked = true;
-            }
-        }
     }
 }
 
