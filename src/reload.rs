@@ -42,7 +42,13 @@ pub struct ReloadContext {
     pub pools: Arc<PoolRegistry>,
     /// Metric series, shared by every table so counts survive reloads.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// Where resources come from when not from `path`: the Kubernetes source's stores. A
+    /// forced reload (SIGHUP, `POST /reload`) rereads them instead of the folder.
+    pub snapshot: Option<Snapshot>,
 }
+
+/// Reads the current resources of a source that is not a folder.
+pub type Snapshot = Arc<dyn Fn() -> Resources + Send + Sync>;
 
 impl ReloadContext {
     /// A context with the defaults `run` uses (REGISTRY_ONLY, no ISTIO_MUTUAL downgrade) and
@@ -55,6 +61,7 @@ impl ReloadContext {
             istio_mutual_as_plaintext: false,
             pools,
             metrics: Arc::default(),
+            snapshot: None,
         }
     }
 }
@@ -68,6 +75,8 @@ pub enum Trigger {
     Watch,
     /// The periodic content-hash poll (events were missed).
     Poll,
+    /// A change seen by the Kubernetes API watches, after the debounce.
+    Kubernetes,
     /// SIGHUP.
     Signal,
     /// An explicit request: `POST /reload`, or a caller of [`Reloader::reload`].
@@ -80,6 +89,7 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Watch => "watch",
             Trigger::Poll => "poll",
+            Trigger::Kubernetes => "kubernetes",
             Trigger::Signal => "sighup",
             Trigger::Forced => "forced",
         }
@@ -127,6 +137,11 @@ pub async fn build_table(
 /// Reads the config path into resources on the blocking pool (file I/O must not stall the
 /// request workers).
 pub async fn read_config(ctx: &ReloadContext) -> Result<Resources, Diagnostic> {
+    if let Some(snapshot) = ctx.snapshot.clone() {
+        return tokio::task::spawn_blocking(move || snapshot())
+            .await
+            .map_err(|e| internal(&ctx.path, format!("config read task failed: {e}")));
+    }
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || read_config_blocking(&c))
         .await
@@ -304,7 +319,16 @@ pub struct Reloader {
 impl Reloader {
     /// Builds the first table; `Err` when the config cannot be served at all.
     pub async fn start(ctx: ReloadContext) -> Result<(Reloader, Vec<Diagnostic>), Vec<Diagnostic>> {
-        let (table, warnings) = build_table(&ctx, 1).await?;
+        let res = read_config(&ctx).await.map_err(|e| vec![e])?;
+        Self::start_from(ctx, res).await
+    }
+
+    /// Builds the first table from resources already read.
+    pub async fn start_from(
+        ctx: ReloadContext,
+        res: Resources,
+    ) -> Result<(Reloader, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let (table, warnings) = build_table_from(&ctx, res, 1).await?;
         let reloader = Reloader {
             ctx,
             last: Mutex::new(Some(ReloadReport {

@@ -1,0 +1,277 @@
+//! `run --source kubernetes` end to end: the real proxy reads Istio resources, Services,
+//! EndpointSlices and Pods from an in-process fake API server (support/kube_api.rs, the real
+//! list/watch wire protocol) and routes real requests to real upstreams.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard::source::kubernetes::KubeOptions;
+
+use support::e2e_helpers::flag_tap;
+use support::kube_api::FakeApiServer;
+use support::{Client, TestProxy, Upstream};
+
+const HOST: &str = "web";
+
+fn service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
+            "selector": {"app": "web"}, "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]},
+        "status": {"loadBalancer": {}}})
+}
+
+fn pod(name: &str, version: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+            "labels": {"app": "web", "version": version, "pod-template-hash": "6d4cf56db6"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "web", "image": "web:1",
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}})
+}
+
+/// One slice per pod: every fake pod is an upstream on 127.0.0.1 with its own port, and a
+/// slice's ports apply to all its endpoints. `ready: None` scales the slice to no endpoints.
+fn slice(pod: &str, port: u16, ready: Option<bool>) -> Value {
+    let endpoints = match ready {
+        None => Value::Null,
+        Some(ready) => json!([{"addresses": ["127.0.0.1"],
+            "conditions": {"ready": ready, "serving": ready, "terminating": !ready},
+            "nodeName": "node-1", "zone": "zone-a",
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod,
+                "uid": "5b3c8a8e-0000-4000-8000-000000000001"}}]),
+    };
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("web-{pod}"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web",
+                "uid": "5b3c8a8e-0000-4000-8000-000000000000", "controller": true, "blockOwnerDeletion": true}]},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "protocol": "TCP", "port": port}]})
+}
+
+fn virtual_service(v1: u32, v2: u32) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"hosts": ["web"], "http": [{"route": [
+            {"destination": {"host": "web", "subset": "v1"}, "weight": v1},
+            {"destination": {"host": "web", "subset": "v2"}, "weight": v2}]}]}})
+}
+
+fn destination_rule() -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"host": "web", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}]}})
+}
+
+struct Mesh {
+    api: FakeApiServer,
+    proxy: TestProxy,
+    v2: [Upstream; 2],
+    _v1: Upstream,
+}
+
+/// The fake server pages lists by 2, so the three Pods and three EndpointSlices each take two
+/// pages (`continue`).
+async fn mesh() -> Mesh {
+    let api = FakeApiServer::start(2).await;
+    let v1 = Upstream::start("v1").await;
+    let v2 = [Upstream::start("v2").await, Upstream::start("v2").await];
+    api.apply(service());
+    api.apply(pod("web-v1-a", "v1"));
+    api.apply(slice("web-v1-a", v1.addr.port(), Some(true)));
+    for (name, up) in ["web-v2-a", "web-v2-b"].iter().zip(&v2) {
+        api.apply(pod(name, "v2"));
+        api.apply(slice(name, up.addr.port(), Some(true)));
+    }
+    api.apply(destination_rule());
+    api.apply(virtual_service(100, 0));
+    let proxy = TestProxy::start_kubernetes(KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        debounce: Duration::from_millis(20),
+        sync_timeout: Duration::from_secs(10),
+        ..KubeOptions::default()
+    })
+    .await;
+    Mesh {
+        api,
+        proxy,
+        v2,
+        _v1: v1,
+    }
+}
+
+/// Sends requests until one answers `body`; how long that took.
+async fn until_body(client: &mut Client, body: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = client.get(HOST, "/").await;
+        if r.text() == body {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "no {body:?} within {within:?}; last answer {} {:?}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_routes_traffic_through_paged_lists() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    for _ in 0..20 {
+        let r = c.get(HOST, "/").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "v1"));
+    }
+    let (lists, watches, _) = m.api.counts();
+    // Seven reflectors, two of which needed a second page.
+    assert!(lists >= 9, "lists {lists}");
+    assert!(watches >= 7, "watches {watches}");
+    let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
+        .await
+        .json();
+    assert_eq!(dump["last_reload"]["result"], "accepted", "{dump}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_reaches_traffic_within_a_second() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    let mut took = Vec::new();
+    for i in 0..50 {
+        let (weights, want) = if i % 2 == 0 {
+            ((0, 100), "v2")
+        } else {
+            ((100, 0), "v1")
+        };
+        m.api.apply(virtual_service(weights.0, weights.1));
+        took.push(until_body(&mut c, want, Duration::from_secs(5)).await);
+    }
+    took.sort();
+    let p50 = took[took.len() / 2];
+    let p99 = took[(took.len() * 99 / 100).min(took.len() - 1)];
+    println!(
+        "weight change → traffic over {} changes: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took.len(),
+        took[took.len() - 1]
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_endpoints_scaled_to_zero_answer_503_uh_and_come_back() {
+    let m = mesh().await;
+    let tap = flag_tap(&m.proxy).await;
+    let mut c = Client::h1(tap).await;
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+
+    // One pod terminating (not ready), the other's slice emptied.
+    m.api
+        .apply(slice("web-v2-a", m.v2[0].addr.port(), Some(false)));
+    m.api.apply(slice("web-v2-b", m.v2[1].addr.port(), None));
+    until_body(&mut c, "no healthy upstream", Duration::from_secs(5)).await;
+    let r = c.get(HOST, "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-test-response-flag"), Some("UH"));
+
+    m.api
+        .apply(slice("web-v2-a", m.v2[0].addr.port(), Some(true)));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+    let before = m.v2[1].requests();
+    m.api
+        .apply(slice("web-v2-b", m.v2[1].addr.port(), Some(true)));
+    // Both v2 pods serve again.
+    let start = Instant::now();
+    while m.v2[1].requests() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "web-v2-b never came back"
+        );
+        assert_eq!(c.get(HOST, "/").await.text(), "v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cut_mid_stream_loses_no_update() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    let (_, watches, _) = m.api.counts();
+    m.api.cut_watches();
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(10)).await;
+    let (_, after, _) = m.api.counts();
+    assert!(
+        after > watches,
+        "no rewatch after the cut ({watches} → {after})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_gone_relists_and_loses_no_update() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    let (lists, _, _) = m.api.counts();
+    // The change lands while every watch is down and history is compacted past it: only a
+    // relist can bring it.
+    m.api.cut_and_compact_after(vec![virtual_service(0, 100)]);
+    until_body(&mut c, "v2", Duration::from_secs(10)).await;
+    let (relists, _, gone) = m.api.counts();
+    assert!(gone >= 1, "no 410 was answered");
+    assert!(relists > lists, "no relist after the 410");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_virtual_service_is_refused_while_the_rest_keeps_updating() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    // A misspelt field: Istio's schema would reject it, and ignoring it would route wrongly.
+    let mut bad = virtual_service(0, 100);
+    bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
+    m.api.apply(bad);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        assert_eq!(
+            c.get(HOST, "/").await.text(),
+            "v1",
+            "the refused edit took effect"
+        );
+    }
+    let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
+        .await
+        .json();
+    let diags = dump["last_reload"]["diagnostics"].to_string();
+    let refused = m.proxy.reloader.reloads_refused();
+    assert_eq!(refused, 0, "the whole config was refused: {diags}");
+
+    // The rest keeps updating: the v2 pods leave, and v1 keeps serving through the old routes.
+    let before = m.proxy.reloader.version();
+    m.api.apply(slice("web-v2-b", m.v2[1].addr.port(), None));
+    let start = Instant::now();
+    while m.proxy.reloader.version() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no reload after the slice change"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Fixing the object applies it.
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+}
