@@ -314,6 +314,35 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
     /// Bumped per swap; see [`Reloader::prune_later`].
     prune_generation: Arc<AtomicU64>,
+    /// Where each resource of the serving table came from, for `/config_dump`.
+    serving: Mutex<Vec<Served>>,
+}
+
+/// One resource of the serving table and where it was read: `file:line`, or for the
+/// Kubernetes source `Kind/namespace/name@resourceVersion`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Served {
+    pub resource: String,
+    pub from: String,
+}
+
+fn served(res: &Resources) -> Vec<Served> {
+    fn each<S>(list: &[config::Resource<S>], out: &mut Vec<Served>) {
+        out.extend(list.iter().map(|r| Served {
+            resource: r.id(),
+            from: if r.source.line == 0 {
+                r.source.file.display().to_string()
+            } else {
+                format!("{}:{}", r.source.file.display(), r.source.line)
+            },
+        }));
+    }
+    let mut out = Vec::new();
+    each(&res.virtual_services, &mut out);
+    each(&res.destination_rules, &mut out);
+    each(&res.service_entries, &mut out);
+    each(&res.workload_entries, &mut out);
+    out
 }
 
 impl Reloader {
@@ -328,8 +357,10 @@ impl Reloader {
         ctx: ReloadContext,
         res: Resources,
     ) -> Result<(Reloader, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let serving = Mutex::new(served(&res));
         let (table, warnings) = build_table_from(&ctx, res, 1).await?;
         let reloader = Reloader {
+            serving,
             ctx,
             last: Mutex::new(Some(ReloadReport {
                 at: SystemTime::now(),
@@ -348,6 +379,14 @@ impl Reloader {
         };
         reloader.ctx.metrics.proxy.config_version.set(1);
         Ok((reloader, warnings))
+    }
+
+    /// Where each resource of the serving table came from.
+    pub fn serving(&self) -> Vec<Served> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn version(&self) -> u64 {
@@ -437,6 +476,7 @@ impl Reloader {
             self.refuse(source_hash, trigger, diags.clone());
             return Err(diags);
         }
+        let sources = served(&res);
         match build_table_from(&self.ctx, res, next_version).await {
             Err(diags) => {
                 self.refuse(source_hash, trigger, diags.clone());
@@ -473,6 +513,7 @@ impl Reloader {
                         .sum::<usize>(),
                 );
                 let old = self.table.swap(Arc::new(table));
+                *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = sources;
                 self.version.store(next_version, Ordering::Release);
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 self.ctx.metrics.proxy.config_reloads_success.inc();

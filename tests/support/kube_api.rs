@@ -119,6 +119,8 @@ struct Shared {
     lists: AtomicU64,
     watches: AtomicU64,
     gone: AtomicU64,
+    /// `group/plural` of every collection asked for (`""` is the core group).
+    requested: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl FakeApiServer {
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             gone: AtomicU64::new(0),
+            requested: Mutex::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone()));
@@ -240,6 +243,15 @@ impl FakeApiServer {
             self.shared.watches.load(Ordering::SeqCst),
             self.shared.gone.load(Ordering::SeqCst),
         )
+    }
+
+    /// `group/plural` of every collection a client listed or watched.
+    pub fn requested(&self) -> std::collections::BTreeSet<String> {
+        self.shared
+            .requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops answering: the listener closes and every connection drops.
@@ -390,6 +402,12 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
             ),
         );
     };
+    let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    shared
+        .requested
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(format!("{group}/{}", kind.plural));
     let q = query(&req);
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     if is_watch {

@@ -92,12 +92,7 @@ impl Stores {
                 },
                 namespace: ns.clone(),
                 spec,
-                source: Source {
-                    file: Arc::from(Path::new(&id)),
-                    doc: 0,
-                    line: 1,
-                    text: Arc::from(""),
-                },
+                source: api_source(&id),
                 order,
             });
         }
@@ -116,6 +111,17 @@ fn object_id(kind: &str, meta: &kube::api::ObjectMeta) -> String {
     )
 }
 
+/// An object from the API server has no file line: diagnostics name it by
+/// `Kind/namespace/name@resourceVersion` and a field path.
+fn api_source(id: &str) -> Source {
+    Source {
+        file: Arc::from(Path::new(id)),
+        doc: 0,
+        line: 0,
+        text: Arc::from(""),
+    }
+}
+
 fn istio_object(
     ar: &ApiResource,
     obj: &DynamicObject,
@@ -131,21 +137,14 @@ fn istio_object(
         map.entry("apiVersion")
             .or_insert_with(|| ar.api_version.clone().into());
         map.entry("kind").or_insert_with(|| ar.kind.clone().into());
-        // Server bookkeeping, kilobytes of it: not configuration, and it would only push the
-        // spec's lines further down the text diagnostics point into.
+        // Server bookkeeping, kilobytes of it, and not configuration.
         if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.remove("managedFields");
         }
     }
-    let (Ok(value), Ok(text)) = (yaml_serde::to_value(&json), yaml_serde::to_string(&json)) else {
+    let Ok(value) = yaml_serde::to_value(&json) else {
         return;
     };
     res.files.push(id.clone().into());
-    let source = Source {
-        file: Arc::from(Path::new(&id)),
-        doc: 0,
-        line: 1,
-        text: Arc::from(text),
-    };
-    load_object(value, source, opts, res);
+    load_object(value, api_source(&id), opts, res);
 }
