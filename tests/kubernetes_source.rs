@@ -13,7 +13,7 @@ use switchyard::source::kubernetes::KubeOptions;
 
 use support::e2e_helpers::flag_tap;
 use support::kube_api::FakeApiServer;
-use support::{Client, TestProxy, Upstream};
+use support::{Client, ProxyProcess, TestProxy, Upstream};
 
 const HOST: &str = "web";
 
@@ -302,6 +302,47 @@ async fn an_invalid_virtual_service_is_refused_while_the_rest_keeps_updating() {
     // Fixing the object applies it.
     m.api.apply(virtual_service(0, 100));
     until_body(&mut c, "v2", Duration::from_secs(5)).await;
+}
+
+/// `switchyard run --source kubernetes --kubeconfig PATH`, the binary: it serves what the API
+/// server holds, follows a change, and logs a refused object by kind, namespace, name,
+/// resourceVersion and field path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_from_the_api_server_and_names_a_refused_object() {
+    let m = mesh().await;
+    let kubeconfig = m.api.kubeconfig();
+    let p = ProxyProcess::spawn(
+        env!("CARGO_BIN_EXE_switchyard"),
+        &[
+            "run",
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let mut c = Client::h1(p.proxy.expect("proxy address in the log")).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+
+    let mut bad = virtual_service(100, 0);
+    bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
+    let rv = m.api.apply(bad);
+    let line = format!(
+        "VirtualService/default/web@{rv}: Error IST0106 VirtualService/default/web: spec.http[0].rout: unknown field \"rout\""
+    );
+    assert!(
+        p.wait_for_stderr(&line, Duration::from_secs(5)).await,
+        "no {line:?} in the log:\n{}",
+        p.stderr_text()
+    );
+    assert_eq!(c.get(HOST, "/").await.text(), "v2");
 }
 
 /// The example RBAC (deploy/kubernetes/api-source/rbac.yaml) grants get/list/watch on
