@@ -160,6 +160,11 @@ async fn initial_sync_routes_traffic_through_paged_lists() {
     // Seven reflectors, two of which needed a second page.
     assert!(lists >= 9, "lists {lists}");
     assert!(watches >= 7, "watches {watches}");
+    // Only the Pods' labels are needed: their metadata, not whole Pods.
+    assert_eq!(
+        m.api.metadata_only().into_iter().collect::<Vec<_>>(),
+        ["/pods"]
+    );
     let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
         .await
         .json();

@@ -121,6 +121,8 @@ struct Shared {
     gone: AtomicU64,
     /// `group/plural` of every collection asked for (`""` is the core group).
     requested: Mutex<std::collections::BTreeSet<String>>,
+    /// Those asked for as PartialObjectMetadata (metadata only).
+    metadata_only: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -154,6 +156,7 @@ impl FakeApiServer {
             watches: AtomicU64::new(0),
             gone: AtomicU64::new(0),
             requested: Mutex::default(),
+            metadata_only: Mutex::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone()));
@@ -249,6 +252,15 @@ impl FakeApiServer {
     pub fn requested(&self) -> std::collections::BTreeSet<String> {
         self.shared
             .requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `group/plural` of the collections a client asked for as metadata only.
+    pub fn metadata_only(&self) -> std::collections::BTreeSet<String> {
+        self.shared
+            .metadata_only
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -403,16 +415,34 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
         );
     };
     let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let collection = format!("{group}/{}", kind.plural);
+    // `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`.
+    let metadata_only = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+    if metadata_only {
+        shared
+            .metadata_only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.clone());
+    }
     shared
         .requested
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(format!("{group}/{}", kind.plural));
+        .insert(collection);
+    let shape = Shape {
+        kind,
+        metadata_only,
+    };
     let q = query(&req);
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     if is_watch {
         shared.watches.fetch_add(1, Ordering::SeqCst);
-        return watch_response(kind, ns, &q, shared);
+        return watch_response(shape, ns, &q, shared);
     }
     shared.lists.fetch_add(1, Ordering::SeqCst);
     let st = shared.lock();
@@ -447,7 +477,7 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
         .into_iter()
         .flat_map(|c| c.iter())
         .filter(|((n, _), _)| ns.as_ref().is_none_or(|want| want == n))
-        .map(|(_, o)| list_item(kind, o))
+        .map(|(_, o)| shape.list_item(o))
         .collect();
     let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
@@ -457,26 +487,65 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
     }
     json_response(
         StatusCode::OK,
-        json!({"kind": format!("{}List", kind.name), "apiVersion": kind.api_version,
+        json!({"kind": format!("{}List", shape.kind_name()), "apiVersion": shape.api_version(),
                "metadata": metadata, "items": page}),
     )
 }
 
-/// Built-in kinds' list items carry no apiVersion/kind (the list does); custom resources'
-/// items do, as the apiserver serves them.
-fn list_item(kind: &Kind, o: &Value) -> Value {
-    let mut o = o.clone();
-    if kind.built_in
-        && let Some(m) = o.as_object_mut()
-    {
-        m.remove("apiVersion");
-        m.remove("kind");
+/// How objects of one collection are written for one request.
+#[derive(Clone, Copy)]
+struct Shape {
+    kind: &'static Kind,
+    /// Only `metadata`, as kind PartialObjectMetadata (meta.k8s.io/v1).
+    metadata_only: bool,
+}
+
+impl Shape {
+    fn kind_name(&self) -> &'static str {
+        if self.metadata_only {
+            "PartialObjectMetadata"
+        } else {
+            self.kind.name
+        }
     }
-    o
+
+    fn api_version(&self) -> &'static str {
+        if self.metadata_only {
+            "meta.k8s.io/v1"
+        } else {
+            self.kind.api_version
+        }
+    }
+
+    /// An object as a watch event carries it: with its apiVersion and kind.
+    fn object(&self, o: &Value) -> Value {
+        let mut o = if self.metadata_only {
+            json!({"metadata": o["metadata"].clone()})
+        } else {
+            o.clone()
+        };
+        o["apiVersion"] = json!(self.api_version());
+        o["kind"] = json!(self.kind_name());
+        o
+    }
+
+    /// Built-in kinds' list items carry no apiVersion/kind (the list does); custom
+    /// resources' and partial metadata items do.
+    fn list_item(&self, o: &Value) -> Value {
+        let mut o = self.object(o);
+        if self.kind.built_in
+            && !self.metadata_only
+            && let Some(m) = o.as_object_mut()
+        {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        o
+    }
 }
 
 fn watch_response(
-    kind: &'static Kind,
+    shape: Shape,
     ns: Option<String>,
     q: &BTreeMap<String, String>,
     shared: Arc<Shared>,
@@ -515,7 +584,7 @@ fn watch_response(
                         .iter()
                         .filter(|e| {
                             e.rv > last
-                                && e.plural == kind.plural
+                                && e.plural == shape.kind.plural
                                 && ns.as_ref().is_none_or(|n| *n == e.namespace)
                         })
                         .cloned()
@@ -532,10 +601,7 @@ fn watch_response(
                 return;
             };
             for e in events {
-                let mut object = e.object.clone();
-                object["apiVersion"] = json!(kind.api_version);
-                object["kind"] = json!(kind.name);
-                let line = json!({"type": e.kind, "object": object});
+                let line = json!({"type": e.kind, "object": shape.object(&e.object)});
                 if !tx.send_data(format!("{line}\n")).await {
                     return;
                 }
@@ -547,7 +613,7 @@ fn watch_response(
                     if now_rv > last {
                         last = now_rv;
                     }
-                    let line = json!({"type": "BOOKMARK", "object": {"kind": kind.name, "apiVersion": kind.api_version,
+                    let line = json!({"type": "BOOKMARK", "object": {"kind": shape.kind_name(), "apiVersion": shape.api_version(),
                         "metadata": {"resourceVersion": last.to_string()}}});
                     if !tx.send_data(format!("{line}\n")).await {
                         return;

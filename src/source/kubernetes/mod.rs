@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use tokio::sync::{Notify, watch};
 
@@ -168,7 +169,11 @@ impl KubeSource {
                 watch_builtin::<EndpointSlice>(&client, *ns, watch("EndpointSlice"), &signals);
             stores.slices.push(store);
             tasks.push(task);
-            let (store, task) = watch_builtin::<Pod>(&client, *ns, watch("Pod"), &signals);
+            // Metadata only (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata): a
+            // Pod's labels are all the source needs, and whole Pods of a cluster-wide watch
+            // would cost the most memory.
+            let (store, task) =
+                watch_builtin::<PartialObjectMeta<Pod>>(&client, *ns, watch("Pod"), &signals);
             stores.pods.push(store);
             tasks.push(task);
         }
@@ -271,9 +276,15 @@ where
         + Sync
         + 'static,
 {
-    let api = match ns {
+    reflect::spawn(api(client, ns), (), what, signals.clone())
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    };
-    reflect::spawn(api, (), what, signals.clone())
+    }
 }

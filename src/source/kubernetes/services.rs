@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort as KubePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort as KubePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::istio::WorkloadEntrySpec;
@@ -20,9 +21,8 @@ const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Pod labels by (namespace, name), for the endpoints' `targetRef`s.
 pub type PodLabels = HashMap<(String, String), Labels>;
 
-pub fn pod_labels<'p>(pods: impl Iterator<Item = &'p Pod>) -> PodLabels {
-    pods.filter_map(|p| {
-        let m = &p.metadata;
+pub fn pod_labels<'p>(pods: impl Iterator<Item = &'p ObjectMeta>) -> PodLabels {
+    pods.filter_map(|m| {
         Some((
             (m.namespace.clone()?, m.name.clone()?),
             m.labels.clone().unwrap_or_default(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use sha2::{Digest, Sha256};
 
@@ -21,7 +22,8 @@ pub struct Stores {
     pub istio: Vec<(ApiResource, Store<DynamicObject>)>,
     pub services: Vec<Store<Service>>,
     pub slices: Vec<Store<EndpointSlice>>,
-    pub pods: Vec<Store<Pod>>,
+    /// Pods' metadata only: their labels are what subsets select.
+    pub pods: Vec<Store<PartialObjectMeta<Pod>>>,
 }
 
 impl Stores {
@@ -55,8 +57,9 @@ impl Stores {
             istio_object(ar, &obj, id, opts, &mut res);
         }
 
-        let pod_states: Vec<Arc<Pod>> = self.pods.iter().flat_map(Store::state).collect();
-        let pods = pod_labels(pod_states.iter().map(Arc::as_ref));
+        let pod_states: Vec<Arc<PartialObjectMeta<Pod>>> =
+            self.pods.iter().flat_map(Store::state).collect();
+        let pods = pod_labels(pod_states.iter().map(|p| &p.metadata));
         let slice_states: Vec<Arc<EndpointSlice>> =
             self.slices.iter().flat_map(Store::state).collect();
         let slices = slices_by_service(slice_states.iter().map(Arc::as_ref));
