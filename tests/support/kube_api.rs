@@ -119,7 +119,8 @@ struct Shared {
     lists: AtomicU64,
     watches: AtomicU64,
     gone: AtomicU64,
-    /// `group/plural` of every collection asked for (`""` is the core group).
+    /// `namespace group/plural` of every collection asked for (`*` for all namespaces, `""`
+    /// for the core group).
     requested: Mutex<std::collections::BTreeSet<String>>,
     /// Those asked for as PartialObjectMetadata (metadata only).
     metadata_only: Mutex<std::collections::BTreeSet<String>>,
@@ -248,7 +249,8 @@ impl FakeApiServer {
         )
     }
 
-    /// `group/plural` of every collection a client listed or watched.
+    /// `namespace group/plural` of every collection a client listed or watched (`*`: in all
+    /// namespaces).
     pub fn requested(&self) -> std::collections::BTreeSet<String> {
         self.shared
             .requested
@@ -433,7 +435,7 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
         .requested
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(collection);
+        .insert(format!("{} {collection}", ns.as_deref().unwrap_or("*")));
     let shape = Shape {
         kind,
         metadata_only,

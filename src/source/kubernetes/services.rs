@@ -206,6 +206,129 @@ mod tests {
         }
     }
 
+    fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("object")
+    }
+
+    fn endpoint(ip: &str, pod: Option<&str>, ready: Option<bool>) -> serde_json::Value {
+        let mut e = serde_json::json!({"addresses": [ip]});
+        if let Some(ready) = ready {
+            e["conditions"] = serde_json::json!({"ready": ready, "terminating": !ready});
+        }
+        if let Some(pod) = pod {
+            e["targetRef"] = serde_json::json!({"kind": "Pod", "namespace": "shop", "name": pod});
+        }
+        e
+    }
+
+    #[test]
+    fn a_service_becomes_its_ready_endpoints_with_pod_labels() {
+        let svc: Service = from_json(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop",
+                "annotations": {"networking.istio.io/exportTo": ".,istio-system"}},
+            "spec": {"ports": [
+                {"name": "http-web", "port": 80, "targetPort": "http"},
+                {"name": "api", "port": 9090, "appProtocol": "grpc", "targetPort": 9091},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]}}));
+        let slices: Vec<EndpointSlice> = vec![
+            from_json(serde_json::json!({
+                "metadata": {"name": "web-abc", "namespace": "shop",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [
+                    endpoint("10.0.0.2", Some("web-v2"), Some(true)),
+                    endpoint("10.0.0.1", Some("web-v1"), None),
+                    endpoint("10.0.0.3", Some("web-old"), Some(false)),
+                    endpoint("10.0.0.4", None, Some(true))],
+                "ports": [{"name": "http-web", "port": 8080}, {"name": "api", "port": 9091}]})),
+            from_json(serde_json::json!({
+                "metadata": {"name": "web-fqdn", "namespace": "shop",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "FQDN",
+                "endpoints": [endpoint("web.example.com", None, Some(true))]})),
+        ];
+        let pods: PodLabels = [
+            (
+                ("shop".to_string(), "web-v1".to_string()),
+                Labels::from([("version".into(), "v1".into())]),
+            ),
+            (
+                ("shop".to_string(), "web-v2".to_string()),
+                Labels::from([("version".into(), "v2".into())]),
+            ),
+        ]
+        .into();
+        let refs: Vec<&EndpointSlice> = slices.iter().collect();
+        let se = service_entry(&svc, &refs, &pods).expect("an entry");
+        assert_eq!(se.hosts, ["web.shop.svc.cluster.local"]);
+        assert_eq!(se.export_to, [".", "istio-system"]);
+        let ports: Vec<_> = se
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.number.map(|n| n.0),
+                    p.name.as_deref(),
+                    p.protocol.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (Some(80), Some("http-web"), Some("HTTP")),
+                (Some(9090), Some("api"), Some("GRPC"))
+            ]
+        );
+        // Ready (or unset) only, sorted; the terminating one and the FQDN slice are out.
+        let eps: Vec<_> = se
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.address.as_deref(),
+                    e.labels.get("version").map(String::as_str),
+                )
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                (Some("10.0.0.1"), Some("v1")),
+                (Some("10.0.0.2"), Some("v2")),
+                (Some("10.0.0.4"), None)
+            ]
+        );
+        assert_eq!(se.endpoints[0].ports.get("http-web"), Some(&Int(8080)));
+        assert_eq!(se.endpoints[0].ports.get("api"), Some(&Int(9091)));
+    }
+
+    #[test]
+    fn external_name_and_udp_only_services_have_no_entry_and_unnamed_ports_get_one() {
+        let external: Service = from_json(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"}}));
+        assert!(service_entry(&external, &[], &PodLabels::new()).is_none());
+        let udp: Service = from_json(serde_json::json!({
+            "metadata": {"name": "dns", "namespace": "shop"},
+            "spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}));
+        assert!(service_entry(&udp, &[], &PodLabels::new()).is_none());
+
+        let unnamed: Service = from_json(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}}));
+        let slice: EndpointSlice = from_json(serde_json::json!({
+            "metadata": {"name": "web-x", "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [endpoint("10.0.0.9", None, Some(true))],
+            "ports": [{"name": "", "port": 8080}]}));
+        let se = service_entry(&unnamed, &[&slice], &PodLabels::new()).expect("an entry");
+        assert_eq!(se.ports[0].name.as_deref(), Some("port-80"));
+        assert_eq!(se.ports[0].target_port, Some(Int(8080)));
+        assert_eq!(se.endpoints[0].ports.get("port-80"), Some(&Int(8080)));
+    }
+
     #[test]
     fn protocol_follows_app_protocol_then_the_name_prefix() {
         assert_eq!(
