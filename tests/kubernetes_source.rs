@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard::source::kubernetes::KubeOptions;
+use switchyard::serve::{ServeOptions, Server, StartError};
+use switchyard::source::kubernetes::{KubeError, KubeOptions};
 
 use support::e2e_helpers::flag_tap;
 use support::kube_api::FakeApiServer;
@@ -388,6 +389,28 @@ async fn the_example_rbac_grants_exactly_what_is_watched() {
         }
     }
     assert_eq!(asked, granted);
+}
+
+/// A kind the API server does not serve (its CRD not installed) stops `run` from starting,
+/// and the error names what never listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_that_never_lists_is_named_when_start_gives_up() {
+    let api = FakeApiServer::start(100).await;
+    api.uninstall("WorkloadEntry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = ServeOptions::new(dir.path());
+    serve.kubernetes = Some(KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        sync_timeout: Duration::from_millis(1500),
+        ..KubeOptions::default()
+    });
+    match Server::start(serve).await {
+        Err(StartError::Kubernetes(KubeError::SyncTimeout(_, pending))) => {
+            assert_eq!(pending, ["WorkloadEntry in all namespaces"]);
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started without WorkloadEntries"),
+    }
 }
 
 /// The API server gone for 30 s: traffic goes on with no failed request and readiness stays

@@ -124,6 +124,8 @@ struct Shared {
     requested: Mutex<std::collections::BTreeSet<String>>,
     /// Those asked for as PartialObjectMetadata (metadata only).
     metadata_only: Mutex<std::collections::BTreeSet<String>>,
+    /// Plurals answered 404, as for a CRD that is not installed.
+    missing: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl FakeApiServer {
             gone: AtomicU64::new(0),
             requested: Mutex::default(),
             metadata_only: Mutex::default(),
+            missing: Mutex::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared.clone()));
@@ -257,6 +260,15 @@ impl FakeApiServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Answers 404 for `kind`'s collection from now on, as when its CRD is not installed.
+    pub fn uninstall(&self, kind: &str) {
+        self.shared
+            .missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lookup_kind(kind).plural);
     }
 
     /// `group/plural` of the collections a client asked for as metadata only.
@@ -406,7 +418,14 @@ fn status(code: u16, reason: &str, message: String) -> Value {
 }
 
 fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
-    let Some((kind, ns)) = parse_path(req.uri().path()) else {
+    let found = parse_path(req.uri().path()).filter(|(k, _)| {
+        !shared
+            .missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(k.plural)
+    });
+    let Some((kind, ns)) = found else {
         return json_response(
             StatusCode::NOT_FOUND,
             status(

@@ -10,6 +10,7 @@ mod reflect;
 pub mod services;
 mod snapshot;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,8 +78,11 @@ pub enum KubeError {
     Infer(#[source] kube::config::InferConfigError),
     #[error("cannot build the Kubernetes API client")]
     Client(#[source] kube::Error),
-    #[error("the first list of every watched kind did not complete within {0:?} ({1} of {2} did)")]
-    SyncTimeout(Duration, usize, usize),
+    #[error(
+        "the first list did not complete within {0:?} for: {list} (are the Istio CRDs installed, and does the RBAC allow list/watch?)",
+        list = .1.join(", ")
+    )]
+    SyncTimeout(Duration, Vec<String>),
 }
 
 /// A running source: reflectors filling stores. Dropping it stops them.
@@ -86,8 +90,9 @@ pub struct KubeSource {
     stores: Stores,
     admitted: Arc<Mutex<admit::Admitted>>,
     changed: Arc<Notify>,
-    synced: watch::Receiver<usize>,
-    reflectors: usize,
+    synced: watch::Receiver<BTreeSet<String>>,
+    /// Every reflector, by what it watches.
+    reflectors: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     opts: KubeOptions,
 }
@@ -124,7 +129,8 @@ impl KubeSource {
 
     fn with_client(client: Client, opts: KubeOptions) -> KubeSource {
         let changed = Arc::new(Notify::new());
-        let (synced_tx, synced) = watch::channel(0);
+        let (synced_tx, synced) = watch::channel(BTreeSet::new());
+        let mut reflectors = Vec::new();
         let signals = Signals {
             changed: changed.clone(),
             synced: synced_tx,
@@ -140,9 +146,13 @@ impl KubeSource {
         if !opts.namespaces.is_empty() && !opts.namespaces.iter().any(|n| n == ROOT_NAMESPACE) {
             istio_scopes.push(Some(ROOT_NAMESPACE));
         }
-        let shown = |kind: &str, ns: Option<&str>| match ns {
-            Some(ns) => format!("{kind} in {ns}"),
-            None => format!("{kind} in all namespaces"),
+        let mut shown = |kind: &str, ns: Option<&str>| {
+            let what = match ns {
+                Some(ns) => format!("{kind} in {ns}"),
+                None => format!("{kind} in all namespaces"),
+            };
+            reflectors.push(what.clone());
+            what
         };
         for (kind, plural) in ISTIO_KINDS {
             let ar = ApiResource::from_gvk_with_plural(
@@ -161,7 +171,7 @@ impl KubeSource {
             }
         }
         for ns in &scopes {
-            let watch = |what: &str| shown(what, *ns);
+            let mut watch = |what: &str| shown(what, *ns);
             let (store, task) = watch_builtin::<Service>(&client, *ns, watch("Service"), &signals);
             stores.services.push(store);
             tasks.push(task);
@@ -182,7 +192,7 @@ impl KubeSource {
             admitted: Arc::default(),
             changed,
             synced,
-            reflectors: tasks.len(),
+            reflectors,
             tasks,
             opts,
         }
@@ -191,15 +201,20 @@ impl KubeSource {
     /// Waits until every reflector has completed its first list.
     pub async fn synced(&self) -> Result<(), KubeError> {
         let mut rx = self.synced.clone();
-        let want = self.reflectors;
-        let wait = rx.wait_for(|n| *n >= want);
+        let want = self.reflectors.len();
+        let wait = rx.wait_for(|done| done.len() >= want);
         match tokio::time::timeout(self.opts.sync_timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(KubeError::SyncTimeout(
-                self.opts.sync_timeout,
-                *self.synced.borrow(),
-                want,
-            )),
+            _ => {
+                let done = self.synced.borrow().clone();
+                let pending = self
+                    .reflectors
+                    .iter()
+                    .filter(|r| !done.contains(*r))
+                    .cloned()
+                    .collect();
+                Err(KubeError::SyncTimeout(self.opts.sync_timeout, pending))
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! 410 Gone and backs off on errors; the reflector keeps the store. This task only says when
 //! something changed and when the first list is complete, and logs a lost watch once.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use tokio::sync::{Notify, watch};
 pub struct Signals {
     /// Notified on every change to any store.
     pub changed: Arc<Notify>,
-    /// How many reflectors have completed their first list.
-    pub synced: watch::Sender<usize>,
+    /// The reflectors (by `what`) that have completed their first list.
+    pub synced: watch::Sender<BTreeSet<String>>,
 }
 
 /// Starts watching `api` into a new store; `what` names it in logs (`VirtualService in all
@@ -57,7 +58,9 @@ where
                         Event::InitDone => {
                             if !synced {
                                 synced = true;
-                                signals.synced.send_modify(|n| *n += 1);
+                                signals.synced.send_modify(|s| {
+                                    s.insert(what.clone());
+                                });
                             }
                             signals.changed.notify_one();
                         }
