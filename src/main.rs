@@ -343,6 +343,11 @@ impl RunArgs {
     /// The config path (or the name logs give the API server) and the Kubernetes options.
     fn source(&self) -> Result<(PathBuf, Option<KubeOptions>)> {
         match (self.source, &self.config) {
+            (SourceArg::Files, _)
+                if self.kubeconfig.is_some() || !self.watch_namespace.is_empty() =>
+            {
+                bail!("--kubeconfig and --watch-namespace need --source kubernetes")
+            }
             (SourceArg::Files, Some(c)) => Ok((c.clone(), None)),
             (SourceArg::Files, None) => {
                 bail!("--config is required (or --source kubernetes)")

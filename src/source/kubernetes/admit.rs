@@ -28,7 +28,8 @@ pub struct Admitted {
     destination_rules: HashMap<String, DestinationRule>,
     service_entries: HashMap<String, ServiceEntry>,
     workload_entries: HashMap<String, WorkloadEntry>,
-    /// `Kind/namespace/name@resourceVersion` of versions already reported as refused.
+    /// The findings already logged for the objects refused now (a finding names the
+    /// object's resourceVersion, so a new version of it is reported anew).
     reported: HashSet<String>,
 }
 
@@ -49,14 +50,20 @@ impl Admitted {
             .filter(|d| d.is_error() && !d.resource.is_empty())
             .map(|d| d.resource.clone())
             .collect();
+        let current: Vec<Diagnostic> = diags
+            .into_iter()
+            .filter(|d| bad.contains(&d.resource))
+            .collect();
+        let keys: HashSet<String> = current.iter().map(|d| d.to_string()).collect();
+        let findings: Vec<Diagnostic> = current
+            .into_iter()
+            .filter(|d| !self.reported.contains(&d.to_string()))
+            .collect();
+        // Only what is refused now is remembered, so the set cannot grow without bound.
+        self.reported = keys;
         if bad.is_empty() {
             return 0;
         }
-        let findings: Vec<Diagnostic> = diags
-            .into_iter()
-            .filter(|d| bad.contains(&d.resource))
-            .filter(|d| self.reported.insert(format!("{}\0{d}", d.file.display())))
-            .collect();
         if !findings.is_empty() {
             log_diagnostics(&findings);
             tracing::error!(
