@@ -90,7 +90,11 @@ async fn mesh() -> Mesh {
 
 /// [`mesh`], the proxy watching only `namespaces` (empty: all).
 async fn mesh_watching(namespaces: Vec<String>) -> Mesh {
-    let api = FakeApiServer::start(2).await;
+    mesh_on(FakeApiServer::start(2).await, namespaces).await
+}
+
+/// [`mesh`] on a given fake API server.
+async fn mesh_on(api: FakeApiServer, namespaces: Vec<String>) -> Mesh {
     let v1 = Upstream::start("v1").await;
     let v2 = [Upstream::start("v2").await, Upstream::start("v2").await];
     api.apply(service());
@@ -389,6 +393,38 @@ async fn the_example_rbac_grants_exactly_what_is_watched() {
         }
     }
     assert_eq!(asked, granted);
+}
+
+/// Over TLS (the API server's certificate checked against the kubeconfig's
+/// `certificate-authority`) with a bearer token, as a service account talks to a real API
+/// server; a wrong token is refused and the proxy does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_bearer_token_reach_the_api_server() {
+    let pki = support::tls::Pki::new();
+    let api = FakeApiServer::start_tls(2, &pki, "s3cr3t-token").await;
+    let wrong = api.kubeconfig_with_token("not-the-token");
+    let m = mesh_on(api, Vec::new()).await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+    assert_eq!(m.api.unauthorized(), 0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = ServeOptions::new(dir.path());
+    serve.kubernetes = Some(KubeOptions {
+        kubeconfig: Some(wrong),
+        sync_timeout: Duration::from_millis(1500),
+        ..KubeOptions::default()
+    });
+    assert!(
+        matches!(
+            Server::start(serve).await,
+            Err(StartError::Kubernetes(KubeError::SyncTimeout(..)))
+        ),
+        "started with a wrong token"
+    );
+    assert!(m.api.unauthorized() > 0);
 }
 
 /// A kind the API server does not serve (its CRD not installed) stops `run` from starting,

@@ -126,6 +126,9 @@ struct Shared {
     metadata_only: Mutex<std::collections::BTreeSet<String>>,
     /// Plurals answered 404, as for a CRD that is not installed.
     missing: Mutex<std::collections::BTreeSet<&'static str>>,
+    /// With TLS: the bearer token every request must carry (401 otherwise).
+    token: Option<String>,
+    unauthorized: AtomicU64,
 }
 
 impl Shared {
@@ -139,12 +142,31 @@ pub struct FakeApiServer {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
     dir: tempfile::TempDir,
+    tls: Option<(tokio_rustls::TlsAcceptor, PathBuf)>,
 }
 
 impl FakeApiServer {
     /// Lists come back in pages of at most `page_size` items whatever `limit` asks, so every
     /// list of more than that many objects exercises `continue`.
     pub async fn start(page_size: usize) -> FakeApiServer {
+        Self::start_with(page_size, None).await
+    }
+
+    /// As [`FakeApiServer::start`], over TLS with `pki`'s server certificate (for
+    /// `localhost`), answering 401 to any request without `Authorization: Bearer TOKEN`.
+    pub async fn start_tls(page_size: usize, pki: &super::tls::Pki, token: &str) -> FakeApiServer {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config(false)));
+        Self::start_with(
+            page_size,
+            Some((acceptor, pki.ca.clone(), token.to_string())),
+        )
+        .await
+    }
+
+    async fn start_with(
+        page_size: usize,
+        tls: Option<(tokio_rustls::TlsAcceptor, PathBuf, String)>,
+    ) -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake API");
@@ -161,29 +183,59 @@ impl FakeApiServer {
             requested: Mutex::default(),
             metadata_only: Mutex::default(),
             missing: Mutex::default(),
+            token: tls.as_ref().map(|t| t.2.clone()),
+            unauthorized: AtomicU64::new(0),
         });
+        let tls = tls.map(|(acceptor, ca, _)| (acceptor, ca));
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept_loop(listener, shared.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            tls.as_ref().map(|t| t.0.clone()),
+        ));
         let dir = tempfile::tempdir().expect("tempdir");
         let server = FakeApiServer {
             addr,
             shared,
             tasks,
             dir,
+            tls,
         };
-        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml()).expect("write kubeconfig");
+        let token = server.shared.token.clone().unwrap_or_default();
+        std::fs::write(server.kubeconfig(), server.kubeconfig_yaml(&token))
+            .expect("write kubeconfig");
         server
     }
 
-    /// A kubeconfig pointing at this server over plain HTTP.
+    /// A kubeconfig pointing at this server: plain HTTP, or HTTPS to `localhost` trusting
+    /// the test CA, with the bearer token.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
-    fn kubeconfig_yaml(&self) -> String {
+    /// A kubeconfig for this server presenting `token` (to see a wrong one refused).
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let path = self.dir.path().join("kubeconfig-other-token");
+        std::fs::write(&path, self.kubeconfig_yaml(token)).expect("write kubeconfig");
+        path
+    }
+
+    fn kubeconfig_yaml(&self, token: &str) -> String {
+        let cluster = match &self.tls {
+            Some((_, ca)) => format!(
+                "server: https://localhost:{}\n    certificate-authority: {}",
+                self.addr.port(),
+                ca.display()
+            ),
+            None => format!("server: http://{}", self.addr),
+        };
+        let user = if token.is_empty() {
+            "{}".to_string()
+        } else {
+            format!("\n    token: {token}")
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-            self.addr
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    {cluster}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {user}\n"
         )
     }
 
@@ -289,7 +341,16 @@ impl FakeApiServer {
     /// restart backed by the same etcd).
     pub async fn restart(&mut self) {
         let listener = TcpListener::bind(self.addr).await.expect("rebind fake API");
-        self.tasks.spawn(accept_loop(listener, self.shared.clone()));
+        self.tasks.spawn(accept_loop(
+            listener,
+            self.shared.clone(),
+            self.tls.as_ref().map(|t| t.0.clone()),
+        ));
+    }
+
+    /// Requests answered 401 (no or a wrong bearer token).
+    pub fn unauthorized(&self) -> u64 {
+        self.shared.unauthorized.load(Ordering::SeqCst)
     }
 }
 
@@ -356,7 +417,11 @@ fn lookup_kind(kind: &str) -> &'static Kind {
         .unwrap_or_else(|| panic!("the fake API server does not serve {kind}"))
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut conns = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -365,14 +430,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         while conns.try_join_next().is_some() {}
         let shared = shared.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(req, shared)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            }
         });
     }
 }
@@ -418,6 +492,19 @@ fn status(code: u16, reason: &str, message: String) -> Value {
 }
 
 fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
+    if let Some(token) = &shared.token {
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if presented != Some(format!("Bearer {token}").as_str()) {
+            shared.unauthorized.fetch_add(1, Ordering::SeqCst);
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                status(401, "Unauthorized", "Unauthorized".to_string()),
+            );
+        }
+    }
     let found = parse_path(req.uri().path()).filter(|(k, _)| {
         !shared
             .missing
