@@ -347,6 +347,8 @@ impl Admin {
                 "diagnostics": r.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             });
         }
+        // Which object versions (a file's line, or a Kubernetes resourceVersion) are serving.
+        dump["resources"] = json!(self.reloader.serving());
         dump["rate_limit_buckets"] = self
             .metrics
             .rate_bucket_tokens()

@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod route;
 pub mod serve;
 pub mod simulate;
+pub mod source;
 pub mod upstream;
 pub mod watch;
 pub mod wire;

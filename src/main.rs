@@ -26,6 +26,7 @@ use switchyard::explain::{LoadSettings, Loaded, RequestSpec};
 use switchyard::proxy::Proxy;
 use switchyard::route::OutboundPolicy;
 use switchyard::serve::{ServeOptions, Server, StartError};
+use switchyard::source::kubernetes::KubeOptions;
 
 /// `--version`: the crate version, the commit it was built from and the cargo profile.
 const VERSION: &str = concat!(
@@ -312,11 +313,59 @@ enum LogFormat {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A YAML file or a directory (read recursively; dot-entries skipped).
+    /// A YAML file or a directory (read recursively; dot-entries skipped). Required with
+    /// `--source files`.
     #[arg(long, short, env = "SWITCHYARD_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Where the config comes from: the `--config` folder, or the Kubernetes API (Istio
+    /// resources, Services with their EndpointSlices and Pods).
+    #[arg(long, env = "SWITCHYARD_SOURCE", value_enum, default_value = "files")]
+    source: SourceArg,
+    /// With `--source kubernetes`: this kubeconfig instead of the in-cluster service account
+    /// (or `$KUBECONFIG`).
+    #[arg(long, env = "SWITCHYARD_KUBECONFIG", value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// With `--source kubernetes`: watch only this namespace (repeatable; `istio-system` is
+    /// added for Istio resources). Default: all namespaces, which needs a ClusterRole.
+    #[arg(long, env = "SWITCHYARD_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
     #[command(flatten)]
     serve: ServeArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceArg {
+    Files,
+    Kubernetes,
+}
+
+impl RunArgs {
+    /// The config path (or the name logs give the API server) and the Kubernetes options.
+    fn source(&self) -> Result<(PathBuf, Option<KubeOptions>)> {
+        match (self.source, &self.config) {
+            (SourceArg::Files, _)
+                if self.kubeconfig.is_some() || !self.watch_namespace.is_empty() =>
+            {
+                bail!("--kubeconfig and --watch-namespace need --source kubernetes")
+            }
+            (SourceArg::Files, Some(c)) => Ok((c.clone(), None)),
+            (SourceArg::Files, None) => {
+                bail!("--config is required (or --source kubernetes)")
+            }
+            (SourceArg::Kubernetes, Some(_)) => {
+                bail!("--config and --source kubernetes exclude each other")
+            }
+            (SourceArg::Kubernetes, None) => Ok((
+                PathBuf::from("kubernetes"),
+                Some(KubeOptions {
+                    kubeconfig: self.kubeconfig.clone(),
+                    namespaces: self.watch_namespace.clone(),
+                    debounce: self.serve.watch_debounce,
+                    ..KubeOptions::default()
+                }),
+            )),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -626,7 +675,10 @@ fn main() -> ExitCode {
         Command::Top(args) => runtime().and_then(|rt| rt.block_on(run_top(args))),
         Command::Run(args) => {
             init_logging(args.serve.log_format);
-            serve_then_exit(run(args.config, args.serve, None))
+            match args.source() {
+                Ok((config, kube)) => serve_then_exit(run_from(config, kube, args.serve, None)),
+                Err(e) => Err(e),
+            }
         }
         Command::Demo(args) if args.rollout => {
             // The timeline is the output; the proxy's INFO lines would bury it (`RUST_LOG`
@@ -1121,7 +1173,21 @@ pub async fn run(
     args: ServeArgs,
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> Result<ExitCode> {
-    let opts = serve_options(config, &args)?;
+    run_from(config, None, args, ready).await
+}
+
+/// [`run`], reading the config from the Kubernetes API when `kube` is given.
+async fn run_from(
+    config: PathBuf,
+    kube: Option<KubeOptions>,
+    args: ServeArgs,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
+) -> Result<ExitCode> {
+    let mut opts = serve_options(config, &args)?;
+    if kube.is_some() {
+        opts.watch = None;
+        opts.kubernetes = kube;
+    }
     let server = match Server::start(opts).await {
         Ok(s) => s,
         Err(StartError::Refused {
@@ -1231,6 +1297,7 @@ fn serve_options(config: PathBuf, args: &ServeArgs) -> Result<ServeOptions> {
         }),
         rollouts: args.rollouts,
         log_control: LOG_CONTROL.get().cloned(),
+        kubernetes: None,
     })
 }
 

@@ -42,7 +42,13 @@ pub struct ReloadContext {
     pub pools: Arc<PoolRegistry>,
     /// Metric series, shared by every table so counts survive reloads.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// Where resources come from when not from `path`: the Kubernetes source's stores. A
+    /// forced reload (SIGHUP, `POST /reload`) rereads them instead of the folder.
+    pub snapshot: Option<Snapshot>,
 }
+
+/// Reads the current resources of a source that is not a folder.
+pub type Snapshot = Arc<dyn Fn() -> Resources + Send + Sync>;
 
 impl ReloadContext {
     /// A context with the defaults `run` uses (REGISTRY_ONLY, no ISTIO_MUTUAL downgrade) and
@@ -55,6 +61,7 @@ impl ReloadContext {
             istio_mutual_as_plaintext: false,
             pools,
             metrics: Arc::default(),
+            snapshot: None,
         }
     }
 }
@@ -68,6 +75,8 @@ pub enum Trigger {
     Watch,
     /// The periodic content-hash poll (events were missed).
     Poll,
+    /// A change seen by the Kubernetes API watches, after the debounce.
+    Kubernetes,
     /// SIGHUP.
     Signal,
     /// An explicit request: `POST /reload`, or a caller of [`Reloader::reload`].
@@ -80,6 +89,7 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Watch => "watch",
             Trigger::Poll => "poll",
+            Trigger::Kubernetes => "kubernetes",
             Trigger::Signal => "sighup",
             Trigger::Forced => "forced",
         }
@@ -127,6 +137,11 @@ pub async fn build_table(
 /// Reads the config path into resources on the blocking pool (file I/O must not stall the
 /// request workers).
 pub async fn read_config(ctx: &ReloadContext) -> Result<Resources, Diagnostic> {
+    if let Some(snapshot) = ctx.snapshot.clone() {
+        return tokio::task::spawn_blocking(move || snapshot())
+            .await
+            .map_err(|e| internal(&ctx.path, format!("config read task failed: {e}")));
+    }
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || read_config_blocking(&c))
         .await
@@ -299,13 +314,53 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
     /// Bumped per swap; see [`Reloader::prune_later`].
     prune_generation: Arc<AtomicU64>,
+    /// Where each resource of the serving table came from, for `/config_dump`.
+    serving: Mutex<Vec<Served>>,
+}
+
+/// One resource of the serving table and where it was read: `file:line`, or for the
+/// Kubernetes source `Kind/namespace/name@resourceVersion`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Served {
+    pub resource: String,
+    pub from: String,
+}
+
+fn served(res: &Resources) -> Vec<Served> {
+    fn each<S>(list: &[config::Resource<S>], out: &mut Vec<Served>) {
+        out.extend(list.iter().map(|r| Served {
+            resource: r.id(),
+            from: if r.source.line == 0 {
+                r.source.file.display().to_string()
+            } else {
+                format!("{}:{}", r.source.file.display(), r.source.line)
+            },
+        }));
+    }
+    let mut out = Vec::new();
+    each(&res.virtual_services, &mut out);
+    each(&res.destination_rules, &mut out);
+    each(&res.service_entries, &mut out);
+    each(&res.workload_entries, &mut out);
+    out
 }
 
 impl Reloader {
     /// Builds the first table; `Err` when the config cannot be served at all.
     pub async fn start(ctx: ReloadContext) -> Result<(Reloader, Vec<Diagnostic>), Vec<Diagnostic>> {
-        let (table, warnings) = build_table(&ctx, 1).await?;
+        let res = read_config(&ctx).await.map_err(|e| vec![e])?;
+        Self::start_from(ctx, res).await
+    }
+
+    /// Builds the first table from resources already read.
+    pub async fn start_from(
+        ctx: ReloadContext,
+        res: Resources,
+    ) -> Result<(Reloader, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let serving = Mutex::new(served(&res));
+        let (table, warnings) = build_table_from(&ctx, res, 1).await?;
         let reloader = Reloader {
+            serving,
             ctx,
             last: Mutex::new(Some(ReloadReport {
                 at: SystemTime::now(),
@@ -324,6 +379,14 @@ impl Reloader {
         };
         reloader.ctx.metrics.proxy.config_version.set(1);
         Ok((reloader, warnings))
+    }
+
+    /// Where each resource of the serving table came from.
+    pub fn serving(&self) -> Vec<Served> {
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn version(&self) -> u64 {
@@ -413,6 +476,7 @@ impl Reloader {
             self.refuse(source_hash, trigger, diags.clone());
             return Err(diags);
         }
+        let sources = served(&res);
         match build_table_from(&self.ctx, res, next_version).await {
             Err(diags) => {
                 self.refuse(source_hash, trigger, diags.clone());
@@ -449,6 +513,7 @@ impl Reloader {
                         .sum::<usize>(),
                 );
                 let old = self.table.swap(Arc::new(table));
+                *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = sources;
                 self.version.store(next_version, Ordering::Release);
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 self.ctx.metrics.proxy.config_reloads_success.inc();

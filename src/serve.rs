@@ -18,8 +18,9 @@ use crate::downstream::server::Limits;
 use crate::downstream::workers::{self, ListenLock, Workers};
 use crate::metrics::{Registry, Reporter, SourceLabels};
 use crate::proxy::Proxy;
-use crate::reload::{ReloadContext, Reloader};
+use crate::reload::{ReloadContext, Reloader, Snapshot};
 use crate::route::OutboundPolicy;
+use crate::source::kubernetes::{KubeError, KubeOptions, KubeSource, Screen};
 use crate::upstream::PoolRegistry;
 use crate::watch::{WatchHandle, WatchOptions};
 
@@ -45,6 +46,9 @@ pub struct ServeOptions {
     pub rollouts: bool,
     /// Lets `POST /logging` change the log filter.
     pub log_control: Option<LogControl>,
+    /// Read the config from the Kubernetes API instead of `config` (which then only names
+    /// the source in logs); `watch` does not apply.
+    pub kubernetes: Option<KubeOptions>,
 }
 
 impl ServeOptions {
@@ -65,6 +69,7 @@ impl ServeOptions {
             watch: None,
             rollouts: false,
             log_control: None,
+            kubernetes: None,
         }
     }
 }
@@ -101,6 +106,12 @@ pub enum StartError {
     RolloutsNeedFolder(PathBuf),
     #[error(transparent)]
     RolloutLock(#[from] crate::rollout::state::LockError),
+    #[error(
+        "--rollouts writes a config folder; with --source kubernetes the VirtualService lives in the API server"
+    )]
+    RolloutsNeedFiles,
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
 }
 
 /// A serving switchyard. Dropping it stops the watcher and the rollout controller; call
@@ -120,6 +131,7 @@ pub struct Server {
     _listen_lock: ListenLock,
     _watch: Option<WatchHandle>,
     _rollouts: Option<(crate::rollout::state::FolderLock, AbortOnDrop)>,
+    _kubernetes: Option<(KubeSource, AbortOnDrop)>,
 }
 
 impl Server {
@@ -138,6 +150,22 @@ impl Server {
             opts.reporter,
         ));
         let namespace = opts.identity.namespace.clone();
+        if opts.rollouts && opts.kubernetes.is_some() {
+            return Err(StartError::RolloutsNeedFiles);
+        }
+        let kube = match opts.kubernetes {
+            Some(k) => {
+                let source = KubeSource::start(k).await?;
+                source.synced().await?;
+                Some(source)
+            }
+            None => None,
+        };
+        let screen = Screen {
+            identity: opts.identity.clone(),
+            istio_mutual_as_plaintext: opts.istio_mutual_as_plaintext,
+        };
+        let snapshot: Option<Snapshot> = kube.as_ref().map(|k| k.snapshot(screen.clone()));
         let ctx = ReloadContext {
             path: opts.config.clone(),
             identity: opts.identity,
@@ -145,15 +173,22 @@ impl Server {
             istio_mutual_as_plaintext: opts.istio_mutual_as_plaintext,
             pools: pools.clone(),
             metrics: metrics.clone(),
+            snapshot,
         };
-        let (reloader, warnings) =
-            Reloader::start(ctx)
-                .await
-                .map_err(|diagnostics| StartError::Refused {
-                    path: opts.config.clone(),
-                    errors: diagnostics.iter().filter(|d| d.is_error()).count(),
-                    diagnostics,
-                })?;
+        // Read here rather than by the reloader, so the first load is recorded as served.
+        let first = ctx.snapshot.as_ref().map(|snapshot| snapshot());
+        let first_load = match first.clone() {
+            Some(res) => Reloader::start_from(ctx, res).await,
+            None => Reloader::start(ctx).await,
+        };
+        if let (true, Some(k), Some(res)) = (first_load.is_ok(), &kube, &first) {
+            k.served(res);
+        }
+        let (reloader, warnings) = first_load.map_err(|diagnostics| StartError::Refused {
+            path: opts.config.clone(),
+            errors: diagnostics.iter().filter(|d| d.is_error()).count(),
+            diagnostics,
+        })?;
         let reloader = Arc::new(reloader);
         log_loaded(&reloader, &opts.config);
 
@@ -225,9 +260,17 @@ impl Server {
         } else {
             None
         };
-        let watch = opts
-            .watch
-            .map(|w| crate::watch::spawn_watcher(reloader.clone(), w));
+        let (watch, kubernetes) = match kube {
+            Some(source) => {
+                let publisher = AbortOnDrop(source.publish(reloader.clone(), screen));
+                (None, Some((source, publisher)))
+            }
+            None => (
+                opts.watch
+                    .map(|w| crate::watch::spawn_watcher(reloader.clone(), w)),
+                None,
+            ),
+        };
 
         Ok(Server {
             proxy_addr,
@@ -242,6 +285,7 @@ impl Server {
             _listen_lock: listen_lock,
             _watch: watch,
             _rollouts: rollouts,
+            _kubernetes: kubernetes,
         })
     }
 

@@ -161,17 +161,7 @@ fn service_entry(obj: &Object, namespace: &str) -> ServiceEntrySpec {
         let m: BTreeMap<String, String> = yaml_serde::from_value(v.clone()).ok()?;
         Some(m)
     });
-    let export_to = obj
-        .metadata
-        .annotations
-        .get(EXPORT_TO)
-        .map(|a| {
-            a.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let export_to = export_to(&obj.metadata.annotations);
     ServiceEntrySpec {
         hosts: vec![resolve_short_name(&obj.metadata.name, namespace)],
         ports: obj
@@ -194,6 +184,19 @@ fn service_entry(obj: &Object, namespace: &str) -> ServiceEntrySpec {
         export_to,
         ..ServiceEntrySpec::default()
     }
+}
+
+/// A Service's `exportTo`, from Istio's annotation (a comma-separated list).
+pub fn export_to(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .get(EXPORT_TO)
+        .map(|a| {
+            a.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether `svc` (a Service read by [`read`]) has pods the manifests declare, and so whether a

@@ -143,7 +143,7 @@ pub struct Resources {
 
 impl Resources {
     /// Position in load order of the next resource read, across all kinds.
-    fn order_of_next(&self) -> usize {
+    pub fn order_of_next(&self) -> usize {
         self.virtual_services.len()
             + self.destination_rules.len()
             + self.service_entries.len()
@@ -425,6 +425,17 @@ fn strip_location(e: &yaml_serde::Error) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg,
     }
+}
+
+/// Reads one object that did not come from a file (an API server's), exactly as a document of
+/// a file is read; `source` names where it came from in diagnostics.
+pub fn load_object(
+    value: yaml_serde::Value,
+    source: Source,
+    opts: &LoadOptions,
+    res: &mut Resources,
+) {
+    load_document(value, source, opts, res);
 }
 
 fn load_document(

@@ -218,10 +218,9 @@ pub fn wildcard_covers(pattern: &str, host: &str) -> bool {
 }
 
 fn endpoints_of(res: &Resources, se: &ServiceEntry) -> Vec<EndpointInfo> {
-    if se.kind == "Service" {
-        let Some(selector) = &se.spec.workload_selector else {
-            return Vec::new();
-        };
+    // A Service read from manifests names its pods by selector; one read from the API server
+    // (`crate::source::kubernetes`) has no selector but its EndpointSlices' ready addresses.
+    if let (true, Some(selector)) = (se.kind == "Service", &se.spec.workload_selector) {
         return super::kube::pods(&res.workloads, &se.namespace, &selector.labels)
             .map(|labels| EndpointInfo {
                 address: String::new(),

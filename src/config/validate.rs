@@ -37,6 +37,7 @@ mod out;
 mod perspective;
 mod reachability;
 mod service_entry;
+pub(crate) use service_entry::PROTOCOLS;
 mod virtual_service;
 
 use names::*;

@@ -10,6 +10,7 @@ pub mod chaos;
 mod client;
 pub mod e2e_helpers;
 pub mod flaky;
+pub mod kube_api;
 pub mod load;
 mod process;
 mod proxy;

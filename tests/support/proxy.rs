@@ -84,12 +84,26 @@ impl TestProxy {
         if !opts.admin {
             serve.admin = None;
         }
-        let server = match Server::start(serve).await {
-            Ok(s) => s,
-            Err(StartError::Refused { diagnostics, .. }) => return Err(diagnostics),
+        match Server::start(serve).await {
+            Ok(server) => Ok(TestProxy::serving(server, dir)),
+            Err(StartError::Refused { diagnostics, .. }) => Err(diagnostics),
             Err(e) => panic!("proxy did not start: {e:#}"),
-        };
-        Ok(TestProxy {
+        }
+    }
+
+    /// Serves what the Kubernetes API behind `kube` holds (`run --source kubernetes`).
+    pub async fn start_kubernetes(kube: switchyard::source::kubernetes::KubeOptions) -> TestProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut serve = ServeOptions::new(dir.path());
+        serve.kubernetes = Some(kube);
+        match Server::start(serve).await {
+            Ok(server) => TestProxy::serving(server, dir),
+            Err(e) => panic!("proxy did not start: {e:#}"),
+        }
+    }
+
+    fn serving(server: Server, dir: tempfile::TempDir) -> TestProxy {
+        TestProxy {
             metrics: server.metrics.clone(),
             addr: server.proxy_addr,
             admin: server.admin_addr,
@@ -97,7 +111,7 @@ impl TestProxy {
             proxy: server.proxy.clone(),
             server,
             dir,
-        })
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {

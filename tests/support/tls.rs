@@ -82,7 +82,7 @@ impl Pki {
         }
     }
 
-    fn server_config(&self, require_client_cert: bool) -> rustls::ServerConfig {
+    pub fn server_config(&self, require_client_cert: bool) -> rustls::ServerConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.server_cert)
             .expect("server pem")

@@ -225,7 +225,7 @@ impl Out {
 pub(super) const UNIX_PREFIX: &str = "unix://";
 
 /// Istio's `protocol.Parse` names (case-insensitive).
-pub(super) const PROTOCOLS: &[&str] = &[
+pub(crate) const PROTOCOLS: &[&str] = &[
     "HTTP",
     "HTTPS",
     "GRPC",

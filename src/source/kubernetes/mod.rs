@@ -1,0 +1,305 @@
+//! The Kubernetes API as a config source (`run --source kubernetes`): the Istio resources
+//! (VirtualService, DestinationRule, ServiceEntry, WorkloadEntry) and the Services whose
+//! EndpointSlices and Pods give the endpoints, watched through reflectors and published
+//! through the same validate → compile → swap as the file source. A change is debounced; a
+//! config with an error is refused and logged (kind/namespace/name, field path) while the last
+//! good table keeps serving; losing the API server only stops updates.
+
+mod admit;
+mod reflect;
+pub mod services;
+mod snapshot;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
+use kube::{Client, Config};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Resources;
+use crate::config::scope::ROOT_NAMESPACE;
+use crate::reload::{Reloader, Snapshot, Trigger};
+pub use admit::Screen;
+use reflect::Signals;
+pub use snapshot::Stores;
+
+/// The Istio kinds read, at the version every supported Istio (1.22 on) serves. An object is
+/// served at every version of its group whichever one it was written with, so one watch per
+/// kind sees them all.
+const ISTIO_KINDS: [(&str, &str); 4] = [
+    ("VirtualService", "virtualservices"),
+    ("DestinationRule", "destinationrules"),
+    ("ServiceEntry", "serviceentries"),
+    ("WorkloadEntry", "workloadentries"),
+];
+const ISTIO_GROUP: &str = "networking.istio.io";
+const ISTIO_VERSION: &str = "v1";
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `None`: the in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch; empty: all (a ClusterRole). Istio resources are also read from
+    /// `istio-system`, the root namespace.
+    pub namespaces: Vec<String>,
+    /// A burst of changes is applied once, this long after the first of them.
+    pub debounce: Duration,
+    /// How long the first list of every kind may take before `run` gives up.
+    pub sync_timeout: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            kubeconfig: None,
+            namespaces: Vec::new(),
+            debounce: Duration::from_millis(50),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot read kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes credentials: neither an in-cluster service account nor a kubeconfig")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("cannot build the Kubernetes API client")]
+    Client(#[source] kube::Error),
+    #[error(
+        "the first list did not complete within {0:?} for: {list} (are the Istio CRDs installed, and does the RBAC allow list/watch?)",
+        list = .1.join(", ")
+    )]
+    SyncTimeout(Duration, Vec<String>),
+}
+
+/// A running source: reflectors filling stores. Dropping it stops them.
+pub struct KubeSource {
+    stores: Stores,
+    admitted: Arc<Mutex<admit::Admitted>>,
+    changed: Arc<Notify>,
+    synced: watch::Receiver<BTreeSet<String>>,
+    /// Every reflector, by what it watches.
+    reflectors: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    opts: KubeOptions,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Connects (no request is made yet) and starts every reflector.
+    pub async fn start(opts: KubeOptions) -> Result<KubeSource, KubeError> {
+        let config = match &opts.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| KubeError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            None => Config::infer().await.map_err(KubeError::Infer)?,
+        };
+        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        Ok(Self::with_client(client, opts))
+    }
+
+    fn with_client(client: Client, opts: KubeOptions) -> KubeSource {
+        let changed = Arc::new(Notify::new());
+        let (synced_tx, synced) = watch::channel(BTreeSet::new());
+        let mut reflectors = Vec::new();
+        let signals = Signals {
+            changed: changed.clone(),
+            synced: synced_tx,
+        };
+        let mut stores = Stores::default();
+        let mut tasks = Vec::new();
+        let scopes: Vec<Option<&str>> = if opts.namespaces.is_empty() {
+            vec![None]
+        } else {
+            opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
+        };
+        let mut istio_scopes = scopes.clone();
+        if !opts.namespaces.is_empty() && !opts.namespaces.iter().any(|n| n == ROOT_NAMESPACE) {
+            istio_scopes.push(Some(ROOT_NAMESPACE));
+        }
+        let mut shown = |kind: &str, ns: Option<&str>| {
+            let what = match ns {
+                Some(ns) => format!("{kind} in {ns}"),
+                None => format!("{kind} in all namespaces"),
+            };
+            reflectors.push(what.clone());
+            what
+        };
+        for (kind, plural) in ISTIO_KINDS {
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(ISTIO_GROUP, ISTIO_VERSION, kind),
+                plural,
+            );
+            for ns in &istio_scopes {
+                let api: Api<DynamicObject> = match ns {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                let (store, task) =
+                    reflect::spawn(api, ar.clone(), shown(kind, *ns), signals.clone());
+                stores.istio.push((ar.clone(), store));
+                tasks.push(task);
+            }
+        }
+        for ns in &scopes {
+            let mut watch = |what: &str| shown(what, *ns);
+            let (store, task) = watch_builtin::<Service>(&client, *ns, watch("Service"), &signals);
+            stores.services.push(store);
+            tasks.push(task);
+            let (store, task) =
+                watch_builtin::<EndpointSlice>(&client, *ns, watch("EndpointSlice"), &signals);
+            stores.slices.push(store);
+            tasks.push(task);
+            // Metadata only (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata): a
+            // Pod's labels are all the source needs, and whole Pods of a cluster-wide watch
+            // would cost the most memory.
+            let (store, task) =
+                watch_builtin::<PartialObjectMeta<Pod>>(&client, *ns, watch("Pod"), &signals);
+            stores.pods.push(store);
+            tasks.push(task);
+        }
+        KubeSource {
+            stores,
+            admitted: Arc::default(),
+            changed,
+            synced,
+            reflectors,
+            tasks,
+            opts,
+        }
+    }
+
+    /// Waits until every reflector has completed its first list.
+    pub async fn synced(&self) -> Result<(), KubeError> {
+        let mut rx = self.synced.clone();
+        let want = self.reflectors.len();
+        let wait = rx.wait_for(|done| done.len() >= want);
+        match tokio::time::timeout(self.opts.sync_timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                let done = self.synced.borrow().clone();
+                let pending = self
+                    .reflectors
+                    .iter()
+                    .filter(|r| !done.contains(*r))
+                    .cloned()
+                    .collect();
+                Err(KubeError::SyncTimeout(self.opts.sync_timeout, pending))
+            }
+        }
+    }
+
+    /// What the stores hold now, as resources for a proxy judged by `screen`, each object
+    /// with an error swapped for its last served version (see `admit`). The first load,
+    /// `POST /reload` and SIGHUP read through it.
+    pub fn snapshot(&self, screen: Screen) -> Snapshot {
+        let stores = self.stores.clone();
+        let admitted = self.admitted.clone();
+        Arc::new(move || screened(&stores, &admitted, &screen))
+    }
+
+    /// Records `res` as served (the first load, once it is).
+    pub fn served(&self, res: &Resources) {
+        lock(&self.admitted).served(res);
+    }
+
+    /// Applies every change from now on: a burst is debounced, read from the stores, and
+    /// handed to the reloader, which refuses (and logs) a config with an error.
+    pub fn publish(&self, reloader: Arc<Reloader>, screen: Screen) -> tokio::task::JoinHandle<()> {
+        let changed = self.changed.clone();
+        let debounce = self.opts.debounce;
+        let snapshot = self.snapshot(screen);
+        let admitted = self.admitted.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                tokio::time::sleep(debounce).await;
+                let s = snapshot.clone();
+                let Ok(res) = tokio::task::spawn_blocking(move || s()).await else {
+                    continue;
+                };
+                // A watch restart relists objects that did not change: nothing to build.
+                if reloader.last_attempted_hash().as_deref() == Some(res.content_hash.as_str()) {
+                    continue;
+                }
+                let kept = res.clone();
+                if reloader.apply(res, Trigger::Kubernetes).await.is_ok() {
+                    lock(&admitted).served(&kept);
+                }
+            }
+        })
+    }
+}
+
+fn lock(m: &Mutex<admit::Admitted>) -> std::sync::MutexGuard<'_, admit::Admitted> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn screened(stores: &Stores, admitted: &Mutex<admit::Admitted>, screen: &Screen) -> Resources {
+    let mut res = stores.resources(&crate::config::LoadOptions {
+        default_namespace: screen.identity.namespace.clone(),
+    });
+    lock(admitted).screen(screen, &mut res);
+    res
+}
+
+/// Starts a reflector over a built-in namespaced kind, in `ns` or in all namespaces.
+fn watch_builtin<K>(
+    client: &Client,
+    ns: Option<&str>,
+    what: String,
+    signals: &Signals,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect::spawn(api(client, ns), (), what, signals.clone())
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
