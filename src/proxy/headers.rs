@@ -119,13 +119,49 @@ pub fn number(n: u64) -> HeaderValue {
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     // One lookup through the entry, not a lookup and then an insert.
     if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID.clone()) {
-        let id = uuid::Uuid::new_v4();
-        let mut buf = uuid::Uuid::encode_buffer();
-        let text = id.hyphenated().encode_lower(&mut buf);
-        if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(text.as_bytes())) {
+        let text = uuid_v4_text(rand::random());
+        if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(&text)) {
             slot.insert(v);
         }
     }
+}
+
+/// A random (version 4, RFC 9562 variant) UUID in lowercase hyphenated text, as Envoy
+/// generates `x-request-id`. Ours rather than the `uuid` crate's: it runs on every request
+/// without an id, and spreading the nibbles eight bytes at a time costs about half as many
+/// instructions as formatting digit by digit.
+fn uuid_v4_text(random: u128) -> [u8; 36] {
+    let bits = with_version_and_variant(random);
+    let hi = hex16((bits >> 64) as u64);
+    let lo = hex16(bits as u64);
+    let mut text = [b'-'; 36];
+    text[..8].copy_from_slice(&hi[..8]);
+    text[9..13].copy_from_slice(&hi[8..12]);
+    text[14..18].copy_from_slice(&hi[12..]);
+    text[19..23].copy_from_slice(&lo[..4]);
+    text[24..].copy_from_slice(&lo[4..]);
+    text
+}
+
+/// Version 4 in bits 76..80, variant `10` in bits 62..64 (RFC 9562 §4.1, §4.2).
+fn with_version_and_variant(random: u128) -> u128 {
+    const VERSION: u128 = 0xf000 << 64;
+    const VARIANT: u128 = 0xc000 << 48;
+    (random & !VERSION & !VARIANT) | (0x4000 << 64) | (0x8000 << 48)
+}
+
+/// `x` as 16 lowercase hex digits, most significant first.
+fn hex16(x: u64) -> [u8; 16] {
+    const BYTES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    // Each nibble into its own byte, the lowest nibble in the lowest byte.
+    let mut n = u128::from(x);
+    n = (n | (n << 32)) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    n = (n | (n << 16)) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    n = (n | (n << 8)) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    n = (n | (n << 4)) & (BYTES * 0x0f);
+    // A byte of 10 or more plus 6 carries into bit 4: those become 'a'..'f', the rest '0'..'9'.
+    let letters = ((n + BYTES * 6) >> 4) & BYTES;
+    (n + BYTES * u128::from(b'0') + letters * u128::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 /// Sidecars run with `use_remote_address: false`: `x-forwarded-for` passes through untouched,
@@ -179,6 +215,33 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn request_ids_are_version_4_uuids_in_the_usual_text() {
+        for random in [
+            0,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            1 << 127,
+        ] {
+            let text = String::from_utf8(uuid_v4_text(random).to_vec()).unwrap();
+            let hex = format!("{:032x}", with_version_and_variant(random));
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            assert_eq!(text, want);
+            assert_eq!(&text[14..15], "4", "{text}: version");
+            assert!("89ab".contains(&text[19..20]), "{text}: variant");
+        }
+        let ids: std::collections::HashSet<_> =
+            (0..1000).map(|_| uuid_v4_text(rand::random())).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[test]
