@@ -475,6 +475,9 @@ impl EndpointPool {
 
     /// The pooled connection is taken before the returned future first runs, so that future
     /// carries the body only until the head is written.
+    // Inlined so that its future (~620 bytes) is built where `send` keeps it: outlined, it
+    // was returned and then copied twice per request.
+    #[inline(always)]
     fn send_h1<'a>(
         self: &Arc<Self>,
         head: &'a request::Parts,
