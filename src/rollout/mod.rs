@@ -7,6 +7,7 @@
 //! rollouts: it just reloads.
 
 pub mod analysis;
+pub mod backend;
 pub mod cli;
 pub mod controller;
 pub mod expr;
