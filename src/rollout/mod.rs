@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod controller;
 pub mod expr;
+pub mod kubernetes;
 pub mod provider;
 pub mod spec;
 pub mod state;

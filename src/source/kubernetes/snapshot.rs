@@ -105,7 +105,7 @@ impl Stores {
 }
 
 /// `Kind/namespace/name@resourceVersion`: where a diagnostic says an object came from.
-fn object_id(kind: &str, meta: &kube::api::ObjectMeta) -> String {
+pub(crate) fn object_id(kind: &str, meta: &kube::api::ObjectMeta) -> String {
     format!(
         "{kind}/{}/{}@{}",
         meta.namespace.as_deref().unwrap_or(""),
@@ -125,7 +125,7 @@ fn api_source(id: &str) -> Source {
     }
 }
 
-fn istio_object(
+pub(crate) fn istio_object(
     ar: &ApiResource,
     obj: &DynamicObject,
     id: String,
