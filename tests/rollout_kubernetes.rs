@@ -338,6 +338,7 @@ async fn a_rollout_patches_the_virtual_service_object_step_by_step_and_traffic_f
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = 1000;
     let hits = canary_share(m.proxy.addr, n).await;
+    eprintln!("at setWeight 50: {hits} of {n} requests to the canary");
     assert_within_4_sigma(hits, n, 0.5, "canary share at setWeight 50");
 
     let version = m.proxy.reloader.version();
