@@ -112,6 +112,27 @@ struct Mesh {
 
 async fn mesh(steps: Value, extra: Vec<Value>) -> Mesh {
     let api = FakeApiServer::start(50).await;
+    let (stable, canary) = objects(&api, steps, extra).await;
+    let proxy = TestProxy::start_kubernetes(proxy_opts(&api)).await;
+    Mesh {
+        api,
+        proxy,
+        _stable: stable,
+        _canary: canary,
+    }
+}
+
+fn proxy_opts(api: &FakeApiServer) -> KubeOptions {
+    KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        debounce: Duration::from_millis(20),
+        sync_timeout: Duration::from_secs(10),
+        namespaces: Vec::new(),
+    }
+}
+
+/// The app's objects in the fake, a stable and a canary upstream behind them.
+async fn objects(api: &FakeApiServer, steps: Value, extra: Vec<Value>) -> (Upstream, Upstream) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
     api.apply(service());
@@ -125,19 +146,7 @@ async fn mesh(steps: Value, extra: Vec<Value>) -> Mesh {
         api.apply(o);
     }
     api.apply(rollout(steps));
-    let proxy = TestProxy::start_kubernetes(KubeOptions {
-        kubeconfig: Some(api.kubeconfig()),
-        debounce: Duration::from_millis(20),
-        sync_timeout: Duration::from_secs(10),
-        namespaces: Vec::new(),
-    })
-    .await;
-    Mesh {
-        api,
-        proxy,
-        _stable: stable,
-        _canary: canary,
-    }
+    (stable, canary)
 }
 
 fn controller_opts(api: &FakeApiServer) -> KubeOptions {
@@ -532,6 +541,70 @@ async fn the_example_rbac_grants_the_controller_exactly_what_it_uses() {
         }
     }
     assert_eq!(used, granted);
+}
+
+/// `run --source kubernetes --rollouts`: the controller runs inside the proxy, patches the
+/// object like the standalone one, and its built-in `switchyard/subsets` provider judges the
+/// canary by this proxy's own counters, which only exist because the proxy followed the
+/// patched weight through its watch. Over the API the step after a `setWeight` starts on the
+/// next tick, not once this proxy serves the weight (a folder controller reloads its proxy
+/// first), hence the metric's `initialDelay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_in_a_proxy_judges_the_canary_by_that_proxys_own_counters() {
+    let api = FakeApiServer::start(50).await;
+    let template = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "success-rate", "namespace": "default"},
+        "spec": {"metrics": [{"name": "success-rate", "interval": "1s", "count": 2, "initialDelay": "1s",
+            "successCondition": "result.canary.success_rate >= 0.95",
+            "provider": {"plugin": {"switchyard/subsets": {"window": "1s", "minRequests": 10}}}}]}});
+    let _upstreams = objects(
+        &api,
+        json!([{"setWeight": 50},
+               {"analysis": {"templates": [{"templateName": "success-rate"}]}},
+               {"setWeight": 100}]),
+        vec![template],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = switchyard::serve::ServeOptions::new(dir.path());
+    opts.kubernetes = Some(proxy_opts(&api));
+    opts.rollouts = true;
+    let server = switchyard::serve::Server::start(opts)
+        .await
+        .expect("the proxy starts with its controller");
+    let mut c = Client::h1(server.proxy_addr).await;
+    let start = Instant::now();
+    let mut sent = 0;
+    let (mut stable, mut canary) = (0, 0);
+    loop {
+        let r = c.get(HOST, "/").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.text() == "canary" {
+            canary += 1;
+        } else {
+            stable += 1;
+        }
+        sent += 1;
+        if sent % 20 == 0
+            && api
+                .get("Rollout", "default", "web")
+                .is_some_and(|r| r["status"]["phase"] == "Healthy")
+        {
+            break;
+        }
+        let phase = api.get("Rollout", "default", "web").unwrap_or_default()["status"].clone();
+        assert!(
+            start.elapsed() < Duration::from_secs(20) && sent < 20_000,
+            "not Healthy after {sent} requests: {phase:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!(
+        "Healthy after {:?} and {sent} requests ({canary} to the canary, {stable} to stable)",
+        start.elapsed()
+    );
+    assert!(canary >= 20, "the analysis saw canary traffic: {canary}");
+    assert_eq!(canary_history(&api), vec![0, 50, 100]);
 }
 
 /// A one-route HTTP/1.1 server answering `body` as JSON to every request.
