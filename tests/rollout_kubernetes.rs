@@ -491,6 +491,69 @@ async fn a_concurrent_edit_is_not_clobbered_and_abort_and_retry_go_through_the_a
     assert_eq!(canary_history(&m.api), vec![0, 40, 0, 40]);
 }
 
+/// A person's abort (`status.abort: true`, as `kubectl argo rollouts abort` patches it) lands
+/// between the controller's read of the Rollout and its status patch: the patch gets a 409
+/// instead of overwriting the abort, and the next tick takes the abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_landing_before_the_status_patch_is_taken_not_overwritten() {
+    let m = mesh(json!([{"setWeight": 40}, {"pause": {}}]), Vec::new()).await;
+    until_object(&m.api, "VirtualService", Duration::from_secs(5), |v| {
+        weights(v) == (100, 0)
+    })
+    .await;
+    m.api.interfere_before_next_patch("Rollout", |r| {
+        r["status"]["abort"] = json!(true);
+    });
+    let _controller = controller(&m.api).await;
+    let r = until_object(&m.api, "Rollout", Duration::from_secs(10), |r| {
+        r["status"]["phase"] == "Degraded"
+    })
+    .await;
+    assert_eq!(r["status"]["abort"], true, "{r:#}");
+    assert!(m.api.patch_counts().1 >= 1, "the status patch met a 409");
+    until_object(&m.api, "VirtualService", Duration::from_secs(5), |v| {
+        weights(v) == (100, 0)
+    })
+    .await;
+}
+
+/// A controller stopped at `pause: {}` and started again resumes from the Rollout's status
+/// (step, weight) instead of starting over, and a promote then finishes the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_resumes_from_the_rollout_status() {
+    let m = mesh(
+        json!([{"setWeight": 40}, {"pause": {}}, {"setWeight": 100}]),
+        Vec::new(),
+    )
+    .await;
+    let first = controller(&m.api).await;
+    let paused = until_object(&m.api, "Rollout", Duration::from_secs(10), |r| {
+        r["status"]["phase"] == "Paused" && r["status"]["currentStepIndex"] == 1
+    })
+    .await["status"]
+        .clone();
+    first.abort();
+    let _ = first.await;
+    let _second = controller(&m.api).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = m.api.get("Rollout", "default", "web").unwrap_or_default()["status"].clone();
+    assert_eq!(status["currentStepIndex"], 1, "{status:#}");
+    assert_eq!(status["phase"], "Paused");
+    assert_eq!(
+        status["pauseConditions"], paused["pauseConditions"],
+        "the pause keeps its startTime"
+    );
+    assert_eq!(canary_history(&m.api), vec![0, 40]);
+    request(&controller_opts(&m.api), "default", "web", Action::Promote)
+        .await
+        .expect("promote");
+    until_object(&m.api, "Rollout", Duration::from_secs(10), |r| {
+        r["status"]["phase"] == "Healthy"
+    })
+    .await;
+    assert_eq!(canary_history(&m.api), vec![0, 40, 100]);
+}
+
 /// The example RBAC's controller roles (deploy/kubernetes/api-source/rbac.yaml) grant
 /// exactly the verbs the controller used against the fake: reads of Rollouts, templates
 /// and VirtualServices, patch of VirtualServices (and get, to re-read one after a 409), and

@@ -74,17 +74,26 @@ fn virtual_service_resource() -> ApiResource {
     )
 }
 
-/// A rollout's progress as this controller holds it.
+/// A rollout's progress as this controller holds it, and what it knows of the Rollout's
+/// status. The status has two writers (this controller, and people through Argo's plugin),
+/// so a request is read only from a version the watch delivered after this controller's own
+/// last write, and a write is only made on top of a version whose requests were read.
+#[derive(Default)]
 struct Tracked {
     state: State,
     /// Not yet in the Rollout's status (the last write failed or is still to be made).
     pending: bool,
-    /// The resourceVersion the Rollout had when this controller last wrote its status (or
-    /// `""` when the state was read from the status): the watch showing that version means
-    /// the watch has not caught up with the write yet, so the status it shows is not news.
-    written_over: Option<String>,
-    /// The resourceVersion that write produced.
+    /// resourceVersions older than this controller's last write: the watch still showing one
+    /// has not delivered that write, and its status is not news.
+    stale: std::collections::HashSet<String>,
+    /// The resourceVersion the last write produced.
     written_as: Option<String>,
+    /// The version whose requests were last read.
+    read: Option<String>,
+    /// What the last write (or the status found at first sight) said, so that a person
+    /// clearing it is told apart from a status this controller never wrote.
+    wrote_abort: bool,
+    wrote_pause: bool,
 }
 
 /// The Kubernetes API as the controller's backend. Dropping it stops the reflectors.
@@ -218,14 +227,22 @@ impl Kube {
         };
         let seen = obj.resource_version().unwrap_or_default();
         // The watch may not have delivered our own last write yet; that write's version is
-        // then the one to build on.
-        let base = match (&t.written_over, &t.written_as) {
-            (Some(over), Some(after)) if *over == seen => after.clone(),
-            _ => seen,
+        // then the one to build on. A version whose requests were not read yet waits for the
+        // next tick to read them, so that nothing a person asked for is overwritten.
+        let base = if t.stale.contains(&seen) {
+            match &t.written_as {
+                Some(after) => after.clone(),
+                None => return,
+            }
+        } else if t.read.as_deref() == Some(seen.as_str()) || !asks(obj.data.get("status"), t) {
+            seen
+        } else {
+            return;
         };
+        let status = status_of(&t.state, obj.metadata.generation);
         let body = json!({
             "metadata": {"resourceVersion": base},
-            "status": status_of(&t.state, obj.metadata.generation),
+            "status": status,
         });
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.0, &rollout_resource());
@@ -236,8 +253,11 @@ impl Kube {
             Ok(written) => {
                 if let Some(t) = self.tracked.get_mut(key) {
                     t.pending = false;
-                    t.written_over = Some(base);
+                    t.stale.insert(base);
+                    t.stale.insert(seen_before(&t.read));
                     t.written_as = written.resource_version();
+                    t.wrote_abort = body["status"]["abort"] == true;
+                    t.wrote_pause = body["status"]["controllerPause"] == true;
                 }
                 if self.failing.remove(key).is_some() {
                     tracing::info!(rollout = %key.1, "Rollout status written again");
@@ -276,9 +296,9 @@ impl Backend for Kube {
             key,
             Tracked {
                 state: state.clone(),
-                pending: false,
-                written_over: Some(String::new()),
-                written_as: None,
+                wrote_abort: state.aborted,
+                wrote_pause: paused_by_controller(&state),
+                ..Tracked::default()
             },
         );
         Some(state)
@@ -286,12 +306,7 @@ impl Backend for Kube {
 
     async fn write_state(&mut self, st: &State) -> Result<(), String> {
         let key = (st.namespace.clone(), st.name.clone());
-        let t = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
-            state: st.clone(),
-            pending: true,
-            written_over: None,
-            written_as: None,
-        });
+        let t = self.tracked.entry(key.clone()).or_default();
         t.state = st.clone();
         t.pending = true;
         self.push(&key).await;
@@ -320,13 +335,19 @@ impl Backend for Kube {
             .get("metadata")
             .and_then(|m| m.get("resourceVersion"))
             .and_then(|v| v.as_str())
-            .unwrap_or("");
-        let caught_up = self.tracked.get(&key).is_some_and(|t| {
-            !t.pending && t.written_over.as_deref().is_some_and(|over| over != rv)
+            .unwrap_or("")
+            .to_string();
+        let t = self.tracked.entry(key).or_insert_with(|| Tracked {
+            state: st.clone(),
+            ..Tracked::default()
         });
-        if !caught_up {
+        if t.stale.contains(&rv) {
             return None;
         }
+        // Caught up: no older version can come back on an ordered watch.
+        t.stale.clear();
+        t.read = Some(rv);
+        let (wrote_abort, wrote_pause) = (t.wrote_abort, t.wrote_pause);
         let status = doc.value.get("status");
         let flag = |k: &str| {
             status
@@ -337,7 +358,7 @@ impl Backend for Kube {
         if flag("abort") && !st.aborted {
             return Some(Action::Abort);
         }
-        if !flag("abort") && st.aborted {
+        if !flag("abort") && st.aborted && wrote_abort {
             return Some(Action::Retry);
         }
         if flag("promoteFull") && st.step < st.steps && !st.aborted {
@@ -347,7 +368,7 @@ impl Backend for Kube {
             .and_then(|s| s.get("pauseConditions"))
             .and_then(|p| p.as_sequence())
             .is_some_and(|p| !p.is_empty());
-        if paused_by_controller(st) && !conditions {
+        if paused_by_controller(st) && !conditions && wrote_pause {
             return Some(Action::Promote);
         }
         None
@@ -436,6 +457,27 @@ impl Backend for Kube {
     fn reload_after_write(&self) -> bool {
         false
     }
+}
+
+/// Whether a status holds a request this controller may not have taken yet: an abort flag
+/// other than the one it wrote, a full promotion, or its pause conditions cleared.
+fn asks(status: Option<&Value>, t: &Tracked) -> bool {
+    let flag = |k: &str| {
+        status
+            .and_then(|s| s.get(k))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let paused = status
+        .and_then(|s| s.get("pauseConditions"))
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty());
+    flag("abort") != t.wrote_abort || flag("promoteFull") || (t.wrote_pause && !paused)
+}
+
+/// The version whose requests were read before a write: older than the write too.
+fn seen_before(read: &Option<String>) -> String {
+    read.clone().unwrap_or_default()
 }
 
 fn paused_by_controller(st: &State) -> bool {
