@@ -63,6 +63,14 @@ const KINDS: &[Kind] = &[
         namespaced: true,
     },
     Kind {
+        name: "Event",
+        prefix: "/api/v1",
+        api_version: "v1",
+        plural: "events",
+        built_in: true,
+        namespaced: true,
+    },
+    Kind {
         name: "EndpointSlice",
         prefix: "/apis/discovery.k8s.io/v1",
         api_version: "discovery.k8s.io/v1",
@@ -178,6 +186,8 @@ struct Shared {
     interfere: Mutex<BTreeMap<&'static str, Interference>>,
     conflicts: AtomicU64,
     patches: AtomicU64,
+    /// Creates answered 409 AlreadyExists.
+    already_exists: AtomicU64,
 }
 
 impl Shared {
@@ -238,6 +248,7 @@ impl FakeApiServer {
             interfere: Mutex::default(),
             conflicts: AtomicU64::new(0),
             patches: AtomicU64::new(0),
+            already_exists: AtomicU64::new(0),
         });
         let tls = tls.map(|(acceptor, ca, _)| (acceptor, ca));
         let mut tasks = JoinSet::new();
@@ -413,6 +424,16 @@ impl FakeApiServer {
             .cloned()
     }
 
+    /// Every object of `kind` stored now.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .get(lookup_kind(kind).plural)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every version the object has had, oldest first (ADDED and MODIFIED events).
     pub fn versions(&self, kind: &str, ns: &str, name: &str) -> Vec<Value> {
         let plural = lookup_kind(kind).plural;
@@ -451,6 +472,11 @@ impl FakeApiServer {
             self.shared.patches.load(Ordering::SeqCst),
             self.shared.conflicts.load(Ordering::SeqCst),
         )
+    }
+
+    /// Creates answered 409 AlreadyExists (the name was taken).
+    pub fn already_exists(&self) -> u64 {
+        self.shared.already_exists.load(Ordering::SeqCst)
     }
 
     /// `verb namespace group/plural[/subresource]` of every request a client made.
@@ -679,6 +705,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBod
         ("GET", None) => "list",
         ("GET", Some(_)) => "get",
         ("PATCH", Some(_)) => "patch",
+        ("POST", None) => "create",
         _ => {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -732,6 +759,9 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBod
         kind,
         metadata_only,
     };
+    if verb == "create" {
+        return create_object(req, kind, ns.unwrap_or_default(), shared).await;
+    }
     if verb == "watch" {
         shared.watches.fetch_add(1, Ordering::SeqCst);
         return watch_response(shape, ns, &q, shared);
@@ -1187,4 +1217,68 @@ fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, String> {
         }
     }
     Ok(doc)
+}
+
+/// `POST` to a collection: creates the object (201), or 409 AlreadyExists for a taken name.
+async fn create_object(
+    req: Request<Incoming>,
+    kind: &'static Kind,
+    ns: String,
+    shared: Arc<Shared>,
+) -> Response<TestBody> {
+    use http_body_util::BodyExt;
+    let Ok(body) = req.into_body().collect().await else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "unreadable body".into()),
+        );
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "the object is not JSON".into()),
+        );
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            status(422, "Invalid", "metadata.name: Required value".into()),
+        );
+    };
+    object["apiVersion"] = json!(kind.api_version);
+    object["kind"] = json!(kind.name);
+    object["metadata"]["namespace"] = json!(ns);
+    let mut st = shared.lock();
+    if st
+        .objects
+        .get(kind.plural)
+        .is_some_and(|c| c.contains_key(&(ns.clone(), name.clone())))
+    {
+        shared.already_exists.fetch_add(1, Ordering::SeqCst);
+        return json_response(
+            StatusCode::CONFLICT,
+            status(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", kind.plural),
+            ),
+        );
+    }
+    let rv = apply_locked(&mut st, object);
+    let stored = st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&(ns, name)))
+        .cloned()
+        .unwrap_or(Value::Null);
+    drop(st);
+    shared.changed.send_replace(rv);
+    json_response(
+        StatusCode::CREATED,
+        Shape {
+            kind,
+            metadata_only: false,
+        }
+        .object(&stored),
+    )
 }

@@ -3,9 +3,11 @@
 //! EndpointSlices and Pods give the endpoints, watched through reflectors and published
 //! through the same validate → compile → swap as the file source. A change is debounced; a
 //! config with an error is refused and logged (kind/namespace/name, field path) while the last
-//! good table keeps serving; losing the API server only stops updates.
+//! good table keeps serving (and a Warning Event names it on the object, see `events`);
+//! losing the API server only stops updates.
 
 mod admit;
+pub mod events;
 pub(crate) mod reflect;
 pub mod services;
 pub(crate) mod snapshot;
@@ -172,9 +174,14 @@ impl KubeSource {
             stores.pods.push(store);
             tasks.push(task);
         }
+        // Refused objects become Events (events.rs); the task ends with the source.
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.push(events::spawn(client.clone(), stores.clone(), events_rx));
+        let mut admitted = admit::Admitted::default();
+        admitted.events = Some(events_tx);
         KubeSource {
             stores,
-            admitted: Arc::default(),
+            admitted: Arc::new(Mutex::new(admitted)),
             changed,
             synced,
             reflectors,
