@@ -253,8 +253,11 @@ impl Kube {
             Ok(written) => {
                 if let Some(t) = self.tracked.get_mut(key) {
                     t.pending = false;
+                    // Both predate this write: the version built on and the one last read.
                     t.stale.insert(base);
-                    t.stale.insert(seen_before(&t.read));
+                    if let Some(read) = t.read.clone() {
+                        t.stale.insert(read);
+                    }
                     t.written_as = written.resource_version();
                     t.wrote_abort = body["status"]["abort"] == true;
                     t.wrote_pause = body["status"]["controllerPause"] == true;
@@ -473,11 +476,6 @@ fn asks(status: Option<&Value>, t: &Tracked) -> bool {
         .and_then(Value::as_array)
         .is_some_and(|p| !p.is_empty());
     flag("abort") != t.wrote_abort || flag("promoteFull") || (t.wrote_pause && !paused)
-}
-
-/// The version whose requests were read before a write: older than the write too.
-fn seen_before(read: &Option<String>) -> String {
-    read.clone().unwrap_or_default()
 }
 
 fn paused_by_controller(st: &State) -> bool {
