@@ -98,12 +98,64 @@ struct RolloutArgs {
 
 #[derive(Args)]
 struct RolloutFolder {
-    /// The config folder holding the Rollout, its VirtualService and the state files.
+    /// The config folder holding the Rollout, its VirtualService and the state files
+    /// (required with `--source files`).
     #[arg(long, short, env = "SWITCHYARD_CONFIG")]
-    config: PathBuf,
-    /// Namespace of documents that name none.
+    config: Option<PathBuf>,
+    /// Namespace of documents that name none (and of the Rollout a verb names).
     #[arg(long, env = "SWITCHYARD_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// Where Rollouts live: the `--config` folder, or the Kubernetes API (Rollout objects;
+    /// weights are patched into the VirtualService object, progress into the Rollout's
+    /// status, and the verbs patch the Rollout as `kubectl argo rollouts` does).
+    #[arg(long, env = "SWITCHYARD_SOURCE", value_enum, default_value = "files")]
+    source: SourceArg,
+    /// With `--source kubernetes`: this kubeconfig instead of the in-cluster service account
+    /// (or `$KUBECONFIG`).
+    #[arg(long, env = "SWITCHYARD_KUBECONFIG", value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// With `--source kubernetes`: watch only this namespace (repeatable). Default: all
+    /// namespaces, which needs a ClusterRole.
+    #[arg(long, env = "SWITCHYARD_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
+}
+
+/// Where `rollout` finds its Rollouts.
+enum RolloutPlace {
+    Folder(PathBuf),
+    Kubernetes(KubeOptions),
+}
+
+impl RolloutFolder {
+    fn place(&self) -> Result<RolloutPlace> {
+        match (self.source, &self.config) {
+            (SourceArg::Files, _)
+                if self.kubeconfig.is_some() || !self.watch_namespace.is_empty() =>
+            {
+                bail!("--kubeconfig and --watch-namespace need --source kubernetes")
+            }
+            (SourceArg::Files, Some(c)) => Ok(RolloutPlace::Folder(c.clone())),
+            (SourceArg::Files, None) => bail!("--config is required (or --source kubernetes)"),
+            (SourceArg::Kubernetes, Some(_)) => {
+                bail!("--config and --source kubernetes exclude each other")
+            }
+            (SourceArg::Kubernetes, None) => Ok(RolloutPlace::Kubernetes(KubeOptions {
+                kubeconfig: self.kubeconfig.clone(),
+                namespaces: self.watch_namespace.clone(),
+                ..KubeOptions::default()
+            })),
+        }
+    }
+
+    /// The folder, for the verbs that read only a folder's state files.
+    fn dir(&self, verb: &str) -> Result<PathBuf> {
+        match self.place()? {
+            RolloutPlace::Folder(dir) => Ok(dir),
+            RolloutPlace::Kubernetes(_) => bail!(
+                "`rollout {verb}` reads a folder's state files; against the API server, `kubectl get rollout NAME -o yaml` shows the status switchyard writes (phase, message, currentStepIndex, canary.weights), and `rollout status --source kubernetes` waits on it"
+            ),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -195,8 +247,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     /// Run the rollout controller in this proxy: it drives the config folder's Argo `Rollout`s,
-    /// writing the managed VirtualService weights, and the built-in analysis provider reads
-    /// this proxy's counters. Without it the weights on disk are served and never written.
+    /// writing the managed VirtualService weights (with `--source kubernetes`: the API
+    /// server's Rollouts, patching the VirtualService object and the Rollout's status), and
+    /// the built-in analysis provider reads this proxy's counters. Without it the weights are
+    /// served and never written.
     #[arg(long, env = "SWITCHYARD_ROLLOUTS")]
     rollouts: bool,
     /// Admin listener, as --listen, or `off`. Keep it on loopback: it can reload and stop us.
@@ -744,7 +798,22 @@ async fn run_top(args: TopArgs) -> Result<ExitCode> {
 fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
     use switchyard::rollout::{cli, state};
     let ask = |t: &RolloutTarget, a: state::Action, said: &str| -> Result<ExitCode> {
-        let dir = &t.folder.config;
+        let dir = match t.folder.place()? {
+            RolloutPlace::Folder(dir) => dir,
+            RolloutPlace::Kubernetes(k) => {
+                runtime()?
+                    .block_on(switchyard::rollout::kubernetes::request(
+                        &k,
+                        &t.folder.namespace,
+                        &t.name,
+                        a,
+                    ))
+                    .context("cannot patch the Rollout")?;
+                println!("rollout '{}' {said}", t.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let dir = &dir;
         if state::read(dir, &t.folder.namespace, &t.name).is_none() {
             bail!(
                 "no rollout {}/{} has run in {} (no state file): is a controller running (`run --rollouts` or `rollout run`)?",
@@ -758,23 +827,28 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
         println!("rollout '{}' {said}", t.name);
         Ok(ExitCode::SUCCESS)
     };
-    let read = |t: &RolloutTarget| {
-        state::read(&t.folder.config, &t.folder.namespace, &t.name).with_context(|| {
+    let read = |t: &RolloutTarget, verb: &str| {
+        let dir = t.folder.dir(verb)?;
+        state::read(&dir, &t.folder.namespace, &t.name).with_context(|| {
             format!(
                 "no rollout {}/{} in {} (no state file yet)",
                 t.folder.namespace,
                 t.name,
-                t.folder.config.display()
+                dir.display()
             )
         })
     };
     match cmd {
         RolloutCommand::Run(f) => {
             init_logging(LogFormat::Text);
-            let lock = state::lock(&f.config)?;
+            let dir = match f.place()? {
+                RolloutPlace::Folder(dir) => dir,
+                RolloutPlace::Kubernetes(k) => return run_rollout_kubernetes(k, f.namespace),
+            };
+            let lock = state::lock(&dir)?;
             let controller =
-                switchyard::rollout::Controller::new(f.config.clone(), f.namespace, None, None);
-            tracing::info!(config = %f.config.display(), "rollout controller running");
+                switchyard::rollout::Controller::new(dir.clone(), f.namespace, None, None);
+            tracing::info!(config = %dir.display(), "rollout controller running");
             let rt = runtime()?;
             rt.block_on(async {
                 tokio::select! {
@@ -789,7 +863,7 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
         RolloutCommand::Get { target, watch } => {
             let mut last = String::new();
             loop {
-                let text = cli::describe(&read(&target)?);
+                let text = cli::describe(&read(&target, "get")?);
                 if text != last {
                     if watch && !last.is_empty() {
                         println!();
@@ -805,7 +879,7 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
         }
         RolloutCommand::List(f) => {
             println!("{}", cli::LIST_HEADER);
-            for st in state::list(&f.config) {
+            for st in state::list(&f.dir("list")?) {
                 println!("{}", cli::list_line(&st));
             }
             Ok(ExitCode::SUCCESS)
@@ -821,9 +895,12 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
         RolloutCommand::Retry(t) => ask(&t, state::Action::Retry, "retried"),
         RolloutCommand::Pause(t) => ask(&t, state::Action::Pause, "paused"),
         RolloutCommand::Status { target, timeout } => {
+            if let RolloutPlace::Kubernetes(k) = target.folder.place()? {
+                return rollout_status_kubernetes(k, &target, timeout);
+            }
             let deadline = Instant::now() + timeout;
             loop {
-                let st = read(&target)?;
+                let st = read(&target, "status")?;
                 match st.phase.as_str() {
                     "Healthy" => {
                         println!("Healthy");
@@ -842,6 +919,60 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// `rollout run --source kubernetes`: the controller over the API server until Ctrl-C.
+fn run_rollout_kubernetes(k: KubeOptions, namespace: String) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let backend = switchyard::rollout::kubernetes::Kube::start(&k, namespace)
+            .await
+            .context("cannot read Rollouts from the Kubernetes API")?;
+        let controller = switchyard::rollout::Controller::with_backend(backend, None, None);
+        tracing::info!("rollout controller running against the Kubernetes API");
+        tokio::select! {
+            _ = controller.run() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rollout status --source kubernetes`: Argo's exit codes, from the Rollout's status.
+fn rollout_status_kubernetes(
+    k: KubeOptions,
+    target: &RolloutTarget,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (phase, message) = rt
+            .block_on(switchyard::rollout::kubernetes::phase(
+                &k,
+                &target.folder.namespace,
+                &target.name,
+            ))
+            .context("cannot read the Rollout")?;
+        match phase.as_str() {
+            "Healthy" => {
+                println!("Healthy");
+                return Ok(ExitCode::SUCCESS);
+            }
+            "Degraded" => {
+                println!("Degraded - {message}");
+                return Ok(ExitCode::from(1));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            println!("{phase} - {message}");
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(switchyard::rollout::kubernetes::STATUS_POLL);
     }
 }
 

@@ -106,10 +106,6 @@ pub enum StartError {
     RolloutsNeedFolder(PathBuf),
     #[error(transparent)]
     RolloutLock(#[from] crate::rollout::state::LockError),
-    #[error(
-        "--rollouts writes a config folder; with --source kubernetes the VirtualService lives in the API server"
-    )]
-    RolloutsNeedFiles,
     #[error(transparent)]
     Kubernetes(#[from] KubeError),
 }
@@ -130,7 +126,7 @@ pub struct Server {
     workers: Workers,
     _listen_lock: ListenLock,
     _watch: Option<WatchHandle>,
-    _rollouts: Option<(crate::rollout::state::FolderLock, AbortOnDrop)>,
+    _rollouts: Option<(Option<crate::rollout::state::FolderLock>, AbortOnDrop)>,
     _kubernetes: Option<(KubeSource, AbortOnDrop)>,
 }
 
@@ -150,9 +146,8 @@ impl Server {
             opts.reporter,
         ));
         let namespace = opts.identity.namespace.clone();
-        if opts.rollouts && opts.kubernetes.is_some() {
-            return Err(StartError::RolloutsNeedFiles);
-        }
+        // With --rollouts the controller watches the API server itself (its own kinds).
+        let rollout_kube = opts.kubernetes.clone().filter(|_| opts.rollouts);
         let kube = match opts.kubernetes {
             Some(k) => {
                 let source = KubeSource::start(k).await?;
@@ -243,8 +238,16 @@ impl Server {
         let workers = Workers::start(listener, workers, proxy.clone(), opts.limits)
             .map_err(StartError::Workers)?;
 
-        // The rollout controller writes the folder this proxy reads; one writer per folder.
-        let rollouts = if opts.rollouts {
+        // Over the API server the controller patches the VirtualService and this proxy follows
+        // its watch like every other; it only reads this proxy's counters.
+        let rollouts = if let Some(k) = rollout_kube {
+            let backend = crate::rollout::kubernetes::Kube::start(&k, namespace).await?;
+            let controller =
+                crate::rollout::Controller::with_backend(backend, Some(metrics.clone()), None);
+            tracing::info!("rollout controller running in this proxy, against the Kubernetes API");
+            Some((None, AbortOnDrop(tokio::spawn(controller.run()))))
+        } else if opts.rollouts {
+            // The rollout controller writes the folder this proxy reads; one writer per folder.
             if !opts.config.is_dir() {
                 return Err(StartError::RolloutsNeedFolder(opts.config));
             }
@@ -256,7 +259,7 @@ impl Server {
                 Some(reloader.clone()),
             );
             tracing::info!("rollout controller running in this proxy");
-            Some((lock, AbortOnDrop(tokio::spawn(controller.run()))))
+            Some((Some(lock), AbortOnDrop(tokio::spawn(controller.run()))))
         } else {
             None
         };

@@ -373,13 +373,25 @@ async fn the_example_rbac_grants_exactly_what_is_watched() {
         .join("deploy/kubernetes/api-source/rbac.yaml");
     let text = std::fs::read_to_string(&path).expect("rbac.yaml");
     let mut granted = std::collections::BTreeSet::new();
+    let mut creates = std::collections::BTreeSet::new();
     for doc in text.split("\n---\n") {
         let role: Value = yaml_serde::from_str(doc).expect("rbac.yaml document");
-        if role["kind"] != "Role" {
+        // The rollout controller's roles are checked by tests/rollout_kubernetes.rs.
+        let controller = role["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("switchyard-rollouts"));
+        if role["kind"] != "Role" || controller {
             continue;
         }
         let ns = role["metadata"]["namespace"].as_str().expect("namespace");
         for rule in role["rules"].as_array().expect("rules") {
+            // The one write: Events on refused objects (tested with them below).
+            if rule["verbs"] == json!(["create"]) {
+                assert_eq!(rule["apiGroups"], json!([""]), "{rule}");
+                assert_eq!(rule["resources"], json!(["events"]), "{rule}");
+                creates.insert(ns.to_string());
+                continue;
+            }
             assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
             for group in rule["apiGroups"].as_array().expect("apiGroups") {
                 for r in rule["resources"].as_array().expect("resources") {
@@ -393,6 +405,55 @@ async fn the_example_rbac_grants_exactly_what_is_watched() {
         }
     }
     assert_eq!(asked, granted);
+    // Events go to the refused object's namespace: any the proxy reads Istio objects from.
+    let read: std::collections::BTreeSet<String> = asked
+        .iter()
+        .filter_map(|a| a.split_once(' ').map(|(ns, _)| ns.to_string()))
+        .collect();
+    assert_eq!(creates, read);
+}
+
+/// A refused object gets one Warning Event on it (core/v1, `involvedObject` with its uid and
+/// the refused resourceVersion, the field path in the message), even with two sidecars
+/// refusing it: the Event's name is a hash of the version and the findings, so the second
+/// create is AlreadyExists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_gets_one_warning_event_from_any_number_of_sidecars() {
+    let m = mesh_watching(vec!["default".to_string()]).await;
+    let _second = TestProxy::start_kubernetes(KubeOptions {
+        kubeconfig: Some(m.api.kubeconfig()),
+        debounce: Duration::from_millis(20),
+        sync_timeout: Duration::from_secs(10),
+        namespaces: vec!["default".to_string()],
+    })
+    .await;
+    let mut bad = virtual_service(0, 100);
+    bad["spec"]["http"][0]["rout"] = bad["spec"]["http"][0]["route"].take();
+    let rv = m.api.apply(bad);
+    let start = Instant::now();
+    while m.api.objects("Event").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "no Event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both proxies have had their chance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = m.api.objects("Event");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(m.api.already_exists(), 1, "the second sidecar's create");
+    let e = &events[0];
+    let vs = m.api.get("VirtualService", "default", "web").expect("vs");
+    assert_eq!(e["involvedObject"]["apiVersion"], "networking.istio.io/v1");
+    assert_eq!(e["involvedObject"]["kind"], "VirtualService");
+    assert_eq!(e["involvedObject"]["namespace"], "default");
+    assert_eq!(e["involvedObject"]["name"], "web");
+    assert_eq!(e["involvedObject"]["uid"], vs["metadata"]["uid"]);
+    assert_eq!(e["involvedObject"]["resourceVersion"], rv.to_string());
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "ConfigRefused");
+    let message = e["message"].as_str().unwrap_or("");
+    assert!(message.contains("spec.http[0].rout"), "{message}");
+    assert!(m.api.verbs().contains("create default /events"));
+    eprintln!("Event: {message}");
 }
 
 /// Over TLS (the API server's certificate checked against the kubeconfig's

@@ -1,8 +1,9 @@
-//! The rollout controller: what Argo Rollouts' controller does in a cluster, for a folder.
-//! Every tick it reads the folder, takes the CLI's requests, runs the current step and any
-//! analysis, and writes the managed VirtualService's weights in place when they must change.
-//! In a proxy (`run --rollouts`) it reloads that proxy at once and reads its own per-subset
-//! counters for the built-in provider.
+//! The rollout controller: what Argo Rollouts' controller does in a cluster. Every tick it
+//! reads its documents, takes people's requests, runs the current step and any analysis, and
+//! writes the managed VirtualService's weights when they must change. Where documents come
+//! from and results go is a [`Backend`]: a config folder, or the Kubernetes API. In a proxy
+//! (`run --rollouts`) it reads that proxy's own per-subset counters for the built-in provider
+//! and, over a folder, reloads the proxy at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -10,19 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::analysis::{self, Measurement, MetricRun, Outcome, Phase};
+use super::backend::{Backend, Folder};
 use super::spec::{self, Metric, Provider, Rollout, Sides, Step, Template};
-use super::state::{self, Action, RunState, State};
-use super::vsedit::{self, WeightEdit};
-use crate::config::{LoadOptions, Resources, VirtualService};
+use super::state::{Action, RunState, State};
+use super::vsedit::WeightEdit;
+use crate::config::{ArgoDoc, Resources, VirtualService};
 use crate::metrics::Registry;
 use crate::metrics::window::Totals;
 
 /// How often the controller looks at the folder and its clocks.
 pub const TICK: Duration = Duration::from_millis(100);
 
-pub struct Controller {
-    pub dir: PathBuf,
-    pub namespace: String,
+pub struct Controller<B: Backend = Folder> {
+    pub backend: B,
     /// This proxy's counters, for the built-in provider.
     pub metrics: Option<Arc<Registry>>,
     /// This proxy's reloader: a weight change is served before the step goes on.
@@ -44,16 +45,26 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Controller {
+impl Controller<Folder> {
+    /// A controller over a config folder.
     pub fn new(
         dir: PathBuf,
         namespace: String,
         metrics: Option<Arc<Registry>>,
         reloader: Option<Arc<crate::Reloader>>,
-    ) -> Controller {
+    ) -> Controller<Folder> {
+        Controller::with_backend(Folder { dir, namespace }, metrics, reloader)
+    }
+}
+
+impl<B: Backend> Controller<B> {
+    pub fn with_backend(
+        backend: B,
+        metrics: Option<Arc<Registry>>,
+        reloader: Option<Arc<crate::Reloader>>,
+    ) -> Controller<B> {
         Controller {
-            dir,
-            namespace,
+            backend,
             metrics,
             reloader,
             samples: HashMap::new(),
@@ -71,14 +82,9 @@ impl Controller {
         }
     }
 
-    /// One pass over every Rollout in the folder.
+    /// One pass over every Rollout.
     pub async fn tick(&mut self) {
-        let res = crate::config::load(
-            &self.dir,
-            &LoadOptions {
-                default_namespace: self.namespace.clone(),
-            },
-        );
+        let res = self.backend.load();
         let docs: Vec<_> = res
             .argo
             .iter()
@@ -89,14 +95,16 @@ impl Controller {
             let key = format!("{}/{}", doc.namespace, doc.name);
             match spec::rollout(&doc) {
                 Ok(r) => {
-                    if let Err(e) = self.step_rollout(&res, &r).await {
+                    if let Err(e) = self.step_rollout(&res, &doc, &r).await {
                         self.report(&key, &e);
-                        let mut st = state::read(&self.dir, &r.namespace, &r.name)
+                        let mut st = self
+                            .backend
+                            .state(&r.namespace, &r.name)
                             .unwrap_or_else(|| fresh(&r));
                         if st.message != e {
                             st.message = e;
                             st.updated_ms = now_ms();
-                            let _ = state::write(&self.dir, &st);
+                            let _ = self.backend.write_state(&st).await;
                         }
                     } else {
                         self.reported.remove(&key);
@@ -105,8 +113,10 @@ impl Controller {
                 Err(e) => {
                     let text = e.to_string();
                     self.report(&key, &text);
-                    let mut st =
-                        state::read(&self.dir, &doc.namespace, &doc.name).unwrap_or(State {
+                    let mut st = self
+                        .backend
+                        .state(&doc.namespace, &doc.name)
+                        .unwrap_or(State {
                             name: doc.name.clone(),
                             namespace: doc.namespace.clone(),
                             ..State::default()
@@ -116,11 +126,12 @@ impl Controller {
                         st.phase = "Degraded".into();
                         st.message = msg;
                         st.updated_ms = now_ms();
-                        let _ = state::write(&self.dir, &st);
+                        let _ = self.backend.write_state(&st).await;
                     }
                 }
             }
         }
+        self.backend.flush().await;
     }
 
     fn report(&mut self, key: &str, e: &str) {
@@ -130,7 +141,12 @@ impl Controller {
         }
     }
 
-    async fn step_rollout(&mut self, res: &Resources, r: &Rollout) -> Result<(), String> {
+    async fn step_rollout(
+        &mut self,
+        res: &Resources,
+        doc: &ArgoDoc,
+        r: &Rollout,
+    ) -> Result<(), String> {
         let vs = res
             .virtual_services
             .iter()
@@ -140,12 +156,12 @@ impl Controller {
                     "VirtualService {}/{} (trafficRouting.istio.virtualService) is not in {}",
                     r.vs_namespace,
                     r.virtual_service,
-                    self.dir.display()
+                    self.backend.place()
                 )
             })?;
         let routes = managed_routes(vs, r)?;
         let templates = templates(res, r)?;
-        let before = state::read(&self.dir, &r.namespace, &r.name);
+        let before = self.backend.state(&r.namespace, &r.name);
         let mut st = before.clone().unwrap_or_else(|| fresh(r));
         if st.spec_hash != r.spec_hash {
             if before.is_some() {
@@ -157,7 +173,7 @@ impl Controller {
             };
         }
         st.steps = r.steps.len();
-        if let Some(a) = state::take_request(&self.dir, &r.namespace, &r.name) {
+        if let Some(a) = self.backend.take_request(doc, &st) {
             apply_action(&mut st, r, a);
             tracing::info!(rollout = %r.name, action = ?a, "requested from the CLI");
         }
@@ -171,8 +187,11 @@ impl Controller {
         self.advance(r, &templates, &mut st).await;
         // The weights the state asks for, on disk and served.
         let canary = if st.aborted { 0 } else { st.set_weight };
-        let changed = self.write_weights(vs, &routes, r, canary)?;
-        if changed && let Some(reloader) = &self.reloader {
+        let changed = self.write_weights(vs, &routes, r, canary).await?;
+        if changed
+            && self.backend.reload_after_write()
+            && let Some(reloader) = &self.reloader
+        {
             match reloader.reload().await {
                 Ok(_) => st.served_version = Some(reloader.version()),
                 Err(diags) => {
@@ -192,12 +211,7 @@ impl Controller {
         }
         if before.as_ref() != Some(&st) {
             st.updated_ms = now_ms();
-            state::write(&self.dir, &st).map_err(|e| {
-                format!(
-                    "cannot write the rollout state in {}: {e}",
-                    self.dir.display()
-                )
-            })?;
+            self.backend.write_state(&st).await?;
         }
         Ok(())
     }
@@ -488,51 +502,57 @@ impl Controller {
         Some((value, c.requests))
     }
 
-    /// Writes `canary` / `100 - canary` into the managed routes; true if the file changed.
-    fn write_weights(
-        &self,
+    /// Writes `canary` / `100 - canary` into the managed routes; true if anything changed.
+    async fn write_weights(
+        &mut self,
         vs: &VirtualService,
         routes: &[(usize, usize, usize)],
         r: &Rollout,
         canary: u32,
     ) -> Result<bool, String> {
-        let mut edits = Vec::new();
-        for &(i, c, s) in routes {
-            let dests = &vs.spec.http[i].route;
-            let current = |j: usize| dests[j].weight.map_or(0, |w| w.0.max(0) as u32);
-            if current(c) != canary || dests[c].weight.is_none() {
-                edits.push(WeightEdit {
-                    route: i,
-                    dest: c,
-                    weight: canary,
-                });
-            }
-            if current(s) != 100 - canary || dests[s].weight.is_none() {
-                edits.push(WeightEdit {
-                    route: i,
-                    dest: s,
-                    weight: 100 - canary,
-                });
-            }
-        }
+        let edits = weight_edits(vs, routes, canary);
         if edits.is_empty() {
             return Ok(false);
         }
-        let path = vs.source.file.to_path_buf();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let new = vsedit::apply(&text, vs.source.line, &vs.source.text, &edits)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        verify(&path, &new, vs, routes, canary)?;
-        vsedit::write_atomically(&path, &new).map_err(|e| e.to_string())?;
-        tracing::info!(
-            rollout = %r.name,
-            virtual_service = %vs.meta.name,
-            "VirtualService `{}` set to desiredWeight '{canary}'",
-            vs.meta.name
-        );
-        Ok(true)
+        let written = self.backend.write_weights(vs, r, edits, canary).await?;
+        if written {
+            tracing::info!(
+                rollout = %r.name,
+                virtual_service = %vs.meta.name,
+                "VirtualService `{}` set to desiredWeight '{canary}'",
+                vs.meta.name
+            );
+        }
+        Ok(written)
     }
+}
+
+/// The edits that give the managed routes `canary` / `100 - canary` (none if they have them).
+pub(crate) fn weight_edits(
+    vs: &VirtualService,
+    routes: &[(usize, usize, usize)],
+    canary: u32,
+) -> Vec<WeightEdit> {
+    let mut edits = Vec::new();
+    for &(i, c, s) in routes {
+        let dests = &vs.spec.http[i].route;
+        let current = |j: usize| dests[j].weight.map_or(0, |w| w.0.max(0) as u32);
+        if current(c) != canary || dests[c].weight.is_none() {
+            edits.push(WeightEdit {
+                route: i,
+                dest: c,
+                weight: canary,
+            });
+        }
+        if current(s) != 100 - canary || dests[s].weight.is_none() {
+            edits.push(WeightEdit {
+                route: i,
+                dest: s,
+                weight: 100 - canary,
+            });
+        }
+    }
+    edits
 }
 
 /// `validate`'s view of the folder's Rollouts, as the controller would find them: the spec,
@@ -604,52 +624,6 @@ pub fn check(res: &Resources) -> Vec<crate::config::Diagnostic> {
     out
 }
 
-/// The edited file, parsed again, says exactly what was meant.
-fn verify(
-    path: &std::path::Path,
-    text: &str,
-    vs: &VirtualService,
-    routes: &[(usize, usize, usize)],
-    canary: u32,
-) -> Result<(), String> {
-    let res = crate::config::load_str(
-        path,
-        text,
-        &LoadOptions {
-            default_namespace: vs.namespace.clone(),
-        },
-    );
-    let again = res
-        .virtual_services
-        .iter()
-        .find(|v| v.meta.name == vs.meta.name && v.namespace == vs.namespace)
-        .ok_or_else(|| {
-            format!(
-                "{}: the edit lost the VirtualService; not written",
-                path.display()
-            )
-        })?;
-    for &(i, c, s) in routes {
-        let w = |j: usize| {
-            again
-                .spec
-                .http
-                .get(i)
-                .and_then(|h| h.route.get(j))
-                .and_then(|d| d.weight)
-                .map(|w| w.0)
-        };
-        if w(c) != Some(i64::from(canary)) || w(s) != Some(i64::from(100 - canary)) {
-            return Err(format!(
-                "{}: the edit did not give route {i} the weights {canary}/{}; not written",
-                path.display(),
-                100 - canary
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Templates by step index, and the background ones.
 #[derive(Default)]
 struct TemplateSet {
@@ -699,7 +673,10 @@ fn templates(res: &Resources, r: &Rollout) -> Result<TemplateSet, String> {
 
 /// (route index, canary destination, stable destination) of each managed route, checked as
 /// Argo checks them.
-fn managed_routes(vs: &VirtualService, r: &Rollout) -> Result<Vec<(usize, usize, usize)>, String> {
+pub(crate) fn managed_routes(
+    vs: &VirtualService,
+    r: &Rollout,
+) -> Result<Vec<(usize, usize, usize)>, String> {
     let at = format!(
         "{}:{}: VirtualService/{}/{}",
         vs.source.file.display(),

@@ -7,9 +7,11 @@
 //! rollouts: it just reloads.
 
 pub mod analysis;
+pub mod backend;
 pub mod cli;
 pub mod controller;
 pub mod expr;
+pub mod kubernetes;
 pub mod provider;
 pub mod spec;
 pub mod state;

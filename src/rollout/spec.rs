@@ -353,10 +353,19 @@ pub fn rollout(doc: &ArgoDoc) -> Result<Rollout, SpecError> {
         sides,
         steps,
         background: canary.analysis.clone(),
-        spec_hash: canonical_hash(&spec),
+        spec_hash: canonical_hash(&without_paused(spec)),
         file: doc.source.file.display().to_string(),
         line: doc.source.line,
     })
+}
+
+/// `spec.paused` is how a person pauses a rollout (`kubectl argo rollouts pause`), not a new
+/// revision: it must not restart the steps.
+fn without_paused(mut spec: yaml_serde::Value) -> yaml_serde::Value {
+    if let Some(map) = spec.as_mapping_mut() {
+        map.remove("paused");
+    }
+    spec
 }
 
 /// The spec's canonical form (keys sorted, comments and formatting gone), hashed.

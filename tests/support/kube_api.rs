@@ -3,8 +3,14 @@
 //! (cluster-wide or `namespaces/NS/`) lists it with a resourceVersion, paged by `limit` and
 //! `continue`; `?watch=true&resourceVersion=RV` streams JSON lines (ADDED, MODIFIED, DELETED,
 //! BOOKMARK) of every change after RV, or one ERROR line with a 410 `Expired` Status when RV
-//! is older than the last compaction. Tests change objects, cut open watches mid-line, compact
-//! history, or stop the server, and read back what the client asked for.
+//! is older than the last compaction. `GET` an object reads it; `PATCH` an object (or its
+//! `/status` subresource) applies a JSON patch (`application/json-patch+json`: add, replace,
+//! remove, test) or a JSON merge patch, answering 409 Conflict when the patched object names a
+//! resourceVersion other than the current one and 422 when a `test` op fails, as
+//! kube-apiserver does; a patch bumps the resourceVersion (and the generation, when the spec
+//! changed) and is seen by every watch as MODIFIED. Tests change objects, cut open watches
+//! mid-line, compact history, make a change land between a client's read and its patch, or
+//! stop the server, and read back what the client asked for.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -35,6 +41,8 @@ struct Kind {
     plural: &'static str,
     /// Built-in kinds' list items carry no apiVersion/kind; custom resources' do.
     built_in: bool,
+    /// Cluster-scoped kinds have no namespace.
+    namespaced: bool,
 }
 
 const KINDS: &[Kind] = &[
@@ -44,6 +52,7 @@ const KINDS: &[Kind] = &[
         api_version: "v1",
         plural: "services",
         built_in: true,
+        namespaced: true,
     },
     Kind {
         name: "Pod",
@@ -51,6 +60,15 @@ const KINDS: &[Kind] = &[
         api_version: "v1",
         plural: "pods",
         built_in: true,
+        namespaced: true,
+    },
+    Kind {
+        name: "Event",
+        prefix: "/api/v1",
+        api_version: "v1",
+        plural: "events",
+        built_in: true,
+        namespaced: true,
     },
     Kind {
         name: "EndpointSlice",
@@ -58,6 +76,7 @@ const KINDS: &[Kind] = &[
         api_version: "discovery.k8s.io/v1",
         plural: "endpointslices",
         built_in: true,
+        namespaced: true,
     },
     Kind {
         name: "VirtualService",
@@ -65,6 +84,7 @@ const KINDS: &[Kind] = &[
         api_version: "networking.istio.io/v1",
         plural: "virtualservices",
         built_in: false,
+        namespaced: true,
     },
     Kind {
         name: "DestinationRule",
@@ -72,6 +92,7 @@ const KINDS: &[Kind] = &[
         api_version: "networking.istio.io/v1",
         plural: "destinationrules",
         built_in: false,
+        namespaced: true,
     },
     Kind {
         name: "ServiceEntry",
@@ -79,6 +100,7 @@ const KINDS: &[Kind] = &[
         api_version: "networking.istio.io/v1",
         plural: "serviceentries",
         built_in: false,
+        namespaced: true,
     },
     Kind {
         name: "WorkloadEntry",
@@ -86,8 +108,36 @@ const KINDS: &[Kind] = &[
         api_version: "networking.istio.io/v1",
         plural: "workloadentries",
         built_in: false,
+        namespaced: true,
+    },
+    Kind {
+        name: "Rollout",
+        prefix: "/apis/argoproj.io/v1alpha1",
+        api_version: "argoproj.io/v1alpha1",
+        plural: "rollouts",
+        built_in: false,
+        namespaced: true,
+    },
+    Kind {
+        name: "AnalysisTemplate",
+        prefix: "/apis/argoproj.io/v1alpha1",
+        api_version: "argoproj.io/v1alpha1",
+        plural: "analysistemplates",
+        built_in: false,
+        namespaced: true,
+    },
+    Kind {
+        name: "ClusterAnalysisTemplate",
+        prefix: "/apis/argoproj.io/v1alpha1",
+        api_version: "argoproj.io/v1alpha1",
+        plural: "clusteranalysistemplates",
+        built_in: false,
+        namespaced: false,
     },
 ];
+
+/// A change made to a stored object just before the next PATCH of its kind is processed.
+type Interference = Box<dyn FnOnce(&mut Value) + Send>;
 
 #[derive(Clone)]
 struct Event {
@@ -129,6 +179,15 @@ struct Shared {
     /// With TLS: the bearer token every request must carry (401 otherwise).
     token: Option<String>,
     unauthorized: AtomicU64,
+    /// `verb namespace group/plural[/subresource]` of every request (`*`: all namespaces,
+    /// `-`: cluster-scoped); verbs as RBAC names them (list, watch, get, patch).
+    verbs: Mutex<std::collections::BTreeSet<String>>,
+    /// Plural → the change to land before the next PATCH of that kind.
+    interfere: Mutex<BTreeMap<&'static str, Interference>>,
+    conflicts: AtomicU64,
+    patches: AtomicU64,
+    /// Creates answered 409 AlreadyExists.
+    already_exists: AtomicU64,
 }
 
 impl Shared {
@@ -185,6 +244,11 @@ impl FakeApiServer {
             missing: Mutex::default(),
             token: tls.as_ref().map(|t| t.2.clone()),
             unauthorized: AtomicU64::new(0),
+            verbs: Mutex::default(),
+            interfere: Mutex::default(),
+            conflicts: AtomicU64::new(0),
+            patches: AtomicU64::new(0),
+            already_exists: AtomicU64::new(0),
         });
         let tls = tls.map(|(acceptor, ca, _)| (acceptor, ca));
         let mut tasks = JoinSet::new();
@@ -348,6 +412,82 @@ impl FakeApiServer {
         ));
     }
 
+    /// The object as stored now.
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let k = lookup_kind(kind);
+        let ns = if k.namespaced { ns } else { "" };
+        self.shared
+            .lock()
+            .objects
+            .get(k.plural)
+            .and_then(|c| c.get(&(ns.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// Every object of `kind` stored now.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .objects
+            .get(lookup_kind(kind).plural)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every version the object has had, oldest first (ADDED and MODIFIED events).
+    pub fn versions(&self, kind: &str, ns: &str, name: &str) -> Vec<Value> {
+        let plural = lookup_kind(kind).plural;
+        self.shared
+            .lock()
+            .history
+            .iter()
+            .filter(|e| {
+                e.plural == plural
+                    && e.kind != "DELETED"
+                    && e.object["metadata"]["name"] == name
+                    && e.namespace == ns
+            })
+            .map(|e| e.object.clone())
+            .collect()
+    }
+
+    /// Lands `change` on the stored object a PATCH names, just before the next PATCH of
+    /// `kind` is processed (as another client's edit between this client's read and its
+    /// patch): a new resourceVersion, MODIFIED to every watch.
+    pub fn interfere_before_next_patch(
+        &self,
+        kind: &str,
+        change: impl FnOnce(&mut Value) + Send + 'static,
+    ) {
+        self.shared
+            .interfere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lookup_kind(kind).plural, Box::new(change));
+    }
+
+    /// (PATCH requests, of them answered 409 Conflict).
+    pub fn patch_counts(&self) -> (u64, u64) {
+        (
+            self.shared.patches.load(Ordering::SeqCst),
+            self.shared.conflicts.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Creates answered 409 AlreadyExists (the name was taken).
+    pub fn already_exists(&self) -> u64 {
+        self.shared.already_exists.load(Ordering::SeqCst)
+    }
+
+    /// `verb namespace group/plural[/subresource]` of every request a client made.
+    pub fn verbs(&self) -> std::collections::BTreeSet<String> {
+        self.shared
+            .verbs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Requests answered 401 (no or a wrong bearer token).
     pub fn unauthorized(&self) -> u64 {
         self.shared.unauthorized.load(Ordering::SeqCst)
@@ -356,11 +496,16 @@ impl FakeApiServer {
 
 fn apply_locked(st: &mut State, mut object: Value) -> u64 {
     let kind = object["kind"].as_str().expect("kind").to_string();
-    let plural = lookup_kind(&kind).plural;
-    let ns = object["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
+    let k = lookup_kind(&kind);
+    let plural = k.plural;
+    let ns = if k.namespaced {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
     let name = object["metadata"]["name"]
         .as_str()
         .expect("name")
@@ -373,7 +518,9 @@ fn apply_locked(st: &mut State, mut object: Value) -> u64 {
         .and_then(|c| c.get(&(ns.clone(), name.clone())))
         .cloned();
     let meta = &mut object["metadata"];
-    meta["namespace"] = json!(ns);
+    if k.namespaced {
+        meta["namespace"] = json!(ns);
+    }
     meta["resourceVersion"] = json!(rv.to_string());
     match &existing {
         Some(old) => {
@@ -434,7 +581,7 @@ async fn accept_loop(
         conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, shared)) }
+                async move { Ok::<_, Infallible>(handle(req, shared).await) }
             });
             let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
@@ -451,18 +598,38 @@ async fn accept_loop(
     }
 }
 
-/// `/api/v1[/namespaces/NS]/PLURAL` or `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL`.
-fn parse_path(path: &str) -> Option<(&'static Kind, Option<String>)> {
+/// What a request path names.
+struct Target {
+    kind: &'static Kind,
+    ns: Option<String>,
+    /// An object's name, else the collection.
+    name: Option<String>,
+    /// `status`, for the status subresource.
+    subresource: Option<String>,
+}
+
+/// `/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUB]]` or
+/// `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL[/NAME[/SUB]]`.
+fn parse_path(path: &str) -> Option<Target> {
     KINDS.iter().find_map(|k| {
         let rest = path.strip_prefix(k.prefix)?.strip_prefix('/')?;
-        let (ns, plural) = match rest.strip_prefix("namespaces/") {
+        let (ns, rest) = match rest.strip_prefix("namespaces/") {
             Some(r) => {
-                let (ns, plural) = r.split_once('/')?;
-                (Some(ns.to_string()), plural)
+                let (ns, rest) = r.split_once('/')?;
+                (Some(ns.to_string()), rest)
             }
             None => (None, rest),
         };
-        (plural == k.plural).then_some((k, ns))
+        let mut parts = rest.split('/');
+        let plural = parts.next()?;
+        let name = parts.next().map(str::to_string);
+        let subresource = parts.next().map(str::to_string);
+        (plural == k.plural && parts.next().is_none()).then_some(Target {
+            kind: k,
+            ns,
+            name,
+            subresource,
+        })
     })
 }
 
@@ -491,7 +658,7 @@ fn status(code: u16, reason: &str, message: String) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
     if let Some(token) = &shared.token {
         let presented = req
             .headers()
@@ -505,14 +672,20 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
             );
         }
     }
-    let found = parse_path(req.uri().path()).filter(|(k, _)| {
+    let found = parse_path(req.uri().path()).filter(|t| {
         !shared
             .missing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(k.plural)
+            .contains(t.kind.plural)
     });
-    let Some((kind, ns)) = found else {
+    let Some(Target {
+        kind,
+        ns,
+        name,
+        subresource,
+    }) = found
+    else {
         return json_response(
             StatusCode::NOT_FOUND,
             status(
@@ -524,6 +697,46 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
     };
     let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let collection = format!("{group}/{}", kind.plural);
+    let q = query(&req);
+    let verb = match (req.method().as_str(), &name) {
+        ("GET", None) if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) => {
+            "watch"
+        }
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("PATCH", Some(_)) => "patch",
+        ("POST", None) => "create",
+        _ => {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    format!("{} is not served by the fake", req.method()),
+                ),
+            );
+        }
+    };
+    let scope = match (&ns, kind.namespaced) {
+        (Some(ns), _) => ns.clone(),
+        (None, true) => "*".to_string(),
+        (None, false) => "-".to_string(),
+    };
+    let sub = subresource
+        .as_ref()
+        .map_or(String::new(), |s| format!("/{s}"));
+    shared
+        .verbs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(format!("{verb} {scope} {collection}{sub}"));
+    if let Some(name) = name {
+        let ns = ns.unwrap_or_default();
+        return match verb {
+            "get" => get_object(kind, &ns, &name, &shared),
+            _ => patch_object(req, kind, ns, name, subresource, shared).await,
+        };
+    }
     // `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`.
     let metadata_only = req
         .headers()
@@ -546,9 +759,10 @@ fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBody> {
         kind,
         metadata_only,
     };
-    let q = query(&req);
-    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-    if is_watch {
+    if verb == "create" {
+        return create_object(req, kind, ns.unwrap_or_default(), shared).await;
+    }
+    if verb == "watch" {
         shared.watches.fetch_add(1, Ordering::SeqCst);
         return watch_response(shape, ns, &q, shared);
     }
@@ -736,4 +950,335 @@ fn watch_response(
         .header("content-type", "application/json")
         .body(body)
         .expect("response")
+}
+
+fn not_found(kind: &Kind, name: &str) -> Response<TestBody> {
+    let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    json_response(
+        StatusCode::NOT_FOUND,
+        status(
+            404,
+            "NotFound",
+            format!("{}.{group} \"{name}\" not found", kind.plural),
+        ),
+    )
+}
+
+fn get_object(kind: &'static Kind, ns: &str, name: &str, shared: &Shared) -> Response<TestBody> {
+    let st = shared.lock();
+    match st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&(ns.to_string(), name.to_string())))
+    {
+        Some(o) => json_response(
+            StatusCode::OK,
+            Shape {
+                kind,
+                metadata_only: false,
+            }
+            .object(o),
+        ),
+        None => not_found(kind, name),
+    }
+}
+
+async fn patch_object(
+    req: Request<Incoming>,
+    kind: &'static Kind,
+    ns: String,
+    name: String,
+    subresource: Option<String>,
+    shared: Arc<Shared>,
+) -> Response<TestBody> {
+    use http_body_util::BodyExt;
+    shared.patches.fetch_add(1, Ordering::SeqCst);
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let Ok(body) = req.into_body().collect().await else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "unreadable body".into()),
+        );
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "the patch is not JSON".into()),
+        );
+    };
+    let key = (ns.clone(), name.clone());
+    if let Some(change) = shared
+        .interfere
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(kind.plural)
+    {
+        let mut st = shared.lock();
+        if let Some(mut o) = st
+            .objects
+            .get(kind.plural)
+            .and_then(|c| c.get(&key))
+            .cloned()
+        {
+            change(&mut o);
+            let rv = apply_locked(&mut st, o);
+            drop(st);
+            shared.changed.send_replace(rv);
+        }
+    }
+    let mut st = shared.lock();
+    let Some(current) = st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&key))
+        .cloned()
+    else {
+        drop(st);
+        return not_found(kind, &name);
+    };
+    let patched = match content_type.split(';').next().unwrap_or("").trim() {
+        "application/json-patch+json" => json_patch(current.clone(), &patch),
+        "application/merge-patch+json" => {
+            let mut o = current.clone();
+            merge_patch(&mut o, &patch);
+            Ok(o)
+        }
+        other => {
+            return json_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the fake takes json-patch and merge-patch, not {other:?}"),
+                ),
+            );
+        }
+    };
+    let mut patched = match patched {
+        Ok(p) => p,
+        Err(e) => {
+            return json_response(StatusCode::UNPROCESSABLE_ENTITY, status(422, "Invalid", e));
+        }
+    };
+    // A resourceVersion in the patched object is a precondition (kube-apiserver's
+    // optimistic concurrency): another one than the stored one is a conflict.
+    let current_rv = current["metadata"]["resourceVersion"].clone();
+    let asked_rv = patched["metadata"]["resourceVersion"].clone();
+    if !asked_rv.is_null() && asked_rv != current_rv {
+        shared.conflicts.fetch_add(1, Ordering::SeqCst);
+        let group = kind.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        return json_response(
+            StatusCode::CONFLICT,
+            status(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {}.{group} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    kind.plural
+                ),
+            ),
+        );
+    }
+    // With a status subresource, the main resource ignores status and /status ignores
+    // everything else.
+    if subresource.as_deref() == Some("status") {
+        let mut o = current.clone();
+        o["status"] = patched["status"].take();
+        patched = o;
+    } else {
+        patched["status"] = current["status"].clone();
+    }
+    if let Some(m) = patched.as_object_mut()
+        && m.get("status").is_some_and(Value::is_null)
+    {
+        m.remove("status");
+    }
+    patched["metadata"]["generation"] = current["metadata"]["generation"].clone();
+    let spec_changed = patched["spec"] != current["spec"];
+    let rv = apply_locked(&mut st, patched);
+    let stored = st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&key))
+        .cloned();
+    if !spec_changed
+        && let Some(o) = st
+            .objects
+            .get_mut(kind.plural)
+            .and_then(|c| c.get_mut(&key))
+    {
+        // apply_locked bumps the generation for any write; only a spec change does.
+        o["metadata"]["generation"] = current["metadata"]["generation"].clone();
+        if let Some(e) = st.history.last_mut() {
+            e.object["metadata"]["generation"] = current["metadata"]["generation"].clone();
+        }
+    }
+    let stored = st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&key))
+        .cloned()
+        .or(stored)
+        .unwrap_or(Value::Null);
+    drop(st);
+    shared.changed.send_replace(rv);
+    json_response(
+        StatusCode::OK,
+        Shape {
+            kind,
+            metadata_only: false,
+        }
+        .object(&stored),
+    )
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let Some(t) = target.as_object_mut() else {
+        return;
+    };
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// RFC 6902 add, replace, remove and test over RFC 6901 pointers.
+fn json_patch(mut doc: Value, ops: &Value) -> Result<Value, String> {
+    let ops = ops.as_array().ok_or("a JSON patch is an array")?;
+    for op in ops {
+        let path = op["path"].as_str().ok_or("an op without a path")?;
+        let value = op["value"].clone();
+        match op["op"].as_str() {
+            Some("test") => {
+                if doc.pointer(path) != Some(&value) {
+                    return Err(format!("testing value {path} failed"));
+                }
+            }
+            Some("replace") => {
+                let at = doc.pointer_mut(path).ok_or_else(|| {
+                    format!("replace operation does not apply: doc is missing path: {path}")
+                })?;
+                *at = value;
+            }
+            Some(o @ ("add" | "remove")) => {
+                let (parent, last) = path.rsplit_once('/').ok_or("a bad path")?;
+                let last = last.replace("~1", "/").replace("~0", "~");
+                let container = doc.pointer_mut(parent).ok_or_else(|| {
+                    format!("{o} operation does not apply: doc is missing path: {parent}")
+                })?;
+                match (container, o) {
+                    (Value::Object(m), "add") => {
+                        m.insert(last, value);
+                    }
+                    (Value::Object(m), _) => {
+                        m.remove(&last)
+                            .ok_or_else(|| format!("no {path} to remove"))?;
+                    }
+                    (Value::Array(a), "add") => {
+                        let i = if last == "-" {
+                            a.len()
+                        } else {
+                            last.parse().map_err(|_| "a bad index")?
+                        };
+                        if i > a.len() {
+                            return Err(format!(
+                                "add operation does not apply: {path} is out of range"
+                            ));
+                        }
+                        a.insert(i, value);
+                    }
+                    (Value::Array(a), _) => {
+                        let i: usize = last.parse().map_err(|_| "a bad index")?;
+                        if i >= a.len() {
+                            return Err(format!("no {path} to remove"));
+                        }
+                        a.remove(i);
+                    }
+                    _ => return Err(format!("{o}: {parent} is not a container")),
+                }
+            }
+            other => return Err(format!("the fake does not do op {other:?}")),
+        }
+    }
+    Ok(doc)
+}
+
+/// `POST` to a collection: creates the object (201), or 409 AlreadyExists for a taken name.
+async fn create_object(
+    req: Request<Incoming>,
+    kind: &'static Kind,
+    ns: String,
+    shared: Arc<Shared>,
+) -> Response<TestBody> {
+    use http_body_util::BodyExt;
+    let Ok(body) = req.into_body().collect().await else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "unreadable body".into()),
+        );
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "the object is not JSON".into()),
+        );
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            status(422, "Invalid", "metadata.name: Required value".into()),
+        );
+    };
+    object["apiVersion"] = json!(kind.api_version);
+    object["kind"] = json!(kind.name);
+    object["metadata"]["namespace"] = json!(ns);
+    let mut st = shared.lock();
+    if st
+        .objects
+        .get(kind.plural)
+        .is_some_and(|c| c.contains_key(&(ns.clone(), name.clone())))
+    {
+        shared.already_exists.fetch_add(1, Ordering::SeqCst);
+        return json_response(
+            StatusCode::CONFLICT,
+            status(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", kind.plural),
+            ),
+        );
+    }
+    let rv = apply_locked(&mut st, object);
+    let stored = st
+        .objects
+        .get(kind.plural)
+        .and_then(|c| c.get(&(ns, name)))
+        .cloned()
+        .unwrap_or(Value::Null);
+    drop(st);
+    shared.changed.send_replace(rv);
+    json_response(
+        StatusCode::CREATED,
+        Shape {
+            kind,
+            metadata_only: false,
+        }
+        .object(&stored),
+    )
 }

@@ -31,6 +31,8 @@ pub struct Admitted {
     /// The findings already logged for the objects refused now (a finding names the
     /// object's resourceVersion, so a new version of it is reported anew).
     reported: HashSet<String>,
+    /// Where a newly refused version goes to become a Kubernetes Event.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<super::events::Refusal>>,
 }
 
 impl Admitted {
@@ -66,6 +68,11 @@ impl Admitted {
         }
         if !findings.is_empty() {
             log_diagnostics(&findings);
+            if let Some(tx) = &self.events {
+                for r in super::events::refusals(&findings) {
+                    let _ = tx.send(r);
+                }
+            }
             tracing::error!(
                 objects = ?bad,
                 "Kubernetes objects refused; each keeps its last served version, the rest is applied"

@@ -3,12 +3,14 @@
 //! EndpointSlices and Pods give the endpoints, watched through reflectors and published
 //! through the same validate → compile → swap as the file source. A change is debounced; a
 //! config with an error is refused and logged (kind/namespace/name, field path) while the last
-//! good table keeps serving; losing the API server only stops updates.
+//! good table keeps serving (and a Warning Event names it on the object, see `events`);
+//! losing the API server only stops updates.
 
 mod admit;
-mod reflect;
+pub mod events;
+pub(crate) mod reflect;
 pub mod services;
-mod snapshot;
+pub(crate) mod snapshot;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -39,8 +41,8 @@ const ISTIO_KINDS: [(&str, &str); 4] = [
     ("ServiceEntry", "serviceentries"),
     ("WorkloadEntry", "workloadentries"),
 ];
-const ISTIO_GROUP: &str = "networking.istio.io";
-const ISTIO_VERSION: &str = "v1";
+pub(crate) const ISTIO_GROUP: &str = "networking.istio.io";
+pub(crate) const ISTIO_VERSION: &str = "v1";
 
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
@@ -108,22 +110,7 @@ impl Drop for KubeSource {
 impl KubeSource {
     /// Connects (no request is made yet) and starts every reflector.
     pub async fn start(opts: KubeOptions) -> Result<KubeSource, KubeError> {
-        let config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|source| KubeError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            None => Config::infer().await.map_err(KubeError::Infer)?,
-        };
-        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        let client = client(opts.kubeconfig.as_deref()).await?;
         Ok(Self::with_client(client, opts))
     }
 
@@ -187,9 +174,14 @@ impl KubeSource {
             stores.pods.push(store);
             tasks.push(task);
         }
+        // Refused objects become Events (events.rs); the task ends with the source.
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.push(events::spawn(client.clone(), stores.clone(), events_rx));
+        let mut admitted = admit::Admitted::default();
+        admitted.events = Some(events_tx);
         KubeSource {
             stores,
-            admitted: Arc::default(),
+            admitted: Arc::new(Mutex::new(admitted)),
             changed,
             synced,
             reflectors,
@@ -258,6 +250,26 @@ impl KubeSource {
             }
         })
     }
+}
+
+/// A client from `kubeconfig`, else the in-cluster service account (or `$KUBECONFIG`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(KubeError::Infer)?,
+    };
+    Client::try_from(config).map_err(KubeError::Client)
 }
 
 fn lock(m: &Mutex<admit::Admitted>) -> std::sync::MutexGuard<'_, admit::Admitted> {

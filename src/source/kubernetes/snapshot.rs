@@ -27,6 +27,27 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The uid of a watched object (an Istio kind or a Service), for an Event naming it.
+    pub fn uid(&self, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        let matches = |m: &kube::api::ObjectMeta| {
+            m.namespace.as_deref() == Some(namespace) && m.name.as_deref() == Some(name)
+        };
+        if kind == "Service" {
+            return self
+                .services
+                .iter()
+                .flat_map(Store::state)
+                .find(|s| matches(&s.metadata))
+                .and_then(|s| s.metadata.uid.clone());
+        }
+        self.istio
+            .iter()
+            .filter(|(ar, _)| ar.kind == kind)
+            .flat_map(|(_, store)| store.state())
+            .find(|o| matches(&o.metadata))
+            .and_then(|o| o.metadata.uid.clone())
+    }
+
     /// Every object now in the stores, as resources. `content_hash` covers each Istio
     /// object's resourceVersion and each Service's derived entry (ports, ready endpoints and
     /// their labels), so a Pod status update that changes nothing routed hashes the same.
@@ -105,7 +126,7 @@ impl Stores {
 }
 
 /// `Kind/namespace/name@resourceVersion`: where a diagnostic says an object came from.
-fn object_id(kind: &str, meta: &kube::api::ObjectMeta) -> String {
+pub(crate) fn object_id(kind: &str, meta: &kube::api::ObjectMeta) -> String {
     format!(
         "{kind}/{}/{}@{}",
         meta.namespace.as_deref().unwrap_or(""),
@@ -125,7 +146,7 @@ fn api_source(id: &str) -> Source {
     }
 }
 
-fn istio_object(
+pub(crate) fn istio_object(
     ar: &ApiResource,
     obj: &DynamicObject,
     id: String,
