@@ -447,7 +447,9 @@ async fn a_broken_edit_is_refused_once_and_the_dump_says_why() {
     let mut c = Client::h1(p.addr).await;
     let good = weighted(&v1, &v2, 1, 5);
     let broken = good.replace("subset: v2", "subset: v9");
-    std::fs::write(p.config_path(), &broken).expect("write");
+    // Renamed over, not written in place: a reader that sees a half-written file refuses
+    // that too (rightly), which would make the counts below depend on the machine's load.
+    write_renamed(&p.config_path(), &broken);
     assert!(wait_for(APPLY_LIMIT, || p.reloader.reloads_refused() == 1).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.reloader.reloads_refused(), 1, "{:?}", w.stats());
@@ -495,7 +497,7 @@ async fn a_broken_edit_is_refused_once_and_the_dump_says_why() {
     );
 
     // Reverting to the serving content clears the refusal without a new version.
-    std::fs::write(p.config_path(), &good).expect("write");
+    write_renamed(&p.config_path(), &good);
     let cleared = wait_for(APPLY_LIMIT, || {
         p.reloader.last_report().is_some_and(|r| r.accepted)
     })
@@ -507,7 +509,7 @@ async fn a_broken_edit_is_refused_once_and_the_dump_says_why() {
     assert_eq!(dump["last_reload"]["changed"], false, "{dump:#}");
 
     // And a real fix applies normally.
-    std::fs::write(p.config_path(), weighted(&v1, &v2, 2, 100)).expect("write");
+    write_renamed(&p.config_path(), &weighted(&v1, &v2, 2, 100));
     assert_eq!(until_gen(&mut c, 2).await, "v2");
     assert_eq!(p.reloader.reloads_refused(), 1);
 }
