@@ -510,6 +510,100 @@ async fn a_kind_that_never_lists_is_named_when_start_gives_up() {
     }
 }
 
+/// The Istio kinds each at the version they are read at, and config_dump's apiVersion of
+/// the VirtualService served.
+async fn read_at(m: &Mesh) -> (Vec<String>, String) {
+    let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
+        .await
+        .json();
+    let vs = dump["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["from"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("VirtualService/"))
+        })
+        .map(|r| r["api_version"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (m.api.istio_asked().into_iter().collect(), vs)
+}
+
+/// A control plane older than Istio 1.22 serves networking.istio.io at v1beta1 and
+/// v1alpha3, not v1: discovery finds v1beta1, every kind is watched there, and the proxy
+/// syncs, routes, and follows a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_before_1_22_is_read_at_v1beta1() {
+    let api = FakeApiServer::start(2).await;
+    api.serve_istio_versions(&["v1beta1", "v1alpha3"]);
+    let m = mesh_on(api, Vec::new()).await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+    let (asked, vs) = read_at(&m).await;
+    assert_eq!(
+        asked,
+        [
+            "v1beta1/destinationrules",
+            "v1beta1/serviceentries",
+            "v1beta1/virtualservices",
+            "v1beta1/workloadentries"
+        ]
+    );
+    assert_eq!(vs, "networking.istio.io/v1beta1");
+}
+
+/// Served at all three versions (Istio 1.22 on), every kind is read at v1 and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_is_read_when_served() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    let (asked, vs) = read_at(&m).await;
+    assert_eq!(
+        asked,
+        [
+            "v1/destinationrules",
+            "v1/serviceentries",
+            "v1/virtualservices",
+            "v1/workloadentries"
+        ]
+    );
+    assert_eq!(vs, "networking.istio.io/v1");
+}
+
+/// No Istio at all (networking.istio.io not served): `run` gives up after the sync timeout
+/// and says which group was missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_istio_group_is_named_when_start_gives_up() {
+    let api = FakeApiServer::start(100).await;
+    api.serve_istio_versions(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = ServeOptions::new(dir.path());
+    serve.kubernetes = Some(KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        sync_timeout: Duration::from_millis(1500),
+        ..KubeOptions::default()
+    });
+    let start = Instant::now();
+    match Server::start(serve).await {
+        Err(StartError::Kubernetes(e @ KubeError::GroupNotServed { .. })) => {
+            assert!(e.to_string().contains("networking.istio.io"), "{e}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started without Istio"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // Nothing was watched: the group's absence is found before any reflector starts.
+    assert!(api.requested().is_empty(), "{:?}", api.requested());
+}
+
 /// The API server gone for 30 s: traffic goes on with no failed request and readiness stays
 /// up; a change made meanwhile applies once the server is back (the watches' back-off has
 /// grown towards its 30 s cap by then). Ignored by default (it takes a minute); `.ci/run`

@@ -7,6 +7,7 @@
 //! losing the API server only stops updates.
 
 mod admit;
+mod discover;
 pub mod events;
 pub(crate) mod reflect;
 pub mod services;
@@ -32,9 +33,7 @@ pub use admit::Screen;
 use reflect::Signals;
 pub use snapshot::Stores;
 
-/// The Istio kinds read, at the version every supported Istio (1.22 on) serves. An object is
-/// served at every version of its group whichever one it was written with, so one watch per
-/// kind sees them all.
+/// The Istio kinds read, each at the best version the server serves (see `discover`).
 const ISTIO_KINDS: [(&str, &str); 4] = [
     ("VirtualService", "virtualservices"),
     ("DestinationRule", "destinationrules"),
@@ -42,6 +41,7 @@ const ISTIO_KINDS: [(&str, &str); 4] = [
     ("WorkloadEntry", "workloadentries"),
 ];
 pub(crate) const ISTIO_GROUP: &str = "networking.istio.io";
+/// What Istio 1.22 on serves; the rollout controller patches VirtualServices at it.
 pub(crate) const ISTIO_VERSION: &str = "v1";
 
 #[derive(Debug, Clone)]
@@ -85,6 +85,13 @@ pub enum KubeError {
         list = .1.join(", ")
     )]
     SyncTimeout(Duration, Vec<String>),
+    #[error(
+        "the API server did not serve the API group {group} within {timeout:?} (are the Istio CRDs installed?)"
+    )]
+    GroupNotServed {
+        group: &'static str,
+        timeout: Duration,
+    },
 }
 
 /// A running source: reflectors filling stores. Dropping it stops them.
@@ -97,6 +104,10 @@ pub struct KubeSource {
     reflectors: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     opts: KubeOptions,
+    /// `sync_timeout` counts from here: discovery and the first lists share it.
+    started: tokio::time::Instant,
+    /// (kind, apiVersion) each Istio kind is read at.
+    istio_versions: Vec<(&'static str, String)>,
 }
 
 impl Drop for KubeSource {
@@ -108,13 +119,36 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Connects (no request is made yet) and starts every reflector.
+    /// Connects, discovers which version of each Istio kind the server serves (retrying
+    /// within `sync_timeout`), and starts every reflector.
     pub async fn start(opts: KubeOptions) -> Result<KubeSource, KubeError> {
+        let started = tokio::time::Instant::now();
         let client = client(opts.kubeconfig.as_deref()).await?;
-        Ok(Self::with_client(client, opts))
+        let plurals: Vec<&str> = ISTIO_KINDS.iter().map(|(_, p)| *p).collect();
+        let versions = discover::istio_versions(
+            &client,
+            &plurals,
+            started + opts.sync_timeout,
+            opts.sync_timeout,
+        )
+        .await?;
+        for ((kind, _), v) in ISTIO_KINDS.iter().zip(&versions) {
+            tracing::info!(kind, api_version = %format!("{ISTIO_GROUP}/{v}"), "reading Istio kind");
+        }
+        Ok(Self::with_client(client, opts, started, &versions))
     }
 
-    fn with_client(client: Client, opts: KubeOptions) -> KubeSource {
+    /// The apiVersion each Istio kind is read at, as (kind, apiVersion).
+    pub fn istio_versions(&self) -> &[(&'static str, String)] {
+        &self.istio_versions
+    }
+
+    fn with_client(
+        client: Client,
+        opts: KubeOptions,
+        started: tokio::time::Instant,
+        versions: &[String],
+    ) -> KubeSource {
         let changed = Arc::new(Notify::new());
         let (synced_tx, synced) = watch::channel(BTreeSet::new());
         let mut reflectors = Vec::new();
@@ -141,11 +175,13 @@ impl KubeSource {
             reflectors.push(what.clone());
             what
         };
-        for (kind, plural) in ISTIO_KINDS {
+        let mut istio_versions = Vec::new();
+        for ((kind, plural), version) in ISTIO_KINDS.into_iter().zip(versions) {
             let ar = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(ISTIO_GROUP, ISTIO_VERSION, kind),
+                &GroupVersionKind::gvk(ISTIO_GROUP, version, kind),
                 plural,
             );
+            istio_versions.push((kind, ar.api_version.clone()));
             for ns in &istio_scopes {
                 let api: Api<DynamicObject> = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -187,6 +223,8 @@ impl KubeSource {
             reflectors,
             tasks,
             opts,
+            started,
+            istio_versions,
         }
     }
 
@@ -195,7 +233,11 @@ impl KubeSource {
         let mut rx = self.synced.clone();
         let want = self.reflectors.len();
         let wait = rx.wait_for(|done| done.len() >= want);
-        match tokio::time::timeout(self.opts.sync_timeout, wait).await {
+        let left = self
+            .opts
+            .sync_timeout
+            .saturating_sub(self.started.elapsed());
+        match tokio::time::timeout(left, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => {
                 let done = self.synced.borrow().clone();
