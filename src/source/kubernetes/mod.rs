@@ -22,7 +22,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use tokio::sync::{Notify, watch};
 
@@ -188,25 +187,32 @@ impl KubeSource {
                     None => Api::all_with(client.clone(), &ar),
                 };
                 let (store, task) =
-                    reflect::spawn(api, ar.clone(), shown(kind, *ns), signals.clone());
+                    reflect::spawn(api, ar.clone(), shown(kind, *ns), signals.clone(), keep);
                 stores.istio.push((ar.clone(), store));
                 tasks.push(task);
             }
         }
         for ns in &scopes {
             let mut watch = |what: &str| shown(what, *ns);
-            let (store, task) = watch_builtin::<Service>(&client, *ns, watch("Service"), &signals);
+            let (store, task) =
+                watch_builtin::<Service>(&client, *ns, watch("Service"), &signals, keep);
             stores.services.push(store);
             tasks.push(task);
-            let (store, task) =
-                watch_builtin::<EndpointSlice>(&client, *ns, watch("EndpointSlice"), &signals);
+            let (store, task) = watch_builtin::<EndpointSlice>(
+                &client,
+                *ns,
+                watch("EndpointSlice"),
+                &signals,
+                keep,
+            );
             stores.slices.push(store);
             tasks.push(task);
-            // Metadata only (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata): a
-            // Pod's labels are all the source needs, and whole Pods of a cluster-wide watch
-            // would cost the most memory.
+            // Whole Pods, as no narrower read has a Pod's IP and readiness (a ServiceEntry's
+            // workloadSelector makes endpoints of them); trimmed to labels, IP, Ready and
+            // named container ports before they are stored, as Pods of a cluster-wide watch
+            // would otherwise cost the most memory.
             let (store, task) =
-                watch_builtin::<PartialObjectMeta<Pod>>(&client, *ns, watch("Pod"), &signals);
+                watch_builtin::<Pod>(&client, *ns, watch("Pod"), &signals, services::trim_pod);
             stores.pods.push(store);
             tasks.push(task);
         }
@@ -326,12 +332,16 @@ fn screened(stores: &Stores, admitted: &Mutex<admit::Admitted>, screen: &Screen)
     res
 }
 
+/// Stores an object whole.
+fn keep<K>(_: &mut K) {}
+
 /// Starts a reflector over a built-in namespaced kind, in `ns` or in all namespaces.
 fn watch_builtin<K>(
     client: &Client,
     ns: Option<&str>,
     what: String,
     signals: &Signals,
+    trim: fn(&mut K),
 ) -> (
     kube::runtime::reflector::Store<K>,
     tokio::task::JoinHandle<()>,
@@ -345,7 +355,7 @@ where
         + Sync
         + 'static,
 {
-    reflect::spawn(api(client, ns), (), what, signals.clone())
+    reflect::spawn(api(client, ns), (), what, signals.clone(), trim)
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
