@@ -198,7 +198,10 @@ pub fn service_entry(
 
 /// Ready endpoints only: a terminating one is not ready (unless the Service publishes
 /// not-ready addresses), so it leaves the table as Envoy drains it. `ready` unset means
-/// ready (the EndpointSlice API says so).
+/// ready (the EndpointSlice API says so). This is istiod's `endpointHealthStatus`: ready
+/// (or unset) is HEALTHY whatever `serving`/`terminating` say; anything else is UNHEALTHY,
+/// TERMINATING or (with persistent sessions only) DRAINING, none of which Envoy sends new
+/// requests to, so `serving` changes nothing here.
 fn ready(e: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
     e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
 }
@@ -386,6 +389,26 @@ mod tests {
         );
         assert_eq!(se.endpoints[0].ports.get("http-web"), Some(&Int(8080)));
         assert_eq!(se.endpoints[0].ports.get("api"), Some(&Int(9091)));
+    }
+
+    #[test]
+    fn readiness_alone_decides_whatever_serving_and_terminating_say() {
+        let e = |c: serde_json::Value| -> k8s_openapi::api::discovery::v1::Endpoint {
+            from_json(serde_json::json!({"addresses": ["10.0.0.1"], "conditions": c}))
+        };
+        // Terminating but still serving: istiod marks it TERMINATING, Envoy sends it nothing new.
+        assert!(!ready(&e(
+            serde_json::json!({"ready": false, "serving": true, "terminating": true})
+        )));
+        // Not ready, not terminating (failing its readiness probe).
+        assert!(!ready(&e(
+            serde_json::json!({"ready": false, "serving": false, "terminating": false})
+        )));
+        // publishNotReadyAddresses: ready stays true while terminating; istiod keeps it HEALTHY.
+        assert!(ready(&e(
+            serde_json::json!({"ready": true, "serving": true, "terminating": true})
+        )));
+        assert!(ready(&e(serde_json::json!({}))));
     }
 
     #[test]
