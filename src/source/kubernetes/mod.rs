@@ -105,8 +105,6 @@ pub struct KubeSource {
     opts: KubeOptions,
     /// `sync_timeout` counts from here: discovery and the first lists share it.
     started: tokio::time::Instant,
-    /// (kind, apiVersion) each Istio kind is read at.
-    istio_versions: Vec<(&'static str, String)>,
 }
 
 impl Drop for KubeSource {
@@ -135,11 +133,6 @@ impl KubeSource {
             tracing::info!(kind, api_version = %format!("{ISTIO_GROUP}/{v}"), "reading Istio kind");
         }
         Ok(Self::with_client(client, opts, started, &versions))
-    }
-
-    /// The apiVersion each Istio kind is read at, as (kind, apiVersion).
-    pub fn istio_versions(&self) -> &[(&'static str, String)] {
-        &self.istio_versions
     }
 
     fn with_client(
@@ -174,13 +167,11 @@ impl KubeSource {
             reflectors.push(what.clone());
             what
         };
-        let mut istio_versions = Vec::new();
         for ((kind, plural), version) in ISTIO_KINDS.into_iter().zip(versions) {
             let ar = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(ISTIO_GROUP, version, kind),
                 plural,
             );
-            istio_versions.push((kind, ar.api_version.clone()));
             for ns in &istio_scopes {
                 let api: Api<DynamicObject> = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -230,7 +221,6 @@ impl KubeSource {
             tasks,
             opts,
             started,
-            istio_versions,
         }
     }
 
