@@ -323,6 +323,9 @@ pub struct Reloader {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Served {
     pub resource: String,
+    /// As read: for the Kubernetes source, the version its kind is watched at (an older
+    /// Istio serves `networking.istio.io/v1beta1`, not `v1`).
+    pub api_version: String,
     pub from: String,
 }
 
@@ -330,6 +333,7 @@ fn served(res: &Resources) -> Vec<Served> {
     fn each<S>(list: &[config::Resource<S>], out: &mut Vec<Served>) {
         out.extend(list.iter().map(|r| Served {
             resource: r.id(),
+            api_version: r.api_version.clone(),
             from: if r.source.line == 0 {
                 r.source.file.display().to_string()
             } else {

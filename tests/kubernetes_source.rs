@@ -123,9 +123,14 @@ async fn mesh_on(api: FakeApiServer, namespaces: Vec<String>) -> Mesh {
 
 /// Sends requests until one answers `body`; how long that took.
 async fn until_body(client: &mut Client, body: &str, within: Duration) -> Duration {
+    until_body_at(client, HOST, body, within).await
+}
+
+/// [`until_body`] for requests to `host`.
+async fn until_body_at(client: &mut Client, host: &str, body: &str, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let r = client.get(HOST, "/").await;
+        let r = client.get(host, "/").await;
         if r.text() == body {
             return start.elapsed();
         }
@@ -170,10 +175,11 @@ async fn initial_sync_routes_traffic_through_paged_lists() {
     // Seven reflectors, two of which needed a second page.
     assert!(lists >= 9, "lists {lists}");
     assert!(watches >= 7, "watches {watches}");
-    // Only the Pods' labels are needed: their metadata, not whole Pods.
-    assert_eq!(
-        m.api.metadata_only().into_iter().collect::<Vec<_>>(),
-        ["/pods"]
+    // Whole Pods (a selected Pod's IP and readiness are not in its metadata).
+    assert!(
+        m.api.metadata_only().is_empty(),
+        "{:?}",
+        m.api.metadata_only()
     );
     let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
         .await
@@ -508,6 +514,207 @@ async fn a_kind_that_never_lists_is_named_when_start_gives_up() {
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("started without WorkloadEntries"),
     }
+}
+
+/// The Istio kinds each at the version they are read at, and config_dump's apiVersion of
+/// the VirtualService served.
+async fn read_at(m: &Mesh) -> (Vec<String>, String) {
+    let dump = support::e2e_helpers::admin_get(&m.proxy, "/config_dump")
+        .await
+        .json();
+    let vs = dump["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["from"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("VirtualService/"))
+        })
+        .map(|r| r["api_version"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (m.api.istio_asked().into_iter().collect(), vs)
+}
+
+/// A control plane older than Istio 1.22 serves networking.istio.io at v1beta1 and
+/// v1alpha3, not v1: discovery finds v1beta1, every kind is watched there, and the proxy
+/// syncs, routes, and follows a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_before_1_22_is_read_at_v1beta1() {
+    let api = FakeApiServer::start(2).await;
+    api.serve_istio_versions(&["v1beta1", "v1alpha3"]);
+    let m = mesh_on(api, Vec::new()).await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    m.api.apply(virtual_service(0, 100));
+    until_body(&mut c, "v2", Duration::from_secs(5)).await;
+    let (asked, vs) = read_at(&m).await;
+    assert_eq!(
+        asked,
+        [
+            "v1beta1/destinationrules",
+            "v1beta1/serviceentries",
+            "v1beta1/virtualservices",
+            "v1beta1/workloadentries"
+        ]
+    );
+    assert_eq!(vs, "networking.istio.io/v1beta1");
+}
+
+/// Served at all three versions (Istio 1.22 on), every kind is read at v1 and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_is_read_when_served() {
+    let m = mesh().await;
+    let mut c = Client::h1(m.proxy.addr).await;
+    until_body(&mut c, "v1", Duration::from_secs(5)).await;
+    let (asked, vs) = read_at(&m).await;
+    assert_eq!(
+        asked,
+        [
+            "v1/destinationrules",
+            "v1/serviceentries",
+            "v1/virtualservices",
+            "v1/workloadentries"
+        ]
+    );
+    assert_eq!(vs, "networking.istio.io/v1");
+}
+
+/// No Istio at all (networking.istio.io not served): `run` gives up after the sync timeout
+/// and says which group was missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_istio_group_is_named_when_start_gives_up() {
+    let api = FakeApiServer::start(100).await;
+    api.serve_istio_versions(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = ServeOptions::new(dir.path());
+    serve.kubernetes = Some(KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        sync_timeout: Duration::from_millis(1500),
+        ..KubeOptions::default()
+    });
+    let start = Instant::now();
+    match Server::start(serve).await {
+        Err(StartError::Kubernetes(e @ KubeError::GroupNotServed { .. })) => {
+            assert!(e.to_string().contains("networking.istio.io"), "{e}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("started without Istio"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // Nothing was watched: the group's absence is found before any reflector starts.
+    assert!(api.requested().is_empty(), "{:?}", api.requested());
+}
+
+/// A Pod as the kubelet reports it: Running, with IP 127.0.0.1 (its upstream), and the
+/// Ready condition `ready`; `named_port`: a container port named `http` (else unnamed).
+fn api_pod(name: &str, version: &str, port: u16, named_port: bool, ready: bool) -> Value {
+    let mut container_port = json!({"containerPort": port, "protocol": "TCP"});
+    if named_port {
+        container_port["name"] = json!("http");
+    }
+    let ready = if ready { "True" } else { "False" };
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+            "labels": {"app": "api", "version": version}},
+        "spec": {"nodeName": "node-1",
+            "containers": [{"name": "api", "image": "api:1", "ports": [container_port]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+            "conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", "status": ready},
+                {"type": "PodScheduled", "status": "True"}]}})
+}
+
+/// A ServiceEntry whose `workloadSelector` selects Pods (no Service, no EndpointSlice): the
+/// ready Pods labelled `app: api` in its namespace are its endpoints, with their labels, so
+/// a DestinationRule's subsets split them by `version`. The endpoint port is the Pod's
+/// container port named as the ServiceEntry port (`http`), else the port's `targetPort`:
+/// the v1 Pod names its port, the v2 Pod does not and is reached at `targetPort`. A Pod
+/// going unready leaves (503 UH), and comes back when Ready again. Pods not selected (other
+/// labels, another namespace) are not made endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_entry_workload_selector_routes_to_ready_pods_by_subset() {
+    const API: &str = "api.internal";
+    let v1 = Upstream::start("v1").await;
+    let v2 = Upstream::start("v2").await;
+    let other = Upstream::start("other").await;
+    let api = FakeApiServer::start(2).await;
+    api.apply(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"hosts": [API], "location": "MESH_INTERNAL", "resolution": "STATIC",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP",
+                "targetPort": v2.addr.port()}],
+            "workloadSelector": {"labels": {"app": "api"}}}}),
+    );
+    api.apply(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"host": API, "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}]}}),
+    );
+    let route = |v1: u32, v2: u32| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "api", "namespace": "default"},
+            "spec": {"hosts": [API], "http": [{"route": [
+                {"destination": {"host": API, "subset": "v1"}, "weight": v1},
+                {"destination": {"host": API, "subset": "v2"}, "weight": v2}]}]}})
+    };
+    api.apply(route(100, 0));
+    api.apply(api_pod("api-v1", "v1", v1.addr.port(), true, true));
+    api.apply(api_pod("api-v2", "v2", v2.addr.port(), false, true));
+    // Labelled v1 but not `app: api`, and `app: api` in another namespace: neither selected.
+    let mut unselected = api_pod("web-v1", "v1", other.addr.port(), true, true);
+    unselected["metadata"]["labels"]["app"] = json!("web");
+    api.apply(unselected);
+    let mut elsewhere = api_pod("api-v1-x", "v1", other.addr.port(), true, true);
+    elsewhere["metadata"]["namespace"] = json!("other");
+    api.apply(elsewhere);
+    let proxy = TestProxy::start_kubernetes(KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        debounce: Duration::from_millis(20),
+        sync_timeout: Duration::from_secs(10),
+        namespaces: Vec::new(),
+    })
+    .await;
+    let tap = flag_tap(&proxy).await;
+    let mut c = Client::h1(tap).await;
+    until_body_at(&mut c, API, "v1", Duration::from_secs(5)).await;
+    for _ in 0..20 {
+        assert_eq!(c.get(API, "/").await.text(), "v1");
+    }
+    api.apply(route(0, 100));
+    until_body_at(&mut c, API, "v2", Duration::from_secs(5)).await;
+    for _ in 0..20 {
+        assert_eq!(c.get(API, "/").await.text(), "v2");
+    }
+    assert_eq!(other.requests(), 0);
+    let dump = support::e2e_helpers::admin_get(&proxy, "/config_dump")
+        .await
+        .json();
+    let resources = dump["resources"].to_string();
+    assert!(resources.contains("Pod/default/api-v1@"), "{resources}");
+    assert!(resources.contains("Pod/default/api-v2@"), "{resources}");
+    assert!(!resources.contains("web-v1"), "{resources}");
+    assert!(!resources.contains("api-v1-x"), "{resources}");
+
+    // v2 unready: no endpoint left in the subset.
+    api.apply(api_pod("api-v2", "v2", v2.addr.port(), false, false));
+    until_body_at(&mut c, API, "no healthy upstream", Duration::from_secs(5)).await;
+    let r = c.get(API, "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-test-response-flag"), Some("UH"));
+    let served = v2.requests();
+    api.apply(api_pod("api-v2", "v2", v2.addr.port(), false, true));
+    until_body_at(&mut c, API, "v2", Duration::from_secs(5)).await;
+    assert!(v2.requests() > served);
 }
 
 /// The API server gone for 30 s: traffic goes on with no failed request and readiness stays

@@ -176,7 +176,7 @@ impl Kube {
                     None => format!("{} in all namespaces", ar.kind),
                 };
                 names.push(what.clone());
-                let (store, task) = reflect::spawn(api, ar.clone(), what, signals.clone());
+                let (store, task) = reflect::spawn(api, ar.clone(), what, signals.clone(), |_| {});
                 stores.istio.push((ar.clone(), store));
                 tasks.push(task);
             }

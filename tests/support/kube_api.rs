@@ -136,6 +136,75 @@ const KINDS: &[Kind] = &[
     },
 ];
 
+const ISTIO_GROUP: &str = "networking.istio.io";
+/// What Istio 1.22 on serves, preferred first.
+const ISTIO_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// `/apis/networking.istio.io/VERSION/...` at a served version: the path at the stored
+/// version (`v1`, which `KINDS` names) and the version; `Err` at an unserved one; `None` for
+/// any other path.
+fn istio_path(path: &str, served: &[&'static str]) -> Option<Result<(String, &'static str), ()>> {
+    let rest = path.strip_prefix("/apis/networking.istio.io/")?;
+    let (v, rest) = rest.split_once('/')?;
+    Some(
+        served
+            .iter()
+            .find(|s| **s == v)
+            .map(|s| (format!("/apis/networking.istio.io/v1/{rest}"), *s))
+            .ok_or(()),
+    )
+}
+
+/// API discovery for networking.istio.io, as kube-apiserver writes it: `GET /apis/GROUP` is
+/// an APIGroup (`versions[]` of `{groupVersion, version}`, `preferredVersion`), `GET
+/// /apis/GROUP/VERSION` an APIResourceList of that version's resources (an uninstalled
+/// kind's absent). 404 for the group when no version is served. `None`: not discovery.
+fn discovery(path: &str, served: &[&'static str], shared: &Shared) -> Option<Response<TestBody>> {
+    let rest = path.strip_prefix("/apis/networking.istio.io")?;
+    let rest = rest.trim_end_matches('/');
+    let not_found = || {
+        json_response(
+            StatusCode::NOT_FOUND,
+            status(404, "NotFound", format!("the server could not find {path}")),
+        )
+    };
+    let gv = |v: &str| json!({"groupVersion": format!("{ISTIO_GROUP}/{v}"), "version": v});
+    if rest.is_empty() {
+        let Some(preferred) = served.first() else {
+            return Some(not_found());
+        };
+        return Some(json_response(
+            StatusCode::OK,
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": ISTIO_GROUP,
+                "versions": served.iter().map(|v| gv(v)).collect::<Vec<_>>(),
+                "preferredVersion": gv(preferred)}),
+        ));
+    }
+    let v = rest.strip_prefix('/')?;
+    if v.contains('/') {
+        return None;
+    }
+    if !served.contains(&v) {
+        return Some(not_found());
+    }
+    let missing = shared.missing.lock().unwrap_or_else(|e| e.into_inner());
+    let resources: Vec<Value> = KINDS
+        .iter()
+        .filter(|k| k.prefix == "/apis/networking.istio.io/v1" && !missing.contains(k.plural))
+        .map(|k| {
+            json!({"name": k.plural, "singularName": k.name.to_ascii_lowercase(),
+                "namespaced": k.namespaced, "kind": k.name,
+                "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+                "categories": ["istio-io", "networking-istio-io"], "storageVersionHash": "0000000000="})
+        })
+        .collect();
+    Some(json_response(
+        StatusCode::OK,
+        json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": format!("{ISTIO_GROUP}/{v}"), "resources": resources}),
+    ))
+}
+
 /// A change made to a stored object just before the next PATCH of its kind is processed.
 type Interference = Box<dyn FnOnce(&mut Value) + Send>;
 
@@ -188,6 +257,11 @@ struct Shared {
     patches: AtomicU64,
     /// Creates answered 409 AlreadyExists.
     already_exists: AtomicU64,
+    /// The versions of networking.istio.io served, preferred first (Istio 1.22 on: all three;
+    /// before 1.22: no v1).
+    istio_versions: Mutex<Vec<&'static str>>,
+    /// `version/plural` of every networking.istio.io collection listed or watched.
+    istio_asked: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -249,6 +323,8 @@ impl FakeApiServer {
             conflicts: AtomicU64::new(0),
             patches: AtomicU64::new(0),
             already_exists: AtomicU64::new(0),
+            istio_versions: Mutex::new(ISTIO_VERSIONS.to_vec()),
+            istio_asked: Mutex::default(),
         });
         let tls = tls.map(|(acceptor, ca, _)| (acceptor, ca));
         let mut tasks = JoinSet::new();
@@ -385,6 +461,25 @@ impl FakeApiServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(lookup_kind(kind).plural);
+    }
+
+    /// Serves networking.istio.io at `versions` only (preferred first), as a control plane
+    /// older than Istio 1.22 does with `["v1beta1", "v1alpha3"]`; `[]`: the group not at all.
+    pub fn serve_istio_versions(&self, versions: &[&'static str]) {
+        *self
+            .shared
+            .istio_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = versions.to_vec();
+    }
+
+    /// `version/plural` of every networking.istio.io collection a client listed or watched.
+    pub fn istio_asked(&self) -> std::collections::BTreeSet<String> {
+        self.shared
+            .istio_asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `group/plural` of the collections a client asked for as metadata only.
@@ -672,7 +767,22 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBod
             );
         }
     }
-    let found = parse_path(req.uri().path()).filter(|t| {
+    let served: Vec<&'static str> = shared
+        .istio_versions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(doc) = discovery(req.uri().path(), &served, &shared) {
+        return doc;
+    }
+    // An Istio kind at a served version is the one stored object converted (apiVersion only:
+    // the spec is the same at every version); at an unserved one, 404.
+    let (path, istio_version) = match istio_path(req.uri().path(), &served) {
+        Some(Ok((path, v))) => (path, Some(v)),
+        Some(Err(())) => (String::new(), None),
+        None => (req.uri().path().to_string(), None),
+    };
+    let found = parse_path(&path).filter(|t| {
         !shared
             .missing
             .lock()
@@ -755,9 +865,17 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<TestBod
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(format!("{} {collection}", ns.as_deref().unwrap_or("*")));
+    if let Some(v) = istio_version {
+        shared
+            .istio_asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{v}/{}", kind.plural));
+    }
     let shape = Shape {
         kind,
         metadata_only,
+        istio_version,
     };
     if verb == "create" {
         return create_object(req, kind, ns.unwrap_or_default(), shared).await;
@@ -820,6 +938,8 @@ struct Shape {
     kind: &'static Kind,
     /// Only `metadata`, as kind PartialObjectMetadata (meta.k8s.io/v1).
     metadata_only: bool,
+    /// The networking.istio.io version asked for, when not the stored one.
+    istio_version: Option<&'static str>,
 }
 
 impl Shape {
@@ -831,11 +951,11 @@ impl Shape {
         }
     }
 
-    fn api_version(&self) -> &'static str {
-        if self.metadata_only {
-            "meta.k8s.io/v1"
-        } else {
-            self.kind.api_version
+    fn api_version(&self) -> String {
+        match (self.metadata_only, self.istio_version) {
+            (true, _) => "meta.k8s.io/v1".to_string(),
+            (false, Some(v)) => format!("{ISTIO_GROUP}/{v}"),
+            (false, None) => self.kind.api_version.to_string(),
         }
     }
 
@@ -976,6 +1096,7 @@ fn get_object(kind: &'static Kind, ns: &str, name: &str, shared: &Shared) -> Res
             Shape {
                 kind,
                 metadata_only: false,
+                istio_version: None,
             }
             .object(o),
         ),
@@ -1132,6 +1253,7 @@ async fn patch_object(
         Shape {
             kind,
             metadata_only: false,
+            istio_version: None,
         }
         .object(&stored),
     )
@@ -1278,6 +1400,7 @@ async fn create_object(
         Shape {
             kind,
             metadata_only: false,
+            istio_version: None,
         }
         .object(&stored),
     )

@@ -7,6 +7,7 @@
 //! losing the API server only stops updates.
 
 mod admit;
+mod discover;
 pub mod events;
 pub(crate) mod reflect;
 pub mod services;
@@ -21,7 +22,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::PartialObjectMeta;
 use kube::{Client, Config};
 use tokio::sync::{Notify, watch};
 
@@ -32,9 +32,7 @@ pub use admit::Screen;
 use reflect::Signals;
 pub use snapshot::Stores;
 
-/// The Istio kinds read, at the version every supported Istio (1.22 on) serves. An object is
-/// served at every version of its group whichever one it was written with, so one watch per
-/// kind sees them all.
+/// The Istio kinds read, each at the best version the server serves (see `discover`).
 const ISTIO_KINDS: [(&str, &str); 4] = [
     ("VirtualService", "virtualservices"),
     ("DestinationRule", "destinationrules"),
@@ -42,6 +40,7 @@ const ISTIO_KINDS: [(&str, &str); 4] = [
     ("WorkloadEntry", "workloadentries"),
 ];
 pub(crate) const ISTIO_GROUP: &str = "networking.istio.io";
+/// What Istio 1.22 on serves; the rollout controller patches VirtualServices at it.
 pub(crate) const ISTIO_VERSION: &str = "v1";
 
 #[derive(Debug, Clone)]
@@ -85,6 +84,13 @@ pub enum KubeError {
         list = .1.join(", ")
     )]
     SyncTimeout(Duration, Vec<String>),
+    #[error(
+        "the API server did not serve the API group {group} within {timeout:?} (are the Istio CRDs installed?)"
+    )]
+    GroupNotServed {
+        group: &'static str,
+        timeout: Duration,
+    },
 }
 
 /// A running source: reflectors filling stores. Dropping it stops them.
@@ -97,6 +103,8 @@ pub struct KubeSource {
     reflectors: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     opts: KubeOptions,
+    /// `sync_timeout` counts from here: discovery and the first lists share it.
+    started: tokio::time::Instant,
 }
 
 impl Drop for KubeSource {
@@ -108,13 +116,31 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Connects (no request is made yet) and starts every reflector.
+    /// Connects, discovers which version of each Istio kind the server serves (retrying
+    /// within `sync_timeout`), and starts every reflector.
     pub async fn start(opts: KubeOptions) -> Result<KubeSource, KubeError> {
+        let started = tokio::time::Instant::now();
         let client = client(opts.kubeconfig.as_deref()).await?;
-        Ok(Self::with_client(client, opts))
+        let plurals: Vec<&str> = ISTIO_KINDS.iter().map(|(_, p)| *p).collect();
+        let versions = discover::istio_versions(
+            &client,
+            &plurals,
+            started + opts.sync_timeout,
+            opts.sync_timeout,
+        )
+        .await?;
+        for ((kind, _), v) in ISTIO_KINDS.iter().zip(&versions) {
+            tracing::info!(kind, api_version = %format!("{ISTIO_GROUP}/{v}"), "reading Istio kind");
+        }
+        Ok(Self::with_client(client, opts, started, &versions))
     }
 
-    fn with_client(client: Client, opts: KubeOptions) -> KubeSource {
+    fn with_client(
+        client: Client,
+        opts: KubeOptions,
+        started: tokio::time::Instant,
+        versions: &[String],
+    ) -> KubeSource {
         let changed = Arc::new(Notify::new());
         let (synced_tx, synced) = watch::channel(BTreeSet::new());
         let mut reflectors = Vec::new();
@@ -141,9 +167,9 @@ impl KubeSource {
             reflectors.push(what.clone());
             what
         };
-        for (kind, plural) in ISTIO_KINDS {
+        for ((kind, plural), version) in ISTIO_KINDS.into_iter().zip(versions) {
             let ar = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(ISTIO_GROUP, ISTIO_VERSION, kind),
+                &GroupVersionKind::gvk(ISTIO_GROUP, version, kind),
                 plural,
             );
             for ns in &istio_scopes {
@@ -152,25 +178,32 @@ impl KubeSource {
                     None => Api::all_with(client.clone(), &ar),
                 };
                 let (store, task) =
-                    reflect::spawn(api, ar.clone(), shown(kind, *ns), signals.clone());
+                    reflect::spawn(api, ar.clone(), shown(kind, *ns), signals.clone(), keep);
                 stores.istio.push((ar.clone(), store));
                 tasks.push(task);
             }
         }
         for ns in &scopes {
             let mut watch = |what: &str| shown(what, *ns);
-            let (store, task) = watch_builtin::<Service>(&client, *ns, watch("Service"), &signals);
+            let (store, task) =
+                watch_builtin::<Service>(&client, *ns, watch("Service"), &signals, keep);
             stores.services.push(store);
             tasks.push(task);
-            let (store, task) =
-                watch_builtin::<EndpointSlice>(&client, *ns, watch("EndpointSlice"), &signals);
+            let (store, task) = watch_builtin::<EndpointSlice>(
+                &client,
+                *ns,
+                watch("EndpointSlice"),
+                &signals,
+                keep,
+            );
             stores.slices.push(store);
             tasks.push(task);
-            // Metadata only (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata): a
-            // Pod's labels are all the source needs, and whole Pods of a cluster-wide watch
-            // would cost the most memory.
+            // Whole Pods, as no narrower read has a Pod's IP and readiness (a ServiceEntry's
+            // workloadSelector makes endpoints of them); trimmed to labels, IP, Ready and
+            // named container ports before they are stored, as Pods of a cluster-wide watch
+            // would otherwise cost the most memory.
             let (store, task) =
-                watch_builtin::<PartialObjectMeta<Pod>>(&client, *ns, watch("Pod"), &signals);
+                watch_builtin::<Pod>(&client, *ns, watch("Pod"), &signals, services::trim_pod);
             stores.pods.push(store);
             tasks.push(task);
         }
@@ -187,6 +220,7 @@ impl KubeSource {
             reflectors,
             tasks,
             opts,
+            started,
         }
     }
 
@@ -195,7 +229,11 @@ impl KubeSource {
         let mut rx = self.synced.clone();
         let want = self.reflectors.len();
         let wait = rx.wait_for(|done| done.len() >= want);
-        match tokio::time::timeout(self.opts.sync_timeout, wait).await {
+        let left = self
+            .opts
+            .sync_timeout
+            .saturating_sub(self.started.elapsed());
+        match tokio::time::timeout(left, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => {
                 let done = self.synced.borrow().clone();
@@ -284,12 +322,16 @@ fn screened(stores: &Stores, admitted: &Mutex<admit::Admitted>, screen: &Screen)
     res
 }
 
+/// Stores an object whole.
+fn keep<K>(_: &mut K) {}
+
 /// Starts a reflector over a built-in namespaced kind, in `ns` or in all namespaces.
 fn watch_builtin<K>(
     client: &Client,
     ns: Option<&str>,
     what: String,
     signals: &Signals,
+    trim: fn(&mut K),
 ) -> (
     kube::runtime::reflector::Store<K>,
     tokio::task::JoinHandle<()>,
@@ -303,7 +345,7 @@ where
         + Sync
         + 'static,
 {
-    reflect::spawn(api(client, ns), (), what, signals.clone())
+    reflect::spawn(api(client, ns), (), what, signals.clone(), trim)
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>

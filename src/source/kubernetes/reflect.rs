@@ -27,12 +27,13 @@ pub struct Signals {
 }
 
 /// Starts watching `api` into a new store; `what` names it in logs (`VirtualService in all
-/// namespaces`).
+/// namespaces`). `trim` cuts each object down to what the source reads before it is stored.
 pub fn spawn<K>(
     api: Api<K>,
     dyntype: K::DynamicType,
     what: String,
     signals: Signals,
+    trim: fn(&mut K),
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -43,6 +44,7 @@ where
     let task = tokio::spawn(async move {
         let stream = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
+            .modify(trim)
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         let mut synced = false;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort as KubePort};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Service, ServicePort as KubePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,6 +29,91 @@ pub fn pod_labels<'p>(pods: impl Iterator<Item = &'p ObjectMeta>) -> PodLabels {
         ))
     })
     .collect()
+}
+
+/// Cuts a Pod down to what the source reads: labels, IP, the Ready condition, named
+/// container ports, and whether it is being deleted.
+pub fn trim_pod(pod: &mut Pod) {
+    let m = &mut pod.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    let ports: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter_map(|c| {
+            let named: Vec<_> = c
+                .ports
+                .iter()
+                .flatten()
+                .filter(|p| p.name.is_some())
+                .cloned()
+                .collect();
+            (!named.is_empty()).then(|| k8s_openapi::api::core::v1::Container {
+                name: c.name.clone(),
+                ports: Some(named),
+                ..Default::default()
+            })
+        })
+        .collect();
+    pod.spec = Some(PodSpec {
+        containers: ports,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        phase: s.phase,
+        conditions: s
+            .conditions
+            .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..PodStatus::default()
+    });
+}
+
+/// A Pod as the endpoint istiod makes of it for a ServiceEntry whose `workloadSelector`
+/// matches its labels: its IP, its labels (what subsets select), and its named container
+/// TCP ports (a ServiceEntry port of the same name goes there; otherwise the port's
+/// `targetPort`, else its number, as for a WorkloadEntry: istiod's `getPortMap` and
+/// `convertWorkloadInstanceToServiceInstance`). `None` unless it can take new requests: an IP,
+/// the Ready condition True, and not being deleted (a terminating Pod's sidecar drains, it
+/// does not take new work).
+pub fn pod_workload(pod: &Pod) -> Option<WorkloadEntrySpec> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready || status.phase.as_deref().is_some_and(|p| p != "Running") {
+        return None;
+    }
+    let address = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    // Named TCP ports, the first of a name winning, as istiod's port map of a Pod has them.
+    let mut ports = BTreeMap::new();
+    for p in pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+    {
+        if let Some(name) = p.name.clone().filter(|n| !n.is_empty()) {
+            ports
+                .entry(name)
+                .or_insert(Int(i64::from(p.container_port)));
+        }
+    }
+    Some(WorkloadEntrySpec {
+        address: Some(address),
+        ports,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ..WorkloadEntrySpec::default()
+    })
 }
 
 /// EndpointSlices grouped by the (namespace, Service name) they belong to.
@@ -113,7 +198,10 @@ pub fn service_entry(
 
 /// Ready endpoints only: a terminating one is not ready (unless the Service publishes
 /// not-ready addresses), so it leaves the table as Envoy drains it. `ready` unset means
-/// ready (the EndpointSlice API says so).
+/// ready (the EndpointSlice API says so). This is istiod's `endpointHealthStatus`: ready
+/// (or unset) is HEALTHY whatever `serving`/`terminating` say; anything else is UNHEALTHY,
+/// TERMINATING or (with persistent sessions only) DRAINING, none of which Envoy sends new
+/// requests to, so `serving` changes nothing here.
 fn ready(e: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
     e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
 }
@@ -304,6 +392,26 @@ mod tests {
     }
 
     #[test]
+    fn readiness_alone_decides_whatever_serving_and_terminating_say() {
+        let e = |c: serde_json::Value| -> k8s_openapi::api::discovery::v1::Endpoint {
+            from_json(serde_json::json!({"addresses": ["10.0.0.1"], "conditions": c}))
+        };
+        // Terminating but still serving: istiod marks it TERMINATING, Envoy sends it nothing new.
+        assert!(!ready(&e(
+            serde_json::json!({"ready": false, "serving": true, "terminating": true})
+        )));
+        // Not ready, not terminating (failing its readiness probe).
+        assert!(!ready(&e(
+            serde_json::json!({"ready": false, "serving": false, "terminating": false})
+        )));
+        // publishNotReadyAddresses: ready stays true while terminating; istiod keeps it HEALTHY.
+        assert!(ready(&e(
+            serde_json::json!({"ready": true, "serving": true, "terminating": true})
+        )));
+        assert!(ready(&e(serde_json::json!({}))));
+    }
+
+    #[test]
     fn external_name_and_udp_only_services_have_no_entry_and_unnamed_ports_get_one() {
         let external: Service = from_json(serde_json::json!({
             "metadata": {"name": "db", "namespace": "shop"},
@@ -327,6 +435,46 @@ mod tests {
         assert_eq!(se.ports[0].name.as_deref(), Some("port-80"));
         assert_eq!(se.ports[0].target_port, Some(Int(8080)));
         assert_eq!(se.endpoints[0].ports.get("port-80"), Some(&Int(8080)));
+    }
+
+    #[test]
+    fn a_ready_pod_trimmed_keeps_ip_labels_and_named_tcp_ports() {
+        let mut pod: Pod = from_json(serde_json::json!({
+            "metadata": {"name": "api-1", "namespace": "shop", "labels": {"version": "v2"},
+                "annotations": {"big": "x"}, "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"containers": [
+                {"name": "app", "image": "a", "env": [{"name": "A", "value": "1"}], "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                    {"containerPort": 9000}]},
+                {"name": "other", "image": "b", "ports": [{"name": "http", "containerPort": 8081}]}]},
+            "status": {"phase": "Running", "podIP": "10.1.0.7", "hostIP": "10.0.0.1",
+                "conditions": [{"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True"}]}}));
+        trim_pod(&mut pod);
+        assert!(pod.metadata.managed_fields.is_none() && pod.metadata.annotations.is_none());
+        let status = pod.status.as_ref().expect("status");
+        assert!(status.host_ip.is_none());
+        assert_eq!(status.conditions.as_ref().map(Vec::len), Some(1));
+        let we = pod_workload(&pod).expect("ready");
+        assert_eq!(we.address.as_deref(), Some("10.1.0.7"));
+        assert_eq!(we.labels.get("version").map(String::as_str), Some("v2"));
+        // The first `http` wins; UDP and unnamed ports are not in the map.
+        assert_eq!(we.ports, BTreeMap::from([("http".to_string(), Int(8080))]));
+
+        let mut unready = pod.clone();
+        if let Some(c) = unready.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c[0].status = "False".to_string();
+        }
+        assert!(pod_workload(&unready).is_none());
+        let mut deleting = pod.clone();
+        deleting.metadata.deletion_timestamp = from_json(serde_json::json!("2026-12-07T17:00:00Z"));
+        assert!(pod_workload(&deleting).is_none());
+        let mut no_ip = pod;
+        if let Some(s) = no_ip.status.as_mut() {
+            s.pod_ip = None;
+        }
+        assert!(pod_workload(&no_ip).is_none());
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use sha2::{Digest, Sha256};
 
-use super::services::{pod_labels, service_entry, slices_by_service};
+use super::services::{pod_labels, pod_workload, service_entry, slices_by_service};
 use crate::config::istio::ObjectMeta;
+use crate::config::scope::labels_subset;
 use crate::config::{LoadOptions, Resource, Resources, Source, load_object};
 
 /// The reflectors' read handles, one per watched (kind, namespace scope).
@@ -22,8 +22,9 @@ pub struct Stores {
     pub istio: Vec<(ApiResource, Store<DynamicObject>)>,
     pub services: Vec<Store<Service>>,
     pub slices: Vec<Store<EndpointSlice>>,
-    /// Pods' metadata only: their labels are what subsets select.
-    pub pods: Vec<Store<PartialObjectMeta<Pod>>>,
+    /// Pods, trimmed (`services::trim_pod`): their labels are what subsets select, and a
+    /// ServiceEntry's workloadSelector makes endpoints of the ready ones.
+    pub pods: Vec<Store<Pod>>,
 }
 
 impl Stores {
@@ -78,8 +79,12 @@ impl Stores {
             istio_object(ar, &obj, id, opts, &mut res);
         }
 
-        let pod_states: Vec<Arc<PartialObjectMeta<Pod>>> =
-            self.pods.iter().flat_map(Store::state).collect();
+        let mut pod_states: Vec<Arc<Pod>> = self.pods.iter().flat_map(Store::state).collect();
+        pod_states.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        selected_pods(&pod_states, &mut res, &mut hasher);
         let pods = pod_labels(pod_states.iter().map(|p| &p.metadata));
         let slice_states: Vec<Arc<EndpointSlice>> =
             self.slices.iter().flat_map(Store::state).collect();
@@ -122,6 +127,58 @@ impl Stores {
         }
         res.content_hash = format!("kubernetes:{:x}", hasher.finalize());
         res
+    }
+}
+
+/// The ready Pods a ServiceEntry's `workloadSelector` selects (labels ⊇ selector, same
+/// namespace), as WorkloadEntries of kind `Pod`: the registry resolves a selector over
+/// WorkloadEntries and these alike, as istiod does. Only selected Pods are added, so a
+/// cluster-wide watch does not make a resource of every Pod. The hash covers what routing
+/// reads (address, ports, labels), not the resourceVersion, so status churn rebuilds nothing.
+fn selected_pods(pods: &[Arc<Pod>], res: &mut Resources, hasher: &mut Sha256) {
+    let selectors: Vec<(String, crate::config::istio::Labels)> = res
+        .service_entries
+        .iter()
+        .filter_map(|se| {
+            let sel = se.spec.workload_selector.as_ref()?;
+            Some((se.namespace.clone(), sel.labels.clone()))
+        })
+        .collect();
+    if selectors.is_empty() {
+        return;
+    }
+    for pod in pods {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            continue;
+        };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        if !selectors
+            .iter()
+            .any(|(sns, sel)| sns == ns && labels_subset(sel, &labels))
+        {
+            continue;
+        }
+        let Some(spec) = pod_workload(pod) else {
+            continue;
+        };
+        hasher.update(format!("Pod/{ns}/{name}\0{spec:?}\0").as_bytes());
+        let id = object_id("Pod", &pod.metadata);
+        let order = res.order_of_next();
+        res.files.push(id.clone().into());
+        res.workload_entries.push(Resource {
+            kind: "Pod",
+            api_version: "v1".to_string(),
+            meta: ObjectMeta {
+                name: name.clone(),
+                namespace: Some(ns.clone()),
+                labels,
+                ..ObjectMeta::default()
+            },
+            namespace: ns.clone(),
+            spec,
+            source: api_source(&id),
+            order,
+        });
     }
 }
 
