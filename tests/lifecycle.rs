@@ -204,8 +204,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         "/ready still 200 1 s after SIGTERM\n{}",
         p.stderr_text()
     );
+    // 1.5 s: with /ready's 1 s above, still well before the 3 s request (and so the drain)
+    // ends; 1 s was missed once on a machine running three builds beside the suite.
     assert!(
-        closed_within(&mut idle, Duration::from_secs(1)).await,
+        closed_within(&mut idle, Duration::from_millis(1500)).await,
         "the idle keep-alive connection was not closed at once after SIGTERM"
     );
     assert!(
