@@ -312,7 +312,9 @@ pub async fn serve<H: Handler>(
         };
         let req = req.map(|()| body);
         let refused = over_header_limit(&req, limits);
-        let handled = async {
+        // Pinned where it is built: `let f = async {..}; pin!(f)` moved the ~480-byte future
+        // once more per request.
+        let mut handled = pin!(async {
             match refused {
                 Some(resp) => resp,
                 // Boxed per request: the request path's future is several KB, and an idle
@@ -329,8 +331,7 @@ pub async fn serve<H: Handler>(
                 .await
                 .unwrap_or_else(|_| request_timed_out()),
             }
-        };
-        let mut handled = pin!(handled);
+        });
         let mut read_closed = false;
         let mut resp = match side.as_mut() {
             Some(s) => {
