@@ -2,7 +2,9 @@
 //! `run --source kubernetes --rollouts`), as Argo Rollouts' controller works in a cluster:
 //!
 //! - **Reads** `Rollout`, `AnalysisTemplate`, `ClusterAnalysisTemplate` (argoproj.io/v1alpha1)
-//!   and `VirtualService` (networking.istio.io/v1) through list+watch reflectors, as Argo's
+//!   and `VirtualService` (networking.istio.io, at the best version the server serves: v1 from
+//!   Istio 1.22, else v1beta1 or v1alpha3, found by the same API discovery `run --source
+//!   kubernetes` makes) through list+watch reflectors, as Argo's
 //!   informers do: the controller ticks ten times a second, and a cache makes a tick cost no
 //!   request; a periodic list would cost four lists a tick, or lag by its period.
 //! - **Writes weights** with a JSON patch that touches only
@@ -30,6 +32,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::backend::Backend;
 use super::controller::{managed_routes, weight_edits};
@@ -37,6 +40,7 @@ use super::spec::Rollout;
 use super::state::{Action, State};
 use super::vsedit::WeightEdit;
 use crate::config::{ArgoDoc, LoadOptions, Resources, VirtualService};
+use crate::source::kubernetes::discover;
 use crate::source::kubernetes::reflect::{self, Signals};
 use crate::source::kubernetes::{self as source, KubeError, KubeOptions, Stores};
 
@@ -67,9 +71,11 @@ fn rollout_resource() -> ApiResource {
     )
 }
 
-fn virtual_service_resource() -> ApiResource {
+/// VirtualService at `version` of networking.istio.io: the watch and the PATCH both use the
+/// version discovery found, since an Istio older than 1.22 answers 404 at `v1`.
+fn virtual_service_resource(version: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(source::ISTIO_GROUP, source::ISTIO_VERSION, "VirtualService"),
+        &GroupVersionKind::gvk(source::ISTIO_GROUP, version, "VirtualService"),
         "virtualservices",
     )
 }
@@ -101,6 +107,8 @@ pub struct Kube {
     client: Client,
     stores: Stores,
     namespace: String,
+    /// VirtualService at the version the server serves (see [`virtual_service_resource`]).
+    virtual_service: ApiResource,
     tracked: HashMap<(String, String), Tracked>,
     /// The last write error logged per rollout, so an outage is logged once.
     failing: HashMap<(String, String), String>,
@@ -119,15 +127,29 @@ impl Kube {
     /// Connects, starts the reflectors and waits for their first lists. `opts.namespaces`
     /// scopes Rollouts, AnalysisTemplates and VirtualServices (empty: all namespaces);
     /// ClusterAnalysisTemplates are cluster-scoped. `namespace`: of documents that name none.
+    /// `opts.sync_timeout` counts from the call: discovery of the served VirtualService
+    /// version and the first lists share it.
     pub async fn start(opts: &KubeOptions, namespace: String) -> Result<Kube, KubeError> {
+        let deadline = Instant::now() + opts.sync_timeout;
         let client = source::client(opts.kubeconfig.as_deref()).await?;
-        Self::with_client(client, opts, namespace).await
+        let version =
+            discover::istio_versions(&client, &["virtualservices"], deadline, opts.sync_timeout)
+                .await?
+                .pop()
+                .unwrap_or_else(|| source::ISTIO_VERSION.to_string());
+        tracing::info!(
+            api_version = %format!("{}/{version}", source::ISTIO_GROUP),
+            "rollout controller reads and patches VirtualServices"
+        );
+        Self::with_client(client, opts, namespace, &version, deadline).await
     }
 
-    pub async fn with_client(
+    async fn with_client(
         client: Client,
         opts: &KubeOptions,
         namespace: String,
+        vs_version: &str,
+        deadline: Instant,
     ) -> Result<Kube, KubeError> {
         let (synced_tx, mut synced) = watch::channel(BTreeSet::new());
         let signals = Signals {
@@ -155,7 +177,7 @@ impl Kube {
                 ),
                 false,
             ),
-            (virtual_service_resource(), true),
+            (virtual_service_resource(vs_version), true),
         ];
         let mut stores = Stores::default();
         let mut tasks = Vec::new();
@@ -185,16 +207,14 @@ impl Kube {
             client,
             stores,
             namespace,
+            virtual_service: virtual_service_resource(vs_version),
             tracked: HashMap::new(),
             failing: HashMap::new(),
             tasks,
         };
         let want = names.len();
         let wait = synced.wait_for(|done| done.len() >= want);
-        if !matches!(
-            tokio::time::timeout(opts.sync_timeout, wait).await,
-            Ok(Ok(_))
-        ) {
+        if !matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(_))) {
             let done = synced.borrow().clone();
             let pending = names.into_iter().filter(|n| !done.contains(n)).collect();
             return Err(KubeError::SyncTimeout(opts.sync_timeout, pending));
@@ -385,11 +405,8 @@ impl Backend for Kube {
         canary: u32,
     ) -> Result<bool, String> {
         let shown = format!("VirtualService {}/{}", vs.namespace, vs.meta.name);
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &vs.namespace,
-            &virtual_service_resource(),
-        );
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &vs.namespace, &self.virtual_service);
         let mut current = self
             .object("VirtualService", &vs.namespace, &vs.meta.name)
             .map(|o| o.as_ref().clone())
@@ -398,7 +415,7 @@ impl Backend for Kube {
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 1 {
                 // Computed again from the version that won, so only the weights change.
-                let fresh = parse_virtual_service(&current, &self.namespace)
+                let fresh = parse_virtual_service(&self.virtual_service, &current, &self.namespace)
                     .ok_or_else(|| format!("{shown} no longer reads as a VirtualService"))?;
                 let routes = managed_routes(&fresh, r)?;
                 edits = weight_edits(&fresh, &routes, canary);
@@ -482,11 +499,15 @@ fn paused_by_controller(st: &State) -> bool {
     st.phase == "Paused" && PAUSE_REASONS.contains(&st.message.as_str())
 }
 
-fn parse_virtual_service(obj: &DynamicObject, namespace: &str) -> Option<VirtualService> {
+fn parse_virtual_service(
+    ar: &ApiResource,
+    obj: &DynamicObject,
+    namespace: &str,
+) -> Option<VirtualService> {
     let mut res = Resources::default();
     let id = source::snapshot::object_id("VirtualService", &obj.metadata);
     source::snapshot::istio_object(
-        &virtual_service_resource(),
+        ar,
         obj,
         id,
         &LoadOptions {
