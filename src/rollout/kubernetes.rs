@@ -27,7 +27,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -55,6 +57,14 @@ const PAUSE_REASONS: [&str; 2] = ["CanaryPauseStep", "InconclusiveAnalysisRun"];
 pub enum RolloutApiError {
     #[error(transparent)]
     Source(#[from] KubeError),
+    #[error("no Rollout {namespace}/{name} in the API server")]
+    NotFound { namespace: String, name: String },
+    #[error("Rollouts in namespace {namespace}")]
+    List {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Rollout {namespace}/{name}")]
     Api {
         namespace: String,
@@ -557,8 +567,18 @@ fn status_of(st: &State, generation: Option<i64>) -> Value {
 
 /// A state from a status this controller wrote (none if it wrote none).
 fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State> {
-    let status = obj.data.get("status")?;
-    let hash = status.get("currentStepHash")?.as_str()?;
+    let hash = obj.data.pointer("/status/currentStepHash")?.as_str()?;
+    Some(State {
+        spec_hash: hash.to_string(),
+        ..status_fields(obj, namespace, name)
+    })
+}
+
+/// What a Rollout's status says, read leniently: a status nobody wrote yet (no controller
+/// has seen the Rollout) reads as step 0, weight 0, no phase.
+fn status_fields(obj: &DynamicObject, namespace: &str, name: &str) -> State {
+    let none = Value::Null;
+    let status = obj.data.get("status").unwrap_or(&none);
     let text = |k: &str| {
         status
             .get(k)
@@ -573,11 +593,10 @@ fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State
         .and_then(|c| c.get("startTime"))
         .and_then(Value::as_str)
         .and_then(from_rfc3339);
-    Some(State {
+    State {
         name: name.to_string(),
         namespace: namespace.to_string(),
         revision: 1,
-        spec_hash: hash.to_string(),
         step: status
             .get("currentStepIndex")
             .and_then(Value::as_u64)
@@ -599,7 +618,76 @@ fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State
             .and_then(Value::as_bool)
             .unwrap_or(false),
         ..State::default()
-    })
+    }
+}
+
+/// A Rollout as `rollout get|list --source kubernetes` print it: its status (which this
+/// controller writes) and its spec's step count. Analysis measurements and the observed
+/// traffic share live only in the controller's memory, so they are not shown.
+fn shown(obj: &DynamicObject) -> State {
+    let namespace = obj.namespace().unwrap_or_default();
+    let mut st = status_fields(obj, &namespace, &obj.name_any());
+    st.steps = obj
+        .data
+        .pointer("/spec/strategy/canary/steps")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    // Argo's controller numbers revisions in this annotation; switchyard's does not set it.
+    if let Some(r) = obj
+        .annotations()
+        .get("rollout.argoproj.io/revision")
+        .and_then(|r| r.parse().ok())
+    {
+        st.revision = r;
+    }
+    st
+}
+
+/// The Rollout `namespace/name` for `rollout get --source kubernetes`.
+pub async fn get(
+    opts: &KubeOptions,
+    namespace: &str,
+    name: &str,
+) -> Result<State, RolloutApiError> {
+    let client = source::client(opts.kubeconfig.as_deref()).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &rollout_resource());
+    match api.get(name).await {
+        Ok(obj) => Ok(shown(&obj)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RolloutApiError::NotFound {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }),
+        Err(source) => Err(RolloutApiError::Api {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Every Rollout in `namespace`, by name, for `rollout list --source kubernetes`. Pages
+/// through the list (a namespace may hold more Rollouts than one page).
+pub async fn list(opts: &KubeOptions, namespace: &str) -> Result<Vec<State>, RolloutApiError> {
+    let client = source::client(opts.kubeconfig.as_deref()).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &rollout_resource());
+    let mut out = Vec::new();
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api
+            .list(&lp)
+            .await
+            .map_err(|source| RolloutApiError::List {
+                namespace: namespace.to_string(),
+                source,
+            })?;
+        out.extend(page.items.iter().map(shown));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// What `switchyard rollout promote|abort|retry|pause --source kubernetes` asks: the patches
