@@ -151,9 +151,10 @@ impl RolloutFolder {
     fn dir(&self, verb: &str) -> Result<PathBuf> {
         match self.place()? {
             RolloutPlace::Folder(dir) => Ok(dir),
-            RolloutPlace::Kubernetes(_) => bail!(
-                "`rollout {verb}` reads a folder's state files; against the API server, `kubectl get rollout NAME -o yaml` shows the status switchyard writes (phase, message, currentStepIndex, canary.weights), and `rollout status --source kubernetes` waits on it"
-            ),
+            // Every verb reads the API itself with --source kubernetes before getting here.
+            RolloutPlace::Kubernetes(_) => {
+                bail!("`rollout {verb}` reads a folder's state files: it needs --config")
+            }
         }
     }
 }
@@ -179,7 +180,7 @@ enum RolloutCommand {
         #[arg(long, short)]
         watch: bool,
     },
-    /// One line per rollout in the folder.
+    /// One line per rollout in the folder (with `--source kubernetes`: in `--namespace`).
     List(RolloutFolder),
     /// Leave a pause (or step past an Inconclusive analysis); `--full` skips to 100%.
     Promote {
@@ -861,9 +862,24 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RolloutCommand::Get { target, watch } => {
+            // Against the API server: the Rollout object, read again on every poll.
+            let kube = match target.folder.place()? {
+                RolloutPlace::Kubernetes(k) => Some((k, runtime()?)),
+                RolloutPlace::Folder(_) => None,
+            };
             let mut last = String::new();
             loop {
-                let text = cli::describe(&read(&target, "get")?);
+                let st = match &kube {
+                    Some((k, rt)) => rt
+                        .block_on(switchyard::rollout::kubernetes::get(
+                            k,
+                            &target.folder.namespace,
+                            &target.name,
+                        ))
+                        .context("cannot read the Rollout")?,
+                    None => read(&target, "get")?,
+                };
+                let text = cli::describe(&st);
                 if text != last {
                     if watch && !last.is_empty() {
                         println!();
@@ -874,12 +890,22 @@ fn run_rollout(cmd: RolloutCommand) -> Result<ExitCode> {
                 if !watch {
                     return Ok(ExitCode::SUCCESS);
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(if kube.is_some() {
+                    switchyard::rollout::kubernetes::STATUS_POLL
+                } else {
+                    Duration::from_millis(200)
+                });
             }
         }
         RolloutCommand::List(f) => {
+            let all = match f.place()? {
+                RolloutPlace::Kubernetes(k) => runtime()?
+                    .block_on(switchyard::rollout::kubernetes::list(&k, &f.namespace))
+                    .context("cannot list the Rollouts")?,
+                RolloutPlace::Folder(dir) => state::list(&dir),
+            };
             println!("{}", cli::LIST_HEADER);
-            for st in state::list(&f.dir("list")?) {
+            for st in all {
                 println!("{}", cli::list_line(&st));
             }
             Ok(ExitCode::SUCCESS)

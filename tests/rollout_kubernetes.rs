@@ -670,6 +670,125 @@ async fn the_controller_in_a_proxy_judges_the_canary_by_that_proxys_own_counters
     assert_eq!(canary_history(&api), vec![0, 50, 100]);
 }
 
+/// An Istio older than 1.22 serves networking.istio.io at v1beta1 only (404 at v1): the
+/// controller finds that version by discovery, watches and PATCHes the VirtualService
+/// there, the fake's object takes the step's weight, and a `--source kubernetes` proxy
+/// (which discovers the same version) routes by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_on_an_istio_serving_only_v1beta1_patches_there_and_traffic_follows() {
+    let api = FakeApiServer::start(50).await;
+    api.serve_istio_versions(&["v1beta1"]);
+    let (_stable, _canary) =
+        objects(&api, json!([{"setWeight": 30}, {"pause": {}}]), Vec::new()).await;
+    let proxy = TestProxy::start_kubernetes(proxy_opts(&api)).await;
+    let before = proxy.reloader.version();
+    let _controller = controller(&api).await;
+    until_object(&api, "VirtualService", Duration::from_secs(10), |v| {
+        weights(v) == (70, 30)
+    })
+    .await;
+    until_reloaded(&proxy, before, Duration::from_secs(5)).await;
+    until_object(&api, "Rollout", Duration::from_secs(10), |r| {
+        r["status"]["phase"] == "Paused" && r["status"]["currentStepIndex"] == 1
+    })
+    .await;
+    // Let every config the proxy had converge on the object, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 1000;
+    let hits = canary_share(proxy.addr, n).await;
+    eprintln!("at setWeight 30 over v1beta1: {hits} of {n} requests to the canary");
+    assert_within_4_sigma(hits, n, 0.3, "canary share at setWeight 30");
+    assert_eq!(canary_history(&api), vec![0, 30]);
+    // Every Istio request (the proxy's watches, the controller's watch and PATCH) was made
+    // at v1beta1; one at v1 would have been answered 404 and not recorded.
+    let asked: Vec<String> = api.istio_asked().into_iter().collect();
+    assert!(
+        asked.contains(&"v1beta1/virtualservices".to_string()),
+        "{asked:?}"
+    );
+    assert!(asked.iter().all(|a| a.starts_with("v1beta1/")), "{asked:?}");
+    assert!(
+        api.verbs()
+            .contains("patch default networking.istio.io/virtualservices"),
+        "{:?}",
+        api.verbs()
+    );
+}
+
+/// `rollout get` and `rollout list` with `--source kubernetes` (the binary) read the Rollout
+/// objects: mid-way (paused after setWeight 40, step 2 of 3) `get` prints Argo's header
+/// block from the status the controller wrote; `list` has a line per Rollout of the
+/// namespace (read in pages of one) and none of another; one no controller ran lists with
+/// no phase, step 0, weight 0; a
+/// missing Rollout is named in the error and exits 1, as in folder mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_get_and_list_read_the_rollout_objects() {
+    let api = FakeApiServer::start(1).await;
+    api.apply(destination_rule());
+    api.apply(virtual_service());
+    api.apply(rollout(
+        json!([{"setWeight": 40}, {"pause": {}}, {"setWeight": 100}]),
+    ));
+    let mut idle = rollout(json!([{"setWeight": 10}]));
+    idle["metadata"]["name"] = json!("api");
+    api.apply(idle);
+    let mut elsewhere = rollout(json!([{"setWeight": 10}]));
+    elsewhere["metadata"]["namespace"] = json!("other");
+    elsewhere["metadata"]["name"] = json!("elsewhere");
+    api.apply(elsewhere);
+    let _controller = controller(&api).await;
+    until_object(&api, "Rollout", Duration::from_secs(10), |r| {
+        r["status"]["phase"] == "Paused" && r["status"]["currentStepIndex"] == 1
+    })
+    .await;
+
+    let (code, out) = cli(&api, &["rollout", "get", "web"]);
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "Name:            web",
+        "Namespace:       default",
+        "Status:          ॥ Paused",
+        "Message:         CanaryPauseStep",
+        "  Step:          1/3",
+        "  SetWeight:     40",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+
+    let (code, out) = cli(&api, &["rollout", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["api", "default", "Healthy", "1/1", "100"],
+            vec!["web", "default", "Paused", "1/3", "40"],
+        ],
+        "{out}"
+    );
+    assert!(out.starts_with("NAME"), "{out}");
+    // The controller watches only `default`: that Rollout has no status, no phase.
+    let (code, out) = cli(&api, &["rollout", "list", "--namespace", "other"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines, [vec!["elsewhere", "other", "0/1", "0"]], "{out}");
+
+    let (code, out) = cli(&api, &["rollout", "get", "nope"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no Rollout default/nope in the API server"),
+        "{out}"
+    );
+}
+
 /// A one-route HTTP/1.1 server answering `body` as JSON to every request.
 async fn json_server(body: Value) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

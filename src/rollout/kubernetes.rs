@@ -2,9 +2,12 @@
 //! `run --source kubernetes --rollouts`), as Argo Rollouts' controller works in a cluster:
 //!
 //! - **Reads** `Rollout`, `AnalysisTemplate`, `ClusterAnalysisTemplate` (argoproj.io/v1alpha1)
-//!   and `VirtualService` (networking.istio.io/v1) through list+watch reflectors, as Argo's
+//!   and `VirtualService` (networking.istio.io, at the best version the server serves: v1 from
+//!   Istio 1.22, else v1beta1 or v1alpha3, found by the same API discovery `run --source
+//!   kubernetes` makes) through list+watch reflectors, as Argo's
 //!   informers do: the controller ticks ten times a second, and a cache makes a tick cost no
-//!   request; a periodic list would cost four lists a tick, or lag by its period.
+//!   request; a periodic list would cost four lists a tick, or lag by its period. The objects
+//!   are parsed again only when the watch changed one.
 //! - **Writes weights** with a JSON patch that touches only
 //!   `spec.http[i].route[j].weight` of the managed routes and carries the resourceVersion it
 //!   was computed from, so the API server refuses it (409 Conflict) if anyone changed the
@@ -25,11 +28,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::backend::Backend;
 use super::controller::{managed_routes, weight_edits};
@@ -37,6 +43,7 @@ use super::spec::Rollout;
 use super::state::{Action, State};
 use super::vsedit::WeightEdit;
 use crate::config::{ArgoDoc, LoadOptions, Resources, VirtualService};
+use crate::source::kubernetes::discover;
 use crate::source::kubernetes::reflect::{self, Signals};
 use crate::source::kubernetes::{self as source, KubeError, KubeOptions, Stores};
 
@@ -51,6 +58,14 @@ const PAUSE_REASONS: [&str; 2] = ["CanaryPauseStep", "InconclusiveAnalysisRun"];
 pub enum RolloutApiError {
     #[error(transparent)]
     Source(#[from] KubeError),
+    #[error("no Rollout {namespace}/{name} in the API server")]
+    NotFound { namespace: String, name: String },
+    #[error("Rollouts in namespace {namespace}")]
+    List {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Rollout {namespace}/{name}")]
     Api {
         namespace: String,
@@ -67,9 +82,11 @@ fn rollout_resource() -> ApiResource {
     )
 }
 
-fn virtual_service_resource() -> ApiResource {
+/// VirtualService at `version` of networking.istio.io: the watch and the PATCH both use the
+/// version discovery found, since an Istio older than 1.22 answers 404 at `v1`.
+fn virtual_service_resource(version: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(source::ISTIO_GROUP, source::ISTIO_VERSION, "VirtualService"),
+        &GroupVersionKind::gvk(source::ISTIO_GROUP, version, "VirtualService"),
         "virtualservices",
     )
 }
@@ -96,14 +113,23 @@ struct Tracked {
     wrote_pause: bool,
 }
 
+/// (kind, uid, resourceVersion) of a watched object.
+type ObjectVersion = (String, String, String);
+
 /// The Kubernetes API as the controller's backend. Dropping it stops the reflectors.
 pub struct Kube {
     client: Client,
     stores: Stores,
     namespace: String,
+    /// VirtualService at the version the server serves (see [`virtual_service_resource`]).
+    virtual_service: ApiResource,
     tracked: HashMap<(String, String), Tracked>,
     /// The last write error logged per rollout, so an outage is logged once.
     failing: HashMap<(String, String), String>,
+    /// The last parse of the stores and the (kind, uid, resourceVersion) of every object it
+    /// read: the controller loads ten times a second, the watch changes objects far less
+    /// often, and parsing every object (JSON to YAML to documents) was each tick's cost.
+    parsed: Option<(Vec<ObjectVersion>, Resources)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -119,15 +145,29 @@ impl Kube {
     /// Connects, starts the reflectors and waits for their first lists. `opts.namespaces`
     /// scopes Rollouts, AnalysisTemplates and VirtualServices (empty: all namespaces);
     /// ClusterAnalysisTemplates are cluster-scoped. `namespace`: of documents that name none.
+    /// `opts.sync_timeout` counts from the call: discovery of the served VirtualService
+    /// version and the first lists share it.
     pub async fn start(opts: &KubeOptions, namespace: String) -> Result<Kube, KubeError> {
+        let deadline = Instant::now() + opts.sync_timeout;
         let client = source::client(opts.kubeconfig.as_deref()).await?;
-        Self::with_client(client, opts, namespace).await
+        let version =
+            discover::istio_versions(&client, &["virtualservices"], deadline, opts.sync_timeout)
+                .await?
+                .pop()
+                .unwrap_or_else(|| source::ISTIO_VERSION.to_string());
+        tracing::info!(
+            api_version = %format!("{}/{version}", source::ISTIO_GROUP),
+            "rollout controller reads and patches VirtualServices"
+        );
+        Self::with_client(client, opts, namespace, &version, deadline).await
     }
 
-    pub async fn with_client(
+    async fn with_client(
         client: Client,
         opts: &KubeOptions,
         namespace: String,
+        vs_version: &str,
+        deadline: Instant,
     ) -> Result<Kube, KubeError> {
         let (synced_tx, mut synced) = watch::channel(BTreeSet::new());
         let signals = Signals {
@@ -155,7 +195,7 @@ impl Kube {
                 ),
                 false,
             ),
-            (virtual_service_resource(), true),
+            (virtual_service_resource(vs_version), true),
         ];
         let mut stores = Stores::default();
         let mut tasks = Vec::new();
@@ -185,16 +225,15 @@ impl Kube {
             client,
             stores,
             namespace,
+            virtual_service: virtual_service_resource(vs_version),
             tracked: HashMap::new(),
             failing: HashMap::new(),
+            parsed: None,
             tasks,
         };
         let want = names.len();
         let wait = synced.wait_for(|done| done.len() >= want);
-        if !matches!(
-            tokio::time::timeout(opts.sync_timeout, wait).await,
-            Ok(Ok(_))
-        ) {
+        if !matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(_))) {
             let done = synced.borrow().clone();
             let pending = names.into_iter().filter(|n| !done.contains(n)).collect();
             return Err(KubeError::SyncTimeout(opts.sync_timeout, pending));
@@ -282,9 +321,33 @@ impl Kube {
 
 impl Backend for Kube {
     fn load(&mut self) -> Resources {
-        self.stores.resources(&LoadOptions {
+        // Every change the watch delivers gives the object a new resourceVersion (a new
+        // object, a new uid), so an unchanged key means unchanged objects.
+        let mut key: Vec<ObjectVersion> = self
+            .stores
+            .istio
+            .iter()
+            .flat_map(|(ar, store)| {
+                store.state().into_iter().map(move |o| {
+                    (
+                        ar.kind.clone(),
+                        o.metadata.uid.clone().unwrap_or_default(),
+                        o.metadata.resource_version.clone().unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        key.sort_unstable();
+        if let Some((seen, res)) = &self.parsed
+            && *seen == key
+        {
+            return res.clone();
+        }
+        let res = self.stores.resources(&LoadOptions {
             default_namespace: self.namespace.clone(),
-        })
+        });
+        self.parsed = Some((key, res.clone()));
+        res
     }
 
     fn state(&mut self, namespace: &str, name: &str) -> Option<State> {
@@ -385,11 +448,8 @@ impl Backend for Kube {
         canary: u32,
     ) -> Result<bool, String> {
         let shown = format!("VirtualService {}/{}", vs.namespace, vs.meta.name);
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &vs.namespace,
-            &virtual_service_resource(),
-        );
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &vs.namespace, &self.virtual_service);
         let mut current = self
             .object("VirtualService", &vs.namespace, &vs.meta.name)
             .map(|o| o.as_ref().clone())
@@ -398,7 +458,7 @@ impl Backend for Kube {
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 1 {
                 // Computed again from the version that won, so only the weights change.
-                let fresh = parse_virtual_service(&current, &self.namespace)
+                let fresh = parse_virtual_service(&self.virtual_service, &current, &self.namespace)
                     .ok_or_else(|| format!("{shown} no longer reads as a VirtualService"))?;
                 let routes = managed_routes(&fresh, r)?;
                 edits = weight_edits(&fresh, &routes, canary);
@@ -482,11 +542,15 @@ fn paused_by_controller(st: &State) -> bool {
     st.phase == "Paused" && PAUSE_REASONS.contains(&st.message.as_str())
 }
 
-fn parse_virtual_service(obj: &DynamicObject, namespace: &str) -> Option<VirtualService> {
+fn parse_virtual_service(
+    ar: &ApiResource,
+    obj: &DynamicObject,
+    namespace: &str,
+) -> Option<VirtualService> {
     let mut res = Resources::default();
     let id = source::snapshot::object_id("VirtualService", &obj.metadata);
     source::snapshot::istio_object(
-        &virtual_service_resource(),
+        ar,
         obj,
         id,
         &LoadOptions {
@@ -536,8 +600,18 @@ fn status_of(st: &State, generation: Option<i64>) -> Value {
 
 /// A state from a status this controller wrote (none if it wrote none).
 fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State> {
-    let status = obj.data.get("status")?;
-    let hash = status.get("currentStepHash")?.as_str()?;
+    let hash = obj.data.pointer("/status/currentStepHash")?.as_str()?;
+    Some(State {
+        spec_hash: hash.to_string(),
+        ..status_fields(obj, namespace, name)
+    })
+}
+
+/// What a Rollout's status says, read leniently: a status nobody wrote yet (no controller
+/// has seen the Rollout) reads as step 0, weight 0, no phase.
+fn status_fields(obj: &DynamicObject, namespace: &str, name: &str) -> State {
+    let none = Value::Null;
+    let status = obj.data.get("status").unwrap_or(&none);
     let text = |k: &str| {
         status
             .get(k)
@@ -552,11 +626,10 @@ fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State
         .and_then(|c| c.get("startTime"))
         .and_then(Value::as_str)
         .and_then(from_rfc3339);
-    Some(State {
+    State {
         name: name.to_string(),
         namespace: namespace.to_string(),
         revision: 1,
-        spec_hash: hash.to_string(),
         step: status
             .get("currentStepIndex")
             .and_then(Value::as_u64)
@@ -578,7 +651,76 @@ fn from_status(obj: &DynamicObject, namespace: &str, name: &str) -> Option<State
             .and_then(Value::as_bool)
             .unwrap_or(false),
         ..State::default()
-    })
+    }
+}
+
+/// A Rollout as `rollout get|list --source kubernetes` print it: its status (which this
+/// controller writes) and its spec's step count. Analysis measurements and the observed
+/// traffic share live only in the controller's memory, so they are not shown.
+fn shown(obj: &DynamicObject) -> State {
+    let namespace = obj.namespace().unwrap_or_default();
+    let mut st = status_fields(obj, &namespace, &obj.name_any());
+    st.steps = obj
+        .data
+        .pointer("/spec/strategy/canary/steps")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    // Argo's controller numbers revisions in this annotation; switchyard's does not set it.
+    if let Some(r) = obj
+        .annotations()
+        .get("rollout.argoproj.io/revision")
+        .and_then(|r| r.parse().ok())
+    {
+        st.revision = r;
+    }
+    st
+}
+
+/// The Rollout `namespace/name` for `rollout get --source kubernetes`.
+pub async fn get(
+    opts: &KubeOptions,
+    namespace: &str,
+    name: &str,
+) -> Result<State, RolloutApiError> {
+    let client = source::client(opts.kubeconfig.as_deref()).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &rollout_resource());
+    match api.get(name).await {
+        Ok(obj) => Ok(shown(&obj)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RolloutApiError::NotFound {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }),
+        Err(source) => Err(RolloutApiError::Api {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Every Rollout in `namespace`, by name, for `rollout list --source kubernetes`. Pages
+/// through the list (a namespace may hold more Rollouts than one page).
+pub async fn list(opts: &KubeOptions, namespace: &str) -> Result<Vec<State>, RolloutApiError> {
+    let client = source::client(opts.kubeconfig.as_deref()).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &rollout_resource());
+    let mut out = Vec::new();
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api
+            .list(&lp)
+            .await
+            .map_err(|source| RolloutApiError::List {
+                namespace: namespace.to_string(),
+                source,
+            })?;
+        out.extend(page.items.iter().map(shown));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// What `switchyard rollout promote|abort|retry|pause --source kubernetes` asks: the patches

@@ -7,7 +7,7 @@
 //! losing the API server only stops updates.
 
 mod admit;
-mod discover;
+pub(crate) mod discover;
 pub mod events;
 pub(crate) mod reflect;
 pub mod services;
