@@ -230,8 +230,12 @@ struct Asked {
     keep_alive: bool,
 }
 
+// Not boxed: the parsed head is returned once per request and moved out at once, and a box
+// cost an allocation and a free per request for ~30 fewer bytes copied (callgrind: -56
+// instructions per HTTP/1.1 request unboxed).
+#[allow(clippy::large_enum_variant)]
 enum HeadRead {
-    Request(Box<Parsed>),
+    Request(Parsed),
     /// The client closed, or went silent mid-head past the timeout, or shutdown was asked
     /// while idle: close without a response.
     Close,
@@ -263,7 +267,7 @@ pub async fn serve<H: Handler>(
     loop {
         let Some(s) = side.as_mut() else { return };
         let parsed = match read_head(s, limits, shutdown).await {
-            HeadRead::Request(p) => *p,
+            HeadRead::Request(p) => p,
             HeadRead::Close => return,
             HeadRead::Refuse(status) => {
                 refuse(&mut wr, status).await;
@@ -461,7 +465,7 @@ async fn read_head(s: &mut ReadSide, limits: &Limits, shutdown: &Shutdown) -> He
                     }
                     Ok(Some((parsed, used))) => {
                         s.rb.consume(used);
-                        return Poll::Ready(HeadRead::Request(Box::new(parsed)));
+                        return Poll::Ready(HeadRead::Request(parsed));
                     }
                     Ok(None) if s.rb.avail() >= limit => {
                         return Poll::Ready(HeadRead::Refuse(
