@@ -13,20 +13,10 @@ use switchyard::serve::{ServeOptions, Server, StartError};
 use switchyard::source::kubernetes::{KubeError, KubeOptions};
 
 use support::e2e_helpers::flag_tap;
-use support::kube_api::FakeApiServer;
+use support::kube_api::{FakeApiServer, web_service};
 use support::{Client, ProxyProcess, TestProxy, Upstream};
 
 const HOST: &str = "web";
-
-fn service() -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
-            "selector": {"app": "web"}, "sessionAffinity": "None",
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]},
-        "status": {"loadBalancer": {}}})
-}
 
 fn pod(name: &str, version: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -97,7 +87,7 @@ async fn mesh_watching(namespaces: Vec<String>) -> Mesh {
 async fn mesh_on(api: FakeApiServer, namespaces: Vec<String>) -> Mesh {
     let v1 = Upstream::start("v1").await;
     let v2 = [Upstream::start("v2").await, Upstream::start("v2").await];
-    api.apply(service());
+    api.apply(web_service());
     api.apply(pod("web-v1-a", "v1"));
     api.apply(slice("web-v1-a", v1.addr.port(), Some(true)));
     for (name, up) in ["web-v2-a", "web-v2-b"].iter().zip(&v2) {

@@ -18,21 +18,11 @@ use switchyard::source::kubernetes::KubeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::e2e_helpers::assert_within_4_sigma;
-use support::kube_api::FakeApiServer;
+use support::kube_api::{FakeApiServer, web_service};
 use support::{Client, TestProxy, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const HOST: &str = "web";
-
-fn service() -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
-            "selector": {"app": "web"}, "sessionAffinity": "None",
-            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]},
-        "status": {"loadBalancer": {}}})
-}
 
 /// A pod of the stable or the canary ReplicaSet: Argo labels them with
 /// `rollouts-pod-template-hash`, which the DestinationRule's subsets select.
@@ -135,7 +125,7 @@ fn proxy_opts(api: &FakeApiServer) -> KubeOptions {
 async fn objects(api: &FakeApiServer, steps: Value, extra: Vec<Value>) -> (Upstream, Upstream) {
     let stable = Upstream::start("stable").await;
     let canary = Upstream::start("canary").await;
-    api.apply(service());
+    api.apply(web_service());
     api.apply(pod("web-stable", "6d4cf56db6"));
     api.apply(slice("web-stable", stable.addr.port()));
     api.apply(pod("web-canary", "7f8b9c6d5e"));

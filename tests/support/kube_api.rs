@@ -1405,3 +1405,15 @@ async fn create_object(
         .object(&stored),
     )
 }
+
+/// The `web` Service in `default` (selector `app: web`, port 80 → 8080) as kube-apiserver
+/// returns it: the Service both the source's and the rollout controller's tests route to.
+pub fn web_service() -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
+            "selector": {"app": "web"}, "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]},
+        "status": {"loadBalancer": {}}})
+}
