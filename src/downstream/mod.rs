@@ -1,6 +1,6 @@
 //! The client side: how requests arrive, below the proxy. Listeners, connection limits and
 //! the drain ([`server`], [`workers`]) hand each connection to a codec: HTTP/1.1 is our own
-//! ([`h1`]); HTTP/2 (h2c prior knowledge) is ours on the `h2` crate ([`h2`]). A codec knows
+//! ([`h1`]); HTTP/2 (h2c prior knowledge) is ours too ([`h2`]). A codec knows
 //! only a [`Handler`]:
 //! request in, response future out. The proxy is one; a test's stub is another. Requests
 //! carry one body type, [`Incoming`], from either codec.
@@ -88,7 +88,7 @@ pub enum BodyError {
     #[error(transparent)]
     H1(#[from] crate::wire::DecodeError),
     #[error(transparent)]
-    H2(#[from] ::h2::Error),
+    H2(#[from] h2::StreamError),
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
     /// A retry took the body over: this attempt's copy stops.

@@ -349,6 +349,12 @@ pub(crate) fn over_header_limit<R, B: From<Bytes>>(
     if req.headers().len() <= limits.max_headers && head_bytes(req) <= limits.max_header_bytes {
         return None;
     }
+    Some(header_fields_too_large(req.version() != Version::HTTP_2))
+}
+
+/// 431, as Envoy words it. `close` for HTTP/1, where the body (if any) is unread: closing is
+/// simpler and safer than draining it.
+pub(crate) fn header_fields_too_large<B: From<Bytes>>(close: bool) -> Response<B> {
     let mut resp = Response::new(B::from(Bytes::from_static(
         b"request header fields too large\n",
     )));
@@ -356,11 +362,10 @@ pub(crate) fn over_header_limit<R, B: From<Bytes>>(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     h.insert(header::SERVER, HeaderValue::from_static("envoy"));
-    if req.version() != Version::HTTP_2 {
-        // The body (if any) is unread: closing is simpler and safer than draining it.
+    if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Some(resp)
+    resp
 }
 
 pub(crate) fn request_timed_out<B: From<Bytes>>() -> Response<B> {
@@ -566,14 +571,11 @@ async fn serve_protocol<S: SplitIo, H: Handler>(
     };
     if is_h2 {
         h2.store(true, Ordering::Relaxed);
-        let io = Prefixed {
-            prefix: Bytes::copy_from_slice(rb.unread()),
-            inner: IdleIo {
-                inner: stream,
-                active: active.clone(),
-            },
+        let io = IdleIo {
+            inner: stream,
+            active: active.clone(),
         };
-        super::h2::serve(io, info, proxy, limits, shutdown).await;
+        super::h2::serve(io, rb, info, proxy, limits, shutdown).await;
     } else {
         let (rd, wr) = stream.split_io();
         let rd: h1::ReadHalf = Box::new(IdleIo {
@@ -594,58 +596,6 @@ async fn serve_protocol<S: SplitIo, H: Handler>(
             shutdown,
         )
         .await;
-    }
-}
-
-/// The bytes read while telling the protocol apart, then the stream.
-struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let chunk = self.prefix.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
