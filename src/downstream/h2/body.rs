@@ -43,21 +43,29 @@ impl StreamError {
 /// and are never contended.
 #[derive(Default)]
 pub struct ConnShared {
-    released: Mutex<Vec<u32>>,
+    /// (stream, bytes) read or dropped by request bodies since the connection last looked.
+    released: Mutex<Vec<(u32, usize)>>,
     ready: Mutex<Vec<u32>>,
     pub waker: AtomicWaker,
 }
 
-fn lock_ids(ids: &Mutex<Vec<u32>>) -> MutexGuard<'_, Vec<u32>> {
+fn lock_ids<T>(ids: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
     ids.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ConnShared {
-    /// The streams with bytes read since the last call, into `into` (emptied first).
-    pub fn take_released(&self, into: &mut Vec<u32>) {
+    /// What request bodies read or dropped since the last call, into `into` (emptied first).
+    pub fn take_released(&self, into: &mut Vec<(u32, usize)>) {
         into.clear();
         std::mem::swap(&mut *lock_ids(&self.released), into);
+    }
+
+    fn release(&self, stream: u32, n: usize) {
+        if n > 0 {
+            lock_ids(&self.released).push((stream, n));
+            self.waker.wake();
+        }
     }
 
     pub fn queue_ready(&self, slot: u32) {
@@ -82,8 +90,6 @@ pub struct Queue {
     trailers: Option<HeaderMap>,
     ended: bool,
     error: Option<StreamError>,
-    /// Bytes read and not yet given back to the client's windows.
-    released: usize,
     /// The body was dropped: DATA that still arrives is given back at once.
     dropped: bool,
     reader: Option<Waker>,
@@ -141,11 +147,6 @@ impl Feed {
         }
         wake(&mut q);
     }
-
-    /// Bytes read (or dropped unread) since the last call.
-    pub fn take_released(&self) -> usize {
-        std::mem::take(&mut lock(&self.queue).released)
-    }
 }
 
 fn wake(q: &mut Queue) {
@@ -164,17 +165,6 @@ pub struct RequestBody {
     done: bool,
 }
 
-impl RequestBody {
-    fn released(&self, n: usize, q: &mut Queue) {
-        let first = q.released == 0;
-        q.released += n;
-        if first && n > 0 {
-            lock_ids(&self.shared.released).push(self.stream);
-            self.shared.waker.wake();
-        }
-    }
-}
-
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = StreamError;
@@ -187,10 +177,10 @@ impl Body for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let queue = this.queue.clone();
-        let mut q = lock(&queue);
+        let mut q = lock(&this.queue);
         if let Some(data) = q.chunks.pop_front() {
-            this.released(data.len(), &mut q);
+            drop(q);
+            this.shared.release(this.stream, data.len());
             if let Some(left) = this.remaining.as_mut() {
                 *left = left.saturating_sub(data.len() as u64);
             }
@@ -227,11 +217,11 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let queue = self.queue.clone();
-        let mut q = lock(&queue);
+        let mut q = lock(&self.queue);
         q.dropped = true;
         let unread: usize = q.chunks.drain(..).map(|c| c.len()).sum();
         q.reader = None;
-        self.released(unread, &mut q);
+        drop(q);
+        self.shared.release(self.stream, unread);
     }
 }

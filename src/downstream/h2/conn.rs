@@ -88,16 +88,15 @@ struct Slot<F, B> {
     feed: Option<Feed>,
     /// The client has not ended its side yet.
     recv_open: bool,
-    /// What the client may still send on this stream, and what was read since the last
-    /// WINDOW_UPDATE.
+    /// What the client may still send on this stream, and what was read (or dropped) since
+    /// the last WINDOW_UPDATE.
     recv_window: i64,
+    recv_released: i64,
     declared: Option<u64>,
     received: u64,
     /// What we may still send on this stream.
     send_window: i64,
     connect: bool,
-    /// The response ended before the client's side did: reset with NO_ERROR (RFC 9113 §8.1).
-    early: bool,
 }
 
 /// The waker of one slot: queues the slot for the connection's next poll.
@@ -205,7 +204,7 @@ struct State<M, F, B> {
     /// Slots to poll now (set by frames), and the swap space for the wakers' queue.
     ready: Vec<u32>,
     woken: Vec<u32>,
-    released: Vec<u32>,
+    released: Vec<(u32, usize)>,
     /// Slots with body bytes held for want of connection window, or of output room.
     conn_blocked: Vec<u32>,
     out_blocked: Vec<u32>,
@@ -632,7 +631,7 @@ where
         let slot = &mut self.slots[idx as usize];
         slot.task = Task::Sent;
         if slot.recv_open {
-            slot.early = true;
+            // The client is still sending: it is told to stop (RFC 9113 §8.1).
             self.reset_stream(idx, Reason::NO_ERROR, false);
         } else {
             self.release_slot(idx);
@@ -693,23 +692,11 @@ where
     fn give_back_windows(&mut self) {
         self.shared.take_released(&mut self.released);
         let released = std::mem::take(&mut self.released);
-        for &id in &released {
-            let Some(&idx) = self.ids.get(&id) else {
-                continue;
-            };
-            let slot = &mut self.slots[idx as usize];
-            let n = slot
-                .feed
-                .as_ref()
-                .map_or(0, |f| i64::try_from(f.take_released()).unwrap_or(0));
-            if n == 0 {
-                continue;
-            }
+        for &(id, n) in &released {
+            let n = n as i64;
             self.recv_released += n;
-            if slot.recv_open && WINDOW - slot.recv_window >= WINDOW_UPDATE_AT {
-                let inc = WINDOW - slot.recv_window;
-                slot.recv_window = WINDOW;
-                frame::push_window_update(&mut self.out, id, inc as u32);
+            if let Some(&idx) = self.ids.get(&id) {
+                self.stream_released(idx, n);
             }
         }
         self.released = released;
@@ -722,13 +709,21 @@ where
         self.recv_released += n as i64;
     }
 
+    /// Gives bytes back to a stream's window, announced once half the window is due.
+    fn stream_released(&mut self, idx: u32, n: i64) {
+        let slot = &mut self.slots[idx as usize];
+        slot.recv_released += n;
+        if slot.recv_open && slot.recv_released >= WINDOW_UPDATE_AT {
+            frame::push_window_update(&mut self.out, slot.id, slot.recv_released as u32);
+            slot.recv_window += slot.recv_released;
+            slot.recv_released = 0;
+        }
+    }
+
     fn connection_window(&mut self) {
         if self.recv_released >= WINDOW_UPDATE_AT {
-            let inc = self.recv_released.min(WINDOW - self.recv_window.max(0));
-            if inc > 0 {
-                frame::push_window_update(&mut self.out, 0, inc as u32);
-                self.recv_window += inc;
-            }
+            frame::push_window_update(&mut self.out, 0, self.recv_released as u32);
+            self.recv_window += self.recv_released;
             self.recv_released = 0;
         }
     }
@@ -863,8 +858,8 @@ where
             }
         }
         if unread > 0 {
-            slot.recv_window += unread as i64;
             self.discard(unread);
+            self.stream_released(idx, unread as i64);
         }
         if end {
             self.end_request(idx, None);
@@ -1152,11 +1147,11 @@ where
                     feed: None,
                     recv_open: false,
                     recv_window: 0,
+                    recv_released: 0,
                     declared: None,
                     received: 0,
                     send_window: 0,
                     connect: false,
-                    early: false,
                 });
                 idx
             }
@@ -1167,11 +1162,11 @@ where
         slot.feed = None;
         slot.recv_open = !end_stream;
         slot.recv_window = WINDOW;
+        slot.recv_released = 0;
         slot.declared = declared;
         slot.received = 0;
         slot.send_window = self.peer_window;
         slot.connect = connect;
-        slot.early = false;
         self.ids.insert(id, idx);
         idx
     }

@@ -694,8 +694,8 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::huffman::HuffmanError;
     use super::*;
-    use crate::huffman::HuffmanError;
 
     type Fields = Vec<(String, String)>;
 
@@ -1316,9 +1316,9 @@ mod tests {
     fn huffman_name_and_value_in_one_field() {
         let mut block = vec![0x10];
         for s in ["x-custom-name", "a value, with some: punctuation!"] {
-            let len = crate::huffman::encoded_len(s.as_bytes());
+            let len = super::super::huffman::encoded_len(s.as_bytes());
             write_int(&mut block, 0x80, 7, len);
-            crate::huffman::encode(s.as_bytes(), &mut block);
+            super::super::huffman::encode(s.as_bytes(), &mut block);
         }
         let mut d = Decoder::new(4096);
         assert_eq!(
