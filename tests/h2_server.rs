@@ -2,6 +2,8 @@
 //! codes it names, and flow control gives every byte back in both directions (a request body
 //! read after the client ended it, a response bigger than the client's window).
 
+// Shared with tests/h2_abuse.rs, which uses the probes this file does not.
+#[allow(dead_code)]
 mod h2probes;
 
 use std::net::SocketAddr;

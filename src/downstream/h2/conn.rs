@@ -903,7 +903,7 @@ where
 
     fn on_headers(&mut self, head: Head, payload: &[u8]) -> Step {
         let id = head.stream;
-        if id == 0 || id % 2 == 0 {
+        if id == 0 || id.is_multiple_of(2) {
             return Err(ConnError(
                 Reason::PROTOCOL_ERROR,
                 "HEADERS on stream 0 or on a server-initiated stream id",
@@ -1238,7 +1238,7 @@ where
             }
             return Ok(());
         }
-        if head.len % 6 != 0 {
+        if !head.len.is_multiple_of(6) {
             return Err(ConnError(
                 Reason::FRAME_SIZE_ERROR,
                 "SETTINGS length not a multiple of 6",
