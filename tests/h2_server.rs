@@ -24,6 +24,8 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
 const PROTOCOL_ERROR: u32 = 0x1;
+const STREAM_CLOSED: u32 = 0x5;
+const CANCEL: u32 = 0x8;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const COMPRESSION_ERROR: u32 = 0x9;
 
@@ -80,6 +82,8 @@ async fn server() -> ProxyListener {
 #[derive(Debug)]
 struct Answer {
     goaway: Option<u32>,
+    /// The status stream 1 was answered with, if it was.
+    status: Option<u16>,
     resets: Vec<(u32, u32)>,
     after: Option<u16>,
 }
@@ -100,6 +104,7 @@ async fn answer(addr: SocketAddr, frames: Vec<u8>) -> Answer {
         }
         Answer {
             goaway: c.goaway.map(|g| g.error_code),
+            status: c.responses.get(&1).copied().flatten(),
             resets: c.resets.iter().map(|(s, r)| (*s, *r)).collect(),
             after,
         }
@@ -295,4 +300,32 @@ async fn a_response_bigger_than_the_clients_window_arrives_whole() {
             .expect("reader");
         assert_eq!(n, SIZE);
     }
+}
+
+/// DATA after the client ended its side is a stream error (RFC 9113 §5.1, half-closed
+/// (remote)), not a reason to drop the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_after_the_client_ended_the_stream_resets_only_that_stream() {
+    let s = server().await;
+    let mut frames = frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block(&[]));
+    frames.extend(frame(DATA, 0, 1, b"late"));
+    let a = answer(s.addr, frames).await;
+    assert_eq!(a.goaway, None, "{a:?}");
+    assert_eq!(a.resets, vec![(1, STREAM_CLOSED)], "{a:?}");
+    assert_eq!(a.after, Some(200), "{a:?}");
+}
+
+/// CONNECT is authority-form over HTTP/2 (RFC 9113 §8.5). Tunnels are not served: a 2xx
+/// answer goes out as the head, then the stream is cancelled (as under hyper before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_gets_its_head_then_the_stream_is_cancelled() {
+    let s = server().await;
+    let mut block = Vec::new();
+    literal(&mut block, ":method", "CONNECT");
+    literal(&mut block, ":authority", "db.internal:5432");
+    let a = answer(s.addr, frame(HEADERS, END_STREAM | END_HEADERS, 1, &block)).await;
+    assert_eq!(a.goaway, None, "{a:?}");
+    assert_eq!(a.status, Some(200), "{a:?}");
+    assert_eq!(a.resets, vec![(1, CANCEL)], "{a:?}");
+    assert_eq!(a.after, Some(200), "{a:?}");
 }

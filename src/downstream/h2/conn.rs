@@ -882,8 +882,9 @@ where
     }
 
     /// A frame on a stream that has no slot: idle (a protocol error), reset by us (dropped:
-    /// the client sent it before our RST_STREAM arrived), reset by the client (a stream
-    /// error), or closed.
+    /// the client sent it before our RST_STREAM arrived), or closed. DATA on a closed stream
+    /// is a stream error (RFC 9113 §6.1), as is any frame after the client's own RST_STREAM
+    /// (§5.1); HEADERS after the stream ended is a connection error (§5.1).
     fn on_closed_stream(&mut self, id: u32, what: &'static str) -> Step {
         if id > self.last_id {
             return Err(ConnError(Reason::PROTOCOL_ERROR, frame_on_idle(what)));
@@ -891,13 +892,15 @@ where
         if self.reset_by_us.has(id) || self.goaway.is_some_and(|last| id > last) {
             return Ok(());
         }
-        if self.reset_by_peer.has(id) {
+        if what == "DATA" || self.reset_by_peer.has(id) {
             frame::push_rst(&mut self.out, id, Reason::STREAM_CLOSED);
+            self.reset_by_us.add(id);
+            self.count_local_reset();
             return Ok(());
         }
         Err(ConnError(
             Reason::STREAM_CLOSED,
-            "a frame on a closed stream",
+            "HEADERS on a closed stream",
         ))
     }
 
