@@ -29,6 +29,8 @@ pub struct Fields {
     trailers: bool,
     regular_seen: bool,
     pub content_length: Option<u64>,
+    /// `cookie` fields seen: HTTP/2 clients split cookies into one field per pair.
+    cookies: usize,
     refused: Option<Refused>,
 }
 
@@ -53,6 +55,7 @@ impl Fields {
             trailers,
             regular_seen: false,
             content_length: None,
+            cookies: 0,
             refused: None,
         }
     }
@@ -140,6 +143,9 @@ impl Fields {
                 _ => return self.malformed("an invalid or conflicting content-length"),
             }
         }
+        if name == header::COOKIE {
+            self.cookies += 1;
+        }
         self.headers.append(name, value);
     }
 
@@ -172,11 +178,15 @@ impl Fields {
                 return Err(Refused::Malformed(why));
             }
         };
+        let mut headers = self.headers;
+        if self.cookies > 1 {
+            join_cookies(&mut headers);
+        }
         let mut req = Request::new(());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
-        *req.headers_mut() = self.headers;
+        *req.headers_mut() = headers;
         Ok(req)
     }
 }
@@ -217,6 +227,23 @@ fn build_uri(
         parts.authority = Some(authority);
     }
     Uri::from_parts(parts).map_err(|_| "an invalid request target")
+}
+
+/// Cookie crumbs become one field, `; `-joined, as RFC 9113 §8.2.3 requires before a request
+/// goes on over HTTP/1.1 (Envoy does the same): a backend may read only the first `Cookie`
+/// field, and so would the proxy's own cookie hashing.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each part was a valid value, and "; " is too.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Fields that belong to one HTTP/1.1 connection and make an HTTP/2 message malformed
@@ -323,6 +350,26 @@ mod tests {
         let _ = f.field(b"x-big", &[b'v'; 64]);
         assert_eq!(f.headers.len(), 0);
         assert_eq!(f.finish_request().err(), Some(Refused::TooLarge));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field() {
+        let mut fields = GET.to_vec();
+        fields.extend([
+            ("cookie", "a=1"),
+            ("x-b", "2"),
+            ("cookie", "c=3"),
+            ("cookie", "d=4"),
+        ]);
+        let req = request(&fields).expect("valid");
+        let cookies: Vec<_> = req.headers().get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; c=3; d=4"]);
+        let mut one = GET.to_vec();
+        one.push(("cookie", "a=1; b=2"));
+        assert_eq!(
+            request(&one).expect("valid").headers()["cookie"],
+            "a=1; b=2"
+        );
     }
 
     #[test]
