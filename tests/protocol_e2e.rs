@@ -89,6 +89,25 @@ async fn hop_by_hop_request_headers_are_removed_and_te_trailers_kept() {
     assert_eq!(echoed(&r, "te"), None, "H1 te: gzip");
 }
 
+/// HTTP/2 clients send cookies as one field per pair ("crumbs"); an HTTP/1.1 upstream gets
+/// them joined into one `Cookie` field (RFC 9113 §8.2.3, as Envoy does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_crumbs_from_an_h2_client_reach_an_h1_upstream_as_one_field() {
+    let up = Upstream::start("v1").await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::h2(p.addr).await;
+    let r = c
+        .request(
+            "GET",
+            "web",
+            "/echo",
+            &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_all(&r, "cookie"), ["a=1; b=2; c=3"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_headers_are_removed() {
     let body = "from-raw";
