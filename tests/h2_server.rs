@@ -30,7 +30,8 @@ const FRAME_SIZE_ERROR: u32 = 0x6;
 const COMPRESSION_ERROR: u32 = 0x9;
 
 /// Answers `GET /big/N` with N bytes; anything else with its body's length, read after a
-/// pause (so that a small body has fully arrived before it is read).
+/// pause (so that a small body has fully arrived before it is read), and 422 when that is
+/// not the length `x-expect-len` announced.
 struct Stub {
     drain: Arc<switchyard::downstream::DrainState>,
     metrics: Arc<switchyard::metrics::Registry>,
@@ -50,11 +51,23 @@ impl switchyard::downstream::Handler for Stub {
             return http::Response::new(vec![b'x'; n].into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let text = match body.collect().await {
-            Ok(b) => b.to_bytes().len().to_string(),
-            Err(e) => format!("body error: {e}"),
+        let expect = head
+            .headers
+            .get("x-expect-len")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let (text, len) = match body.collect().await {
+            Ok(b) => {
+                let b = b.to_bytes();
+                (b.len().to_string(), Some(b.len()))
+            }
+            Err(e) => (format!("body error: {e}"), None),
         };
-        http::Response::new(text.into())
+        let mut resp = http::Response::new(text.into());
+        if expect.is_some() && expect != len {
+            *resp.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+        }
+        resp
     }
 
     fn drain_state(&self) -> &Arc<switchyard::downstream::DrainState> {
@@ -328,4 +341,29 @@ async fn connect_gets_its_head_then_the_stream_is_cancelled() {
     assert_eq!(a.status, Some(200), "{a:?}");
     assert_eq!(a.resets, vec![(1, CANCEL)], "{a:?}");
     assert_eq!(a.after, Some(200), "{a:?}");
+}
+
+/// A body sent one byte per DATA frame arrives whole and in order (small frames are gathered
+/// into blocks rather than queued one by one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_one_byte_data_frames_arrives_whole() {
+    let s = server().await;
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":path", "/up"),
+        (":scheme", "http"),
+        (":authority", "stub"),
+        ("x-expect-len", "3000"),
+    ] {
+        literal(&mut block, n, v);
+    }
+    let mut frames = frame(HEADERS, END_HEADERS, 1, &block);
+    for i in 0..3000 {
+        let end = if i == 2999 { END_STREAM } else { 0 };
+        frames.extend(frame(DATA, end, 1, b"x"));
+    }
+    let a = answer(s.addr, frames).await;
+    assert_eq!(a.goaway, None, "{a:?}");
+    assert_eq!(a.status, Some(200), "{a:?}");
 }

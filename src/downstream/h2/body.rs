@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -84,9 +84,18 @@ impl ConnShared {
     }
 }
 
+/// DATA payloads under this size are gathered into one block instead of queued one by one: a
+/// client sending one-byte frames would otherwise hold a chunk (and its bookkeeping) per
+/// byte of its window.
+const SMALL: usize = 1024;
+/// A gathered block is queued once it holds this much.
+const GATHER: usize = 4096;
+
 #[derive(Default)]
 pub struct Queue {
     chunks: VecDeque<Bytes>,
+    /// Small payloads gathered, after the chunks.
+    tail: BytesMut,
     trailers: Option<HeaderMap>,
     ended: bool,
     error: Option<StreamError>,
@@ -121,14 +130,26 @@ impl Feed {
         )
     }
 
-    /// Hands over a DATA frame's bytes; false when the body is gone (the caller gives the
-    /// bytes back to the client's windows itself).
-    pub fn push(&self, data: Bytes) -> bool {
+    /// Hands over (a copy of) a DATA frame's bytes; false when the body is gone (the caller
+    /// gives the bytes back to the client's windows itself).
+    pub fn push(&self, data: &[u8]) -> bool {
         let mut q = lock(&self.queue);
         if q.dropped {
             return false;
         }
-        q.chunks.push_back(data);
+        if data.len() < SMALL {
+            q.tail.extend_from_slice(data);
+            if q.tail.len() >= GATHER {
+                let block = q.tail.split().freeze();
+                q.chunks.push_back(block);
+            }
+        } else {
+            if !q.tail.is_empty() {
+                let block = q.tail.split().freeze();
+                q.chunks.push_back(block);
+            }
+            q.chunks.push_back(Bytes::copy_from_slice(data));
+        }
         wake(&mut q);
         true
     }
@@ -144,6 +165,18 @@ impl Feed {
         let mut q = lock(&self.queue);
         if q.error.is_none() && !q.ended {
             q.error = Some(error);
+        }
+        wake(&mut q);
+    }
+}
+
+/// A feed dropped before the client ended the body (the stream reset, the connection gone):
+/// the reader learns it, rather than waiting for bytes that will never come.
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let mut q = lock(&self.queue);
+        if !q.ended && q.error.is_none() {
+            q.error = Some(StreamError::ConnectionGone);
         }
         wake(&mut q);
     }
@@ -178,7 +211,12 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         }
         let mut q = lock(&this.queue);
-        if let Some(data) = q.chunks.pop_front() {
+        let next = match q.chunks.pop_front() {
+            Some(data) => Some(data),
+            None if !q.tail.is_empty() => Some(q.tail.split().freeze()),
+            None => None,
+        };
+        if let Some(data) = next {
             drop(q);
             this.shared.release(this.stream, data.len());
             if let Some(left) = this.remaining.as_mut() {
@@ -206,7 +244,7 @@ impl Body for RequestBody {
             return true;
         }
         let q = lock(&self.queue);
-        q.ended && q.chunks.is_empty() && q.trailers.is_none()
+        q.ended && q.chunks.is_empty() && q.tail.is_empty() && q.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -219,7 +257,8 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         let mut q = lock(&self.queue);
         q.dropped = true;
-        let unread: usize = q.chunks.drain(..).map(|c| c.len()).sum();
+        let unread = q.chunks.drain(..).map(|c| c.len()).sum::<usize>() + q.tail.len();
+        q.tail = BytesMut::new();
         q.reader = None;
         drop(q);
         self.shared.release(self.stream, unread);

@@ -51,9 +51,12 @@ const PREMATURE_RESETS: u64 = 250;
 /// Streams we reset for the client's protocol errors before the connection goes (h2's and
 /// so hyper's `max_local_error_reset_streams`).
 const MAX_LOCAL_RESETS: u64 = 1024;
-/// Recently reset streams remembered, so that frames the client sent before it saw our
-/// RST_STREAM are dropped rather than treated as errors.
+/// Recently reset streams remembered (at least this many, and as many as the streams a
+/// connection may have open), so that frames the client sent before it saw our RST_STREAM
+/// are dropped rather than treated as errors.
 const RESET_MEMORY: usize = 64;
+/// How long a closing connection drains the client's unread input.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// The connection's settings, from the server's limits.
 pub struct Config {
@@ -97,6 +100,14 @@ struct Slot<F, B> {
     /// What we may still send on this stream.
     send_window: i64,
     connect: bool,
+    /// In `conn_blocked` already (a slot waits there once, however often it is polled).
+    conn_waiting: bool,
+}
+
+impl<F, B> Slot<F, B> {
+    fn holds_data(&self) -> bool {
+        matches!(self.task, Task::Body { held: Some(_), .. })
+    }
 }
 
 /// The waker of one slot: queues the slot for the connection's next poll.
@@ -133,7 +144,11 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The table takes its bucket from the low bits and a tag from the top seven: the
+        // product's high half is folded into the low one, so ids that differ only in high
+        // bits (1 + k * 4096) do not share a bucket.
+        let h = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
     }
 }
 
@@ -151,21 +166,28 @@ struct ConnError(Reason, &'static str);
 
 type Step = Result<(), ConnError>;
 
-/// A fixed ring of stream ids.
+/// A ring of the latest stream ids, allocated on first use: a connection that never resets
+/// a stream holds none.
 struct Recent {
-    ids: [u32; RESET_MEMORY],
+    ids: Vec<u32>,
+    cap: usize,
     next: usize,
 }
 
 impl Recent {
-    fn new() -> Recent {
+    fn new(cap: usize) -> Recent {
         Recent {
-            ids: [0; RESET_MEMORY],
+            ids: Vec::new(),
+            cap: cap.max(1),
             next: 0,
         }
     }
     fn add(&mut self, id: u32) {
-        self.ids[self.next % RESET_MEMORY] = id;
+        if self.ids.len() < self.cap {
+            self.ids.push(id);
+        } else if let Some(slot) = self.ids.get_mut(self.next % self.cap) {
+            *slot = id;
+        }
         self.next = self.next.wrapping_add(1);
     }
     fn has(&self, id: u32) -> bool {
@@ -184,6 +206,10 @@ struct State<M, F, B> {
     config: Config,
     out: Vec<u8>,
     out_pos: usize,
+    /// Everything was written; the transport's flush has not completed yet.
+    flush_pending: bool,
+    /// Once the connection ends: until when unread input is drained (see `poll_linger`).
+    linger: Option<Pin<Box<Sleep>>>,
     decoder: Decoder,
     encoder: Encoder,
     preface_read: bool,
@@ -243,6 +269,7 @@ where
             ],
         );
         frame::push_window_update(&mut out, 0, (WINDOW - frame::DEFAULT_WINDOW) as u32);
+        let memory = RESET_MEMORY.max(config.max_streams as usize);
         Conn {
             io,
             rb,
@@ -251,6 +278,8 @@ where
                 config,
                 out,
                 out_pos: 0,
+                flush_pending: false,
+                linger: None,
                 decoder: Decoder::new(4096),
                 encoder: Encoder::new(),
                 preface_read: false,
@@ -272,8 +301,8 @@ where
                 released: Vec::new(),
                 conn_blocked: Vec::new(),
                 out_blocked: Vec::new(),
-                reset_by_us: Recent::new(),
-                reset_by_peer: Recent::new(),
+                reset_by_us: Recent::new(memory),
+                reset_by_peer: Recent::new(memory),
                 streams_total: 0,
                 premature_resets: 0,
                 local_resets: 0,
@@ -298,7 +327,12 @@ where
             st.goaway = Some(st.last_id);
             frame::push_goaway(&mut st.out, st.last_id, Reason::NO_ERROR, b"");
         }
-        loop {
+        if st.linger.is_some() {
+            return st.poll_linger(io, rb, cx);
+        }
+        // Bounded, so that a future that wakes itself at once cannot keep this task from
+        // yielding; it is polled again on the next turn.
+        for _ in 0..64 {
             let mut progress = false;
             st.run_ready();
             st.give_back_windows();
@@ -343,7 +377,11 @@ where
             }
             if st.backlog() == 0 && st.done() {
                 let _ = Pin::new(&mut *io).poll_shutdown(cx);
-                return Poll::Ready(Ok(()));
+                if st.read_closed {
+                    return Poll::Ready(Ok(()));
+                }
+                st.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+                return st.poll_linger(io, rb, cx);
             }
             if !progress && st.ready.is_empty() && !st.shared.has_ready() {
                 if st.backlog() == 0 && st.ids.is_empty() {
@@ -353,6 +391,8 @@ where
                 return Poll::Pending;
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -363,8 +403,37 @@ where
     B: Body<Data = Bytes> + From<Bytes> + Unpin,
     B::Error: std::error::Error + 'static,
 {
+    /// After our FIN: input is read and dropped until the client closes too, or for
+    /// `LINGER`. Closing with unread input would make the kernel reset the connection, and a
+    /// reset can destroy the GOAWAY and responses the client has not read yet.
+    fn poll_linger<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        rb: &mut RecvBuf,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), String>> {
+        loop {
+            let avail = rb.avail();
+            rb.consume(avail);
+            match rb.poll_fill(io, cx) {
+                Poll::Ready(Ok(n)) if n > 0 => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
+            let waiting = self
+                .linger
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_pending());
+            return if waiting {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            };
+        }
+    }
+
     fn backlog(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + usize::from(self.flush_pending)
     }
 
     fn done(&self) -> bool {
@@ -389,7 +458,10 @@ where
         }
         self.out.clear();
         self.out_pos = 0;
-        Pin::new(&mut *io).poll_flush(cx)
+        self.flush_pending = true;
+        std::task::ready!(Pin::new(&mut *io).poll_flush(cx))?;
+        self.flush_pending = false;
+        Poll::Ready(Ok(()))
     }
 
     /// A connection error: GOAWAY, every stream dropped, the connection closed once the
@@ -515,7 +587,8 @@ where
                 let room = slot.send_window.min(self.send_window);
                 if room <= 0 && !data.is_empty() {
                     *held = Some((data, end));
-                    if self.send_window <= 0 {
+                    if self.send_window <= 0 && !slot.conn_waiting {
+                        slot.conn_waiting = true;
                         self.conn_blocked.push(idx);
                     }
                     return;
@@ -550,7 +623,12 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(error = %e, "downstream HTTP/2 response body failed");
-                    let reason = reset_reason(&e);
+                    // A body cut short is never reset with NO_ERROR, which a client may take
+                    // for a complete (if unterminated) response.
+                    let reason = match reset_reason(&e) {
+                        Reason::NO_ERROR => Reason::CANCEL,
+                        r => r,
+                    };
                     self.reset_stream(idx, reason, false);
                     return;
                 }
@@ -849,10 +927,7 @@ where
         // Padding, and bytes with no reader, go back at once.
         let mut unread = head.len - data.len();
         if !data.is_empty() {
-            let taken = slot
-                .feed
-                .as_ref()
-                .is_some_and(|f| f.push(crate::recycle::copy(data)));
+            let taken = slot.feed.as_ref().is_some_and(|f| f.push(data));
             if !taken {
                 unread = head.len;
             }
@@ -893,9 +968,10 @@ where
             return Ok(());
         }
         if what == "DATA" || self.reset_by_peer.has(id) {
+            // Not counted as a client error: a stream we reset long ago may still have DATA
+            // in flight from a well-behaved client.
             frame::push_rst(&mut self.out, id, Reason::STREAM_CLOSED);
             self.reset_by_us.add(id);
-            self.count_local_reset();
             return Ok(());
         }
         Err(ConnError(
@@ -1053,9 +1129,9 @@ where
         let mut fields = Fields::request(self.config.list_limit, 16);
         self.decode(block, &mut fields)?;
         if self.goaway.is_some() || self.peer_goaway {
-            // Past our GOAWAY: not served, and the client knows to retry it elsewhere.
+            // Past our GOAWAY: not served, and the client knows to retry it elsewhere (frames
+            // for it are dropped by id, see `on_closed_stream`).
             crate::recycle::give_back(fields.headers);
-            self.reset_by_us.add(id);
             return Ok(());
         }
         if self_dependent {
@@ -1155,6 +1231,7 @@ where
                     received: 0,
                     send_window: 0,
                     connect: false,
+                    conn_waiting: false,
                 });
                 idx
             }
@@ -1170,6 +1247,7 @@ where
         slot.received = 0;
         slot.send_window = self.peer_window;
         slot.connect = connect;
+        slot.conn_waiting = false;
         self.ids.insert(id, idx);
         idx
     }
@@ -1179,6 +1257,13 @@ where
             return Err(ConnError(Reason::PROTOCOL_ERROR, "PRIORITY on stream 0"));
         }
         if head.len != 5 {
+            if head.stream > self.last_id {
+                // No RST_STREAM on an idle stream (RFC 9113 §6.4).
+                return Err(ConnError(
+                    Reason::FRAME_SIZE_ERROR,
+                    "PRIORITY not 5 bytes long",
+                ));
+            }
             self.reset_id(head.stream, Reason::FRAME_SIZE_ERROR);
             return Ok(());
         }
@@ -1209,7 +1294,12 @@ where
         };
         let slot = &mut self.slots[idx as usize];
         if let Some(feed) = slot.feed.take() {
-            feed.fail(StreamError::Reset(Reason(code)));
+            if code == Reason::NO_ERROR.0 {
+                // The client saying it is done sending (RFC 9113 §8.1): the body ends here.
+                feed.end(None);
+            } else {
+                feed.fail(StreamError::Reset(Reason(code)));
+            }
         }
         let premature = !matches!(slot.task, Task::Sent);
         self.reset_by_peer.add(head.stream);
@@ -1280,7 +1370,7 @@ where
                                 "a stream window above 2^31-1",
                             ));
                         }
-                        if delta > 0 {
+                        if delta > 0 && slot.holds_data() {
                             self.ready.push(i as u32);
                         }
                     }
@@ -1352,10 +1442,12 @@ where
                     "connection window above 2^31-1",
                 ));
             }
-            let blocked = std::mem::take(&mut self.conn_blocked);
-            self.ready.extend_from_slice(&blocked);
-            self.conn_blocked = blocked;
-            self.conn_blocked.clear();
+            for idx in self.conn_blocked.drain(..) {
+                if let Some(slot) = self.slots.get_mut(idx as usize) {
+                    slot.conn_waiting = false;
+                }
+                self.ready.push(idx);
+            }
             return Ok(());
         }
         let Some(&idx) = self.ids.get(&head.stream) else {
@@ -1377,7 +1469,10 @@ where
             self.reset_stream(idx, Reason::FLOW_CONTROL_ERROR, true);
             return Ok(());
         }
-        self.ready.push(idx);
+        // Only a body waiting for window is polled again: a handler still running is not.
+        if slot.holds_data() {
+            self.ready.push(idx);
+        }
         Ok(())
     }
 }
@@ -1469,19 +1564,27 @@ mod tests {
     }
 
     #[test]
-    fn stream_ids_hash_apart_in_the_high_bits() {
-        let tag = |id: u32| {
+    fn stream_ids_hash_apart_in_the_low_and_the_high_bits() {
+        let hash = |id: u32| {
             let mut h = IdHasher::default();
             h.write_u32(id);
-            h.finish() >> 57
+            h.finish()
         };
-        let tags: std::collections::HashSet<u64> = (0..64).map(|i| tag(1 + 2 * i)).collect();
-        assert!(tags.len() > 32, "{} distinct tags", tags.len());
+        for ids in [
+            (0..256).map(|i| 1 + 2 * i).collect::<Vec<u32>>(),
+            (0..256).map(|i| 1 + 4096 * i).collect(),
+        ] {
+            let tags: std::collections::HashSet<u64> = ids.iter().map(|&i| hash(i) >> 57).collect();
+            let buckets: std::collections::HashSet<u64> =
+                ids.iter().map(|&i| hash(i) & 1023).collect();
+            assert!(tags.len() > 64, "{} distinct tags", tags.len());
+            assert!(buckets.len() > 128, "{} distinct buckets", buckets.len());
+        }
     }
 
     #[test]
     fn the_reset_memory_keeps_the_latest_ids() {
-        let mut r = Recent::new();
+        let mut r = Recent::new(RESET_MEMORY);
         assert!(!r.has(0));
         for id in 1..=(RESET_MEMORY as u32 + 10) {
             r.add(id);
