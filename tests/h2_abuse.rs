@@ -215,7 +215,8 @@ async fn rapid_reset_gets_goaway() {
         o.report
     );
     if let Some(goaway) = o.report.goaway {
-        // hyper's h2 answers a reset flood with ENHANCE_YOUR_CALM (11).
+        // A reset flood is answered with ENHANCE_YOUR_CALM (11), as hyper's h2 did before our
+        // own HTTP/2 server.
         assert_eq!(goaway.error_code, ENHANCE_YOUR_CALM, "{:?}", o.report);
     }
 }
@@ -230,8 +231,9 @@ async fn continuation_flood_is_cut_off() {
     );
 }
 
-/// hyper's h2 has no SETTINGS/PING flood counter (Envoy's is a cap on queued outbound
-/// frames): a client that reads gets every ACK, at no memory cost.
+/// No SETTINGS/PING flood counter (hyper's h2 had none either; Envoy's is a cap on queued
+/// outbound frames): a client that reads gets every ACK, at no memory cost, and one that does
+/// not is no longer read once 64 KiB of answers wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flood: 1-5 s each; CI runs it with --ignored"]
 async fn settings_flood_is_answered_without_growth() {

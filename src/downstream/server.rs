@@ -56,8 +56,9 @@ impl Default for Limits {
     }
 }
 
-/// Per-field overhead h2's decoder adds to a header list (RFC 7541 §4.1), so the
-/// HTTP/2 codec limit can sit above ours and our check decides on both protocols.
+/// Per-field overhead HPACK counts in a header list's size (RFC 7541 §4.1), so the HTTP/2
+/// codec's SETTINGS_MAX_HEADER_LIST_SIZE can sit above our limit and one check decides on both
+/// protocols.
 pub(crate) const H2_FIELD_OVERHEAD: usize = 32;
 /// Room for `: ` and CRLF per field plus the request line's fixed parts in the HTTP/1 read
 /// buffer, for the same reason.
