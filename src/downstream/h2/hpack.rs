@@ -657,18 +657,8 @@ impl Encoder {
         }
         // Status codes have 3 digits; the general case costs nothing and
         // keeps an out-of-range u16 a valid (if odd) field.
-        let mut digits = [0u8; 5];
-        let mut n = status;
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let digits = &digits[start..];
+        let mut buf = [0u8; 20];
+        let digits = crate::wire::itoa_u64(u64::from(status), &mut buf);
         dst.push(0x08);
         dst.push(digits.len() as u8);
         dst.extend_from_slice(digits);
@@ -754,19 +744,7 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use super::super::huffman::tests::Rng;
 
     // RFC 7541 Appendix C.1.
     #[test]

@@ -257,7 +257,7 @@ pub fn encoded_len(src: &[u8]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
@@ -296,14 +296,17 @@ mod tests {
             .collect()
     }
 
-    struct Rng(u64);
+    /// A seeded xorshift64* for the randomised tests here and in `hpack`.
+    pub(in crate::downstream::h2) struct Rng(pub(in crate::downstream::h2) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
+        pub(in crate::downstream::h2) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        pub(in crate::downstream::h2) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
         }
     }
 
