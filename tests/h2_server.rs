@@ -177,6 +177,15 @@ async fn connection_errors_get_goaway_with_rfc_9113_codes() {
             FRAME_SIZE_ERROR,
         ),
         (
+            "HEADERS opening stream 3 after stream 5 (RFC 9113 §5.1.1)",
+            [
+                frame(HEADERS, END_STREAM | END_HEADERS, 5, &get_block(&[])),
+                frame(HEADERS, END_STREAM | END_HEADERS, 3, &get_block(&[])),
+            ]
+            .concat(),
+            PROTOCOL_ERROR,
+        ),
+        (
             "HPACK index 0",
             frame(HEADERS, END_STREAM | END_HEADERS, 1, &[0x80]),
             COMPRESSION_ERROR,

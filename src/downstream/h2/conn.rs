@@ -25,6 +25,7 @@ use tokio::time::Sleep;
 use super::body::{ConnShared, Feed, StreamError};
 use super::frame::{self, Head, Reason};
 use super::hpack::{Decoded, Decoder, Encoder};
+use super::ids::{Recent, Skipped};
 use super::request::{Fields, Refused};
 use crate::downstream::Incoming;
 use crate::downstream::server::{header_fields_too_large, request_timed_out};
@@ -166,35 +167,6 @@ struct ConnError(Reason, &'static str);
 
 type Step = Result<(), ConnError>;
 
-/// A ring of the latest stream ids, allocated on first use: a connection that never resets
-/// a stream holds none.
-struct Recent {
-    ids: Vec<u32>,
-    cap: usize,
-    next: usize,
-}
-
-impl Recent {
-    fn new(cap: usize) -> Recent {
-        Recent {
-            ids: Vec::new(),
-            cap: cap.max(1),
-            next: 0,
-        }
-    }
-    fn add(&mut self, id: u32) {
-        if self.ids.len() < self.cap {
-            self.ids.push(id);
-        } else if let Some(slot) = self.ids.get_mut(self.next % self.cap) {
-            *slot = id;
-        }
-        self.next = self.next.wrapping_add(1);
-    }
-    fn has(&self, id: u32) -> bool {
-        id != 0 && self.ids.contains(&id)
-    }
-}
-
 pub struct Conn<S, M, F, B> {
     io: S,
     rb: RecvBuf,
@@ -236,6 +208,7 @@ struct State<M, F, B> {
     out_blocked: Vec<u32>,
     reset_by_us: Recent,
     reset_by_peer: Recent,
+    skipped: Skipped,
     streams_total: u64,
     premature_resets: u64,
     local_resets: u64,
@@ -303,6 +276,7 @@ where
                 out_blocked: Vec::new(),
                 reset_by_us: Recent::new(memory),
                 reset_by_peer: Recent::new(memory),
+                skipped: Skipped::default(),
                 streams_total: 0,
                 premature_resets: 0,
                 local_resets: 0,
@@ -959,13 +933,20 @@ where
     /// A frame on a stream that has no slot: idle (a protocol error), reset by us (dropped:
     /// the client sent it before our RST_STREAM arrived), or closed. DATA on a closed stream
     /// is a stream error (RFC 9113 §6.1), as is any frame after the client's own RST_STREAM
-    /// (§5.1); HEADERS after the stream ended is a connection error (§5.1).
+    /// (§5.1); HEADERS after the stream ended is a connection error (§5.1), PROTOCOL_ERROR
+    /// on an id the client skipped (§5.1.1) and STREAM_CLOSED on one that was opened.
     fn on_closed_stream(&mut self, id: u32, what: &'static str) -> Step {
         if id > self.last_id {
             return Err(ConnError(Reason::PROTOCOL_ERROR, frame_on_idle(what)));
         }
         if self.reset_by_us.has(id) || self.goaway.is_some_and(|last| id > last) {
             return Ok(());
+        }
+        if what == "HEADERS" && self.skipped.has(id) {
+            return Err(ConnError(
+                Reason::PROTOCOL_ERROR,
+                "HEADERS opening a stream below one already opened",
+            ));
         }
         if what == "DATA" || self.reset_by_peer.has(id) {
             // Not counted as a client error: a stream we reset long ago may still have DATA
@@ -1059,6 +1040,7 @@ where
     /// (decoded all the same: the table must stay in step).
     fn on_block(&mut self, id: u32, end_stream: bool, self_dependent: bool, block: &[u8]) -> Step {
         if id > self.last_id {
+            self.skipped.opened(self.last_id, id);
             self.last_id = id;
             return self.on_request(id, end_stream, self_dependent, block);
         }
@@ -1092,7 +1074,10 @@ where
     }
 
     fn decode(&mut self, block: &[u8], fields: &mut Fields) -> Step {
-        match self.decoder.decode(block, |n, v| fields.field(n, v)) {
+        match self
+            .decoder
+            .decode(block, |n, v, never| fields.field(n, v, never))
+        {
             Ok(()) => Ok(()),
             Err(Decoded::Hpack(e)) => {
                 tracing::debug!(error = %e, "downstream HTTP/2 header block not decodable");
@@ -1108,7 +1093,7 @@ where
     fn skip_block(&mut self, block: &[u8]) -> Step {
         match self
             .decoder
-            .decode(block, |_, _| Ok::<(), std::convert::Infallible>(()))
+            .decode(block, |_, _, _| Ok::<(), std::convert::Infallible>(()))
         {
             Ok(()) => Ok(()),
             Err(Decoded::Hpack(_)) => Err(ConnError(
@@ -1580,16 +1565,5 @@ mod tests {
             assert!(tags.len() > 64, "{} distinct tags", tags.len());
             assert!(buckets.len() > 128, "{} distinct buckets", buckets.len());
         }
-    }
-
-    #[test]
-    fn the_reset_memory_keeps_the_latest_ids() {
-        let mut r = Recent::new(RESET_MEMORY);
-        assert!(!r.has(0));
-        for id in 1..=(RESET_MEMORY as u32 + 10) {
-            r.add(id);
-        }
-        assert!(r.has(RESET_MEMORY as u32 + 10));
-        assert!(!r.has(1));
     }
 }

@@ -51,6 +51,14 @@ impl<E: fmt::Display> fmt::Display for Decoded<E> {
     }
 }
 
+/// The three literal representations (RFC 7541 §6.2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Literal {
+    Indexed,
+    NotIndexed,
+    NeverIndexed,
+}
+
 /// The static table, RFC 7541 Appendix A: entry `i` here is index `i + 1`.
 static STATIC_TABLE: [(&[u8], &[u8]); 61] = [
     (b":authority", b""),
@@ -492,7 +500,7 @@ impl Decoder {
     pub fn decode<E>(
         &mut self,
         block: &[u8],
-        mut field: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+        mut field: impl FnMut(&[u8], &[u8], bool) -> Result<(), E>,
     ) -> Result<(), Decoded<E>> {
         let mut pos = 0;
         let mut at_start = true;
@@ -501,10 +509,10 @@ impl Decoder {
                 // Indexed header field (§6.1).
                 let index = read_int(block, &mut pos, 7)?;
                 let (name, value) = self.entry(index)?;
-                field(name, value).map_err(Decoded::Stop)?;
+                field(name, value, false).map_err(Decoded::Stop)?;
             } else if b & 0x40 != 0 {
                 // Literal with incremental indexing (§6.2.1).
-                self.literal(block, &mut pos, 6, true, &mut field)?;
+                self.literal(block, &mut pos, 6, Literal::Indexed, &mut field)?;
             } else if b & 0x20 != 0 {
                 // Dynamic table size update (§6.3); §4.2 allows these only
                 // before the first field, any number of them.
@@ -524,8 +532,14 @@ impl Decoder {
                 continue;
             } else {
                 // Literal without indexing (0000) or never indexed (0001,
-                // §6.2.2-3): the same for a decoder that does not re-encode.
-                self.literal(block, &mut pos, 4, false, &mut field)?;
+                // §6.2.2-3). The latter is passed on, so that a value the client
+                // asked never to be indexed stays so on the next hop (§7.1.3).
+                let kind = if b & 0x10 != 0 {
+                    Literal::NeverIndexed
+                } else {
+                    Literal::NotIndexed
+                };
+                self.literal(block, &mut pos, 4, kind, &mut field)?;
             }
             at_start = false;
         }
@@ -549,12 +563,14 @@ impl Decoder {
         block: &[u8],
         pos: &mut usize,
         prefix_bits: u32,
-        index: bool,
+        kind: Literal,
         field: &mut F,
     ) -> Result<(), Decoded<E>>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<(), E>,
+        F: FnMut(&[u8], &[u8], bool) -> Result<(), E>,
     {
+        let index = kind == Literal::Indexed;
+        let never = kind == Literal::NeverIndexed;
         let Self { table, scratch, .. } = self;
         scratch.clear();
         let name_index = read_int(block, pos, prefix_bits)?;
@@ -578,14 +594,14 @@ impl Decoder {
         match name {
             Name::Str(name) => {
                 let name = name.get(scratch);
-                field(name, value).map_err(Decoded::Stop)?;
+                field(name, value, never).map_err(Decoded::Stop)?;
                 if index {
                     table.insert(NameSrc::Bytes(name), value);
                 }
             }
             Name::Dynamic(i) => {
                 let (name, _) = table.get(i).ok_or(DecodeError::InvalidIndex(name_index))?;
-                field(name, value).map_err(Decoded::Stop)?;
+                field(name, value, never).map_err(Decoded::Stop)?;
                 if index {
                     table.insert(NameSrc::Entry(i), value);
                 }
@@ -706,7 +722,7 @@ mod tests {
 
     fn decode(d: &mut Decoder, block: &[u8]) -> Result<Fields, DecodeError> {
         let mut out = Vec::new();
-        d.decode(block, |n, v| {
+        d.decode(block, |n, v, _| {
             out.push(owned(n, v));
             Ok::<(), ()>(())
         })
@@ -1279,10 +1295,34 @@ mod tests {
     }
 
     #[test]
+    fn never_indexed_literals_are_reported_as_such() {
+        // RFC 7541 C.2.3 (never indexed, new name), then the same with the static name
+        // `authorization` (index 23), then without indexing and with indexing.
+        let block = unhex(
+            "1008 7061 7373 776f 7264 0673 6563 7265 74  1f08 0178  00 0178 0179  40 0178 0179",
+        );
+        let mut d = Decoder::new(4096);
+        let mut seen = Vec::new();
+        d.decode(&block, |n, _, never| {
+            seen.push((String::from_utf8_lossy(n).into_owned(), never));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let want = [
+            ("password", true),
+            ("authorization", true),
+            ("x", false),
+            ("x", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(n, b)| (n.to_string(), *b)).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
     fn callback_error_stops() {
         let mut d = Decoder::new(4096);
         let mut seen = 0;
-        let r = d.decode(&unhex("8286 84"), |_, _| {
+        let r = d.decode(&unhex("8286 84"), |_, _, _| {
             seen += 1;
             if seen == 2 { Err("stop") } else { Ok(()) }
         });
@@ -1498,8 +1538,8 @@ mod tests {
     }
 
     fn must_not_panic(d: &mut Decoder, input: &[u8]) -> bool {
-        d.decode(input, |n, v| {
-            std::hint::black_box((n, v));
+        d.decode(input, |n, v, never| {
+            std::hint::black_box((n, v, never));
             Ok::<(), ()>(())
         })
         .is_ok()

@@ -16,6 +16,7 @@ mod conn;
 mod frame;
 mod hpack;
 mod huffman;
+mod ids;
 mod request;
 
 use std::future::poll_fn;

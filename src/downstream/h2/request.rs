@@ -67,7 +67,14 @@ impl Fields {
     }
 
     /// One decoded field. Never fails: what is wrong is kept for [`Fields::finish`].
-    pub fn field(&mut self, name: &[u8], value: &[u8]) -> Result<(), std::convert::Infallible> {
+    /// `never_indexed` marks a value the client sent as never to be indexed (RFC 7541
+    /// §7.1.3): it stays sensitive, so an HTTP/2 upstream gets it never indexed too.
+    pub fn field(
+        &mut self,
+        name: &[u8],
+        value: &[u8],
+        never_indexed: bool,
+    ) -> Result<(), std::convert::Infallible> {
         self.size = self.size.saturating_add(name.len() + value.len() + 32);
         if self.size > self.limit {
             if self.refused.is_none() {
@@ -81,7 +88,7 @@ impl Fields {
         if name.first() == Some(&b':') {
             self.pseudo(name, value);
         } else {
-            self.regular(name, value);
+            self.regular(name, value, never_indexed);
         }
         Ok(())
     }
@@ -112,7 +119,7 @@ impl Fields {
         *slot = Some(crate::recycle::copy(value));
     }
 
-    fn regular(&mut self, name: &[u8], value: &[u8]) {
+    fn regular(&mut self, name: &[u8], value: &[u8], never_indexed: bool) {
         self.regular_seen = true;
         // HeaderName would lower-case the name for us; HTTP/2 requires it already is (§8.2.1).
         if name.iter().any(u8::is_ascii_uppercase) {
@@ -132,9 +139,12 @@ impl Fields {
         if name == header::TE && value != b"trailers" {
             return self.malformed("TE other than \"trailers\"");
         }
-        let Ok(value) = HeaderValue::from_maybe_shared(crate::recycle::copy(value)) else {
+        let Ok(mut value) = HeaderValue::from_maybe_shared(crate::recycle::copy(value)) else {
             return self.malformed("an invalid field value");
         };
+        if never_indexed {
+            value.set_sensitive(true);
+        }
         if name == header::CONTENT_LENGTH && !self.trailers {
             match crate::wire::content_length_value(value.as_bytes()) {
                 Some(n) if self.content_length.is_none_or(|prev| prev == n) => {
@@ -263,7 +273,7 @@ mod tests {
     fn request(fields: &[(&str, &str)]) -> Result<Request<()>, Refused> {
         let mut f = Fields::request(16 * 1024, 8);
         for (n, v) in fields {
-            let _ = f.field(n.as_bytes(), v.as_bytes());
+            let _ = f.field(n.as_bytes(), v.as_bytes(), false);
         }
         f.finish_request()
     }
@@ -284,6 +294,19 @@ mod tests {
         assert_eq!(req.uri(), "http://example.com:8080/a?b=c");
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.headers()["x-user"], "beta");
+    }
+
+    #[test]
+    fn never_indexed_values_stay_sensitive() {
+        let mut f = Fields::request(16 * 1024, 8);
+        for (n, v) in GET {
+            let _ = f.field(n.as_bytes(), v.as_bytes(), false);
+        }
+        let _ = f.field(b"authorization", b"Bearer s3cret", true);
+        let _ = f.field(b"x-user", b"beta", false);
+        let req = f.finish_request().expect("valid");
+        assert!(req.headers()["authorization"].is_sensitive());
+        assert!(!req.headers()["x-user"].is_sensitive());
     }
 
     #[test]
@@ -345,9 +368,9 @@ mod tests {
     fn a_list_past_the_limit_is_too_large_and_keeps_nothing_more() {
         let mut f = Fields::request(100, 8);
         for (n, v) in GET {
-            let _ = f.field(n.as_bytes(), v.as_bytes());
+            let _ = f.field(n.as_bytes(), v.as_bytes(), false);
         }
-        let _ = f.field(b"x-big", &[b'v'; 64]);
+        let _ = f.field(b"x-big", &[b'v'; 64], false);
         assert_eq!(f.headers.len(), 0);
         assert_eq!(f.finish_request().err(), Some(Refused::TooLarge));
     }
@@ -375,10 +398,10 @@ mod tests {
     #[test]
     fn trailers_take_no_pseudo_fields() {
         let mut f = Fields::trailers(1024);
-        let _ = f.field(b"grpc-status", b"0");
+        let _ = f.field(b"grpc-status", b"0", false);
         assert_eq!(f.finish_trailers().expect("valid")["grpc-status"], "0");
         let mut f = Fields::trailers(1024);
-        let _ = f.field(b":path", b"/");
+        let _ = f.field(b":path", b"/", false);
         assert!(f.finish_trailers().is_err());
     }
 }
