@@ -13,6 +13,7 @@ pub mod downstream;
 pub mod explain;
 pub mod live;
 pub mod metrics;
+pub mod names;
 pub mod proxy;
 pub mod ratelimit;
 pub mod recycle;

@@ -190,6 +190,12 @@ pub struct ConnectionTokens {
 
 pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
     let mut t = ConnectionTokens::default();
+    // The one value most peers send on every message, spelled as they send it: one compare
+    // instead of the split and case-folding below.
+    if value == b"keep-alive" || value == b"Keep-Alive" {
+        t.keep_alive = true;
+        return t;
+    }
     for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
         if token.eq_ignore_ascii_case(b"close") {

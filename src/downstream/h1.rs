@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -541,7 +541,7 @@ fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Parsed, usize)>,
     let mut expect_continue = false;
     let mut upgrade_field = false;
     for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
+        let name = crate::names::parse(h.name.as_bytes()).map_err(|_| bad)?;
         let value = HeaderValue::from_maybe_shared(slice_of(h.value)).map_err(|_| bad)?;
         if name == header::CONTENT_LENGTH {
             // Strictly one number per field; several fields must agree.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::tls::Stream;
 use crate::proxy::body::RequestBody;
 use crate::wire::{
-    Chunk, DecodeError, Framing, READ_BUF, RecvBuf, connection_tokens, content_length,
-    content_length_value, itoa_u64, last_token_is_chunked, poll_decode, push_field, push_hex,
+    Chunk, DecodeError, Framing, READ_BUF, RecvBuf, connection_tokens, content_length_value,
+    itoa_u64, last_token_is_chunked, poll_decode, push_field, push_hex,
 };
 
 /// Envoy's default limit on response headers (`max_response_headers_kb`: 60 KiB).
@@ -296,15 +296,26 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
         );
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let chunked_te = parts
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|v| last_token_is_chunked(v.as_bytes()));
+    // The fields go out as they are while the framing fields are read on the way: one pass
+    // instead of two hashed lookups before it (a framing field we add goes after them).
+    let mut last_te: Option<&HeaderValue> = None;
+    let mut length: Option<Result<u64, ()>> = None;
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING {
+            last_te = Some(value);
+        } else if name == header::CONTENT_LENGTH {
+            length = match (length, content_length_value(value.as_bytes())) {
+                (Some(Err(())), _) | (_, None) => Some(Err(())),
+                (Some(Ok(prev)), Some(n)) if prev != n => Some(Err(())),
+                (_, Some(n)) => Some(Ok(n)),
+            };
+        }
+        push_field(out, name, value);
+    }
+    let chunked_te = last_te.map(|v| last_token_is_chunked(v.as_bytes()));
     let enc = match chunked_te {
         Some(true) => Enc::Chunked { open: false },
-        Some(false) | None => match content_length(&parts.headers) {
+        Some(false) | None => match length {
             Some(Ok(n)) if chunked_te.is_none() => Enc::Length(n),
             _ if body.is_end_stream() => Enc::Empty,
             _ => match body.size_hint().exact() {
@@ -321,9 +332,6 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
             },
         },
     };
-    for (name, value) in &parts.headers {
-        push_field(out, name, value);
-    }
     out.extend_from_slice(b"\r\n");
     enc
 }
@@ -377,7 +385,7 @@ fn parse_head(buf: &[u8], asked: Asked) -> Result<Option<(Head, usize)>, Error> 
     let mut lengths: Option<Result<u64, ()>> = None;
     for h in resp.headers.iter() {
         let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Invalid("header name"))?;
+            crate::names::parse(h.name.as_bytes()).map_err(|_| Error::Invalid("header name"))?;
         let at = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
             .map_err(|_| Error::Invalid("header value"))?;
@@ -698,7 +706,7 @@ impl<L: Lease + Unpin> http_body::Body for Body<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::parse_chunk_size;
+    use crate::wire::{content_length, parse_chunk_size};
 
     #[test]
     fn chunk_size_lines_are_read_strictly() {

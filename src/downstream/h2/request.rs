@@ -125,7 +125,7 @@ impl Fields {
         if name.iter().any(u8::is_ascii_uppercase) {
             return self.malformed("an uppercase field name");
         }
-        let Ok(name) = HeaderName::from_bytes(name) else {
+        let Ok(name) = crate::names::parse(name) else {
             return self.malformed("an invalid field name");
         };
         if let (Some(first), Some(last)) = (value.first(), value.last())
