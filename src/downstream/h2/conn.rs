@@ -931,10 +931,12 @@ where
     }
 
     /// A frame on a stream that has no slot: idle (a protocol error), reset by us (dropped:
-    /// the client sent it before our RST_STREAM arrived), or closed. DATA on a closed stream
-    /// is a stream error (RFC 9113 §6.1), as is any frame after the client's own RST_STREAM
-    /// (§5.1); HEADERS after the stream ended is a connection error (§5.1), PROTOCOL_ERROR
-    /// on an id the client skipped (§5.1.1) and STREAM_CLOSED on one that was opened.
+    /// the client sent it before our RST_STREAM arrived), reset by the client (any frame after
+    /// its own RST_STREAM is a stream error, RFC 9113 §5.1), never opened because the client
+    /// opened a higher id first (HEADERS there is PROTOCOL_ERROR, §5.1.1; DATA a stream error,
+    /// §6.1), or ended: every other end of a stream is a reset we remember, so this one ended
+    /// with the client's END_STREAM, and any frame after that is a connection error of type
+    /// STREAM_CLOSED (§5.1), as nghttp2 (Envoy's codec) and h2spec 5.1 #11-13 have it.
     fn on_closed_stream(&mut self, id: u32, what: &'static str) -> Step {
         if id > self.last_id {
             return Err(ConnError(Reason::PROTOCOL_ERROR, frame_on_idle(what)));
@@ -942,22 +944,25 @@ where
         if self.reset_by_us.has(id) || self.goaway.is_some_and(|last| id > last) {
             return Ok(());
         }
-        if what == "HEADERS" && self.skipped.has(id) {
+        let skipped = self.skipped.has(id);
+        if what == "HEADERS" && skipped {
             return Err(ConnError(
                 Reason::PROTOCOL_ERROR,
                 "HEADERS opening a stream below one already opened",
             ));
         }
-        if what == "DATA" || self.reset_by_peer.has(id) {
-            // Not counted as a client error: a stream we reset long ago may still have DATA
-            // in flight from a well-behaved client.
+        if skipped || self.reset_by_peer.has(id) {
             frame::push_rst(&mut self.out, id, Reason::STREAM_CLOSED);
             self.reset_by_us.add(id);
             return Ok(());
         }
         Err(ConnError(
             Reason::STREAM_CLOSED,
-            "HEADERS on a closed stream",
+            if what == "DATA" {
+                "DATA after the client ended the stream"
+            } else {
+                "HEADERS after the client ended the stream"
+            },
         ))
     }
 
