@@ -21,30 +21,68 @@ pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
+/// Which of the names a message's head is checked for it carries, from one pass over its
+/// (few) names instead of a hashed lookup per name: most messages carry none of them.
+#[derive(Clone, Copy, Default)]
+pub struct Present {
+    /// Bit `i` for `HOP_BY_HOP[i]`.
+    hop_by_hop: u8,
+    pub request_id: bool,
+    pub forwarded_proto: bool,
+}
+
+impl Present {
+    pub fn scan(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            // The names' lengths first (2, 7, 10, 16, 17; 12 and 17): most headers are ruled
+            // out by one compare.
+            match name.as_str().len() {
+                2 | 7 | 10 | 16 => {}
+                12 => {
+                    p.request_id |= name == X_REQUEST_ID;
+                    continue;
+                }
+                17 if name == X_FORWARDED_PROTO => {
+                    p.forwarded_proto = true;
+                    continue;
+                }
+                17 => {}
+                _ => continue,
+            }
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                p.hop_by_hop |= 1 << i;
+            }
+        }
+        p
+    }
+
+    /// `HOP_BY_HOP[i]` was there.
+    fn has(&self, i: usize) -> bool {
+        self.hop_by_hop & (1 << i) != 0
+    }
+
+    /// `Transfer-Encoding` was there (and is gone after [`strip_hop_by_hop`]).
+    pub fn transfer_encoding(&self) -> bool {
+        self.has(TRANSFER_ENCODING_AT)
+    }
+}
+
+// Where those names stand in `HOP_BY_HOP`.
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 3;
+const TRANSFER_ENCODING_AT: usize = 4;
+const UPGRADE_AT: usize = 5;
+
 /// Removes hop-by-hop headers and any header the `Connection` header names. With `upgrade`
 /// set, `Connection: upgrade` and `Upgrade` survive so the upgrade reaches the upstream.
-/// `te: trailers` survives too: gRPC requires it end to end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the (few) names instead of a hashed lookup per hop-by-hop name: most
-    // messages carry none of them, or only `Connection`.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        // The names' lengths first (2, 7, 10, 16, 17): most headers are ruled out by one
-        // compare instead of six.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
-            continue;
-        }
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
+/// `te: trailers` survives too: gRPC requires it end to end. `present` is the head's
+/// [`Present::scan`].
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present, upgrade: bool) {
+    if present.hop_by_hop == 0 && !upgrade {
+        return;
     }
-    let has = |name: &HeaderName| {
-        HOP_BY_HOP
-            .iter()
-            .position(|h| h == name)
-            .is_some_and(|i| present & (1 << i) != 0)
-    };
-    if has(&header::CONNECTION)
+    if present.has(CONNECTION_AT)
         && let Some(conn) = headers.get(header::CONNECTION)
     {
         // Rare path: only requests that list extra connection options pay for this.
@@ -67,15 +105,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    let te_trailers = has(&header::TE)
+    let te_trailers = present.has(TE_AT)
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &HOP_BY_HOP {
-        if upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if upgrade && (i == CONNECTION_AT || i == UPGRADE_AT) {
             continue;
         }
-        if has(name) {
+        if present.has(i) {
             headers.remove(name);
         }
     }
@@ -116,12 +154,12 @@ pub fn number(n: u64) -> HeaderValue {
 }
 
 /// Envoy generates `x-request-id` (a UUID) when absent; a sidecar keeps an incoming one.
-pub fn ensure_request_id(headers: &mut HeaderMap) {
-    // One lookup through the entry, not a lookup and then an insert.
-    if let header::Entry::Vacant(slot) = headers.entry(X_REQUEST_ID.clone()) {
+/// `present` is the head's [`Present::scan`]: an absent id is appended, no lookup first.
+pub fn ensure_request_id(headers: &mut HeaderMap, present: Present) {
+    if !present.request_id {
         let text = uuid_v4_text(rand::random());
         if let Ok(v) = HeaderValue::from_maybe_shared(crate::recycle::copy(&text)) {
-            slot.insert(v);
+            headers.append(X_REQUEST_ID.clone(), v);
         }
     }
 }
@@ -166,10 +204,10 @@ fn hex16(x: u64) -> [u8; 16] {
 
 /// Sidecars run with `use_remote_address: false`: `x-forwarded-for` passes through untouched,
 /// and `x-forwarded-proto` is set to the downstream scheme only when the client sent none.
-pub fn ensure_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
-    headers
-        .entry(X_FORWARDED_PROTO.clone())
-        .or_insert_with(|| HeaderValue::from_static(scheme));
+pub fn ensure_forwarded_proto(headers: &mut HeaderMap, present: Present, scheme: &'static str) {
+    if !present.forwarded_proto {
+        headers.append(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -197,7 +235,9 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        let present = Present::scan(&h);
+        assert!(present.transfer_encoding());
+        strip_hop_by_hop(&mut h, present, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
@@ -207,12 +247,21 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_positions_name_their_fields() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE_AT], header::TE);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+        assert_eq!(HOP_BY_HOP[UPGRADE_AT], header::UPGRADE);
+    }
+
+    #[test]
     fn keeps_upgrade_headers_for_upgrades() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        let present = Present::scan(&h);
+        strip_hop_by_hop(&mut h, present, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
     }
@@ -247,11 +296,30 @@ mod tests {
     #[test]
     fn request_id_generated_only_when_absent() {
         let mut h = HeaderMap::new();
-        ensure_request_id(&mut h);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let present = Present::scan(&h);
+        ensure_request_id(&mut h, present);
         assert_eq!(h[&X_REQUEST_ID].len(), 36);
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
-        ensure_request_id(&mut h);
+        let present = Present::scan(&h);
+        ensure_request_id(&mut h, present);
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().count(), 1);
         assert_eq!(h[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn forwarded_proto_set_only_when_absent() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
+        let present = Present::scan(&h);
+        ensure_forwarded_proto(&mut h, present, "http");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        let present = Present::scan(&h);
+        ensure_forwarded_proto(&mut h, present, "http");
+        assert_eq!(h.get_all(&X_FORWARDED_PROTO).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
 }

@@ -143,9 +143,13 @@ impl RequestRecord {
         self.flags.store(DELAY_INJECTED, Ordering::Relaxed);
     }
 
+    /// Istio's `grpc_response_status` is for gRPC requests only: a `grpc-status` on the
+    /// answer to any other request is not recorded.
     pub fn set_grpc_status(&self, status: u8) {
-        self.grpc_status
-            .store(u16::from(status) + 1, Ordering::Relaxed);
+        if self.grpc {
+            self.grpc_status
+                .store(u16::from(status) + 1, Ordering::Relaxed);
+        }
     }
 
     /// Runs `f` on the access-log fields when the access log is on.

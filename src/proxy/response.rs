@@ -60,12 +60,13 @@ pub(super) fn finish(
     }
 
     let (mut parts, incoming) = resp.into_parts();
+    let present = headers::Present::scan(&parts.headers);
     // TE.CL from the upstream: the codec decoded the chunks, so the length no longer
     // describes the body we send (RFC 9112 §6.3: Transfer-Encoding wins).
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+    if present.transfer_encoding() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers, present, false);
     parts.headers.insert(
         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
         headers::number(service_time.as_millis() as u64),

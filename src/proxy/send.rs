@@ -271,7 +271,13 @@ fn send_with_retries<'a>(
                 Ok((resp, release)) => {
                     let status = resp.status().as_u16();
                     outcome(&endpoint, crate::upstream::policy::Outcome::Status(status));
-                    let grpc = grpc_status_of(resp.headers());
+                    // Only gRPC requests record it, and only gRPC conditions retry on it: a
+                    // plain request under a plain policy skips the lookup.
+                    let grpc = if a.record.grpc || a.policy.retries_on_grpc_status() {
+                        grpc_status_of(resp.headers())
+                    } else {
+                        None
+                    };
                     let retry_wanted = a.policy.on_response(status, grpc);
                     if !last && retry_wanted && a.can_resend() {
                         drop((resp, release));

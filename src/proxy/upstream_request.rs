@@ -44,9 +44,10 @@ pub(super) fn prepare(
         None
     };
     let h = &mut head.headers;
-    headers::strip_hop_by_hop(h, upgrade);
-    headers::ensure_request_id(h);
-    headers::ensure_forwarded_proto(h, "http");
+    let present = headers::Present::scan(h);
+    headers::strip_hop_by_hop(h, present, upgrade);
+    headers::ensure_request_id(h, present);
+    headers::ensure_forwarded_proto(h, present, "http");
     record.access(|a| {
         if let Some(id) = h.get(&headers::X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             a.request_id = id.to_string();

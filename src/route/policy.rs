@@ -217,6 +217,17 @@ impl RetryPolicy {
     }
 
     /// Retry this upstream response (status, and gRPC status when the response carries one).
+    /// Whether a response's `grpc-status` can make this policy retry.
+    pub fn retries_on_grpc_status(&self) -> bool {
+        self.on.any(
+            RetryOn::GRPC_CANCELLED
+                .with(RetryOn::GRPC_DEADLINE_EXCEEDED)
+                .with(RetryOn::GRPC_INTERNAL)
+                .with(RetryOn::GRPC_RESOURCE_EXHAUSTED)
+                .with(RetryOn::GRPC_UNAVAILABLE),
+        )
+    }
+
     pub fn on_response(&self, status: u16, grpc_status: Option<u8>) -> bool {
         let on = self.on;
         (on.contains(RetryOn::FIVE_XX) && (500..600).contains(&status))
